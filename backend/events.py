@@ -1,0 +1,81 @@
+"""The event vocabulary shared by the store, the state machine, the trainer and the server.
+
+An event is a fact about one run. Commands (create, start, stop, resume) become events
+when the state machine accepts them; the trainer and the supervisor report the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Appended when a command is accepted.
+CREATED = "created"
+STARTED = "started"
+STOP_REQUESTED = "stop_requested"
+RESUMED = "resumed"
+
+# Reported by the supervisor (escalation, a child that died) or by the trainer child.
+STOP_ESCALATED = "stop_escalated"
+TRAINER_READY = "trainer_ready"
+METRIC = "metric"
+PROGRESS = "progress"
+VALIDATION = "validation"
+CHECKPOINT = "checkpoint"
+LOG = "log"
+COMPLETED = "completed"
+FAILED = "failed"
+STOPPED = "stopped"
+
+# Facts that never change the lifecycle state; legal only while a run trains.
+FACT_TYPES: tuple[str, ...] = (TRAINER_READY, METRIC, PROGRESS, VALIDATION, CHECKPOINT, LOG)
+# Everything a trainer child may emit.
+TRAINER_TYPES: tuple[str, ...] = (*FACT_TYPES, COMPLETED, FAILED, STOPPED)
+ALL_TYPES: tuple[str, ...] = (
+    CREATED,
+    STARTED,
+    STOP_REQUESTED,
+    RESUMED,
+    STOP_ESCALATED,
+    *TRAINER_TYPES,
+)
+
+# The commands a client may send, and the event each becomes once accepted.
+COMMAND_EVENTS: dict[str, str] = {
+    "create": CREATED,
+    "start": STARTED,
+    "stop": STOP_REQUESTED,
+    "resume": RESUMED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event not yet stored: the store assigns its seq, version and timestamp."""
+
+    type: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    ts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event. `seq` is global and gapless; `version` is gapless per run from 1."""
+
+    seq: int
+    run_id: str
+    version: int
+    type: str
+    ts: float
+    data: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "run_id": self.run_id,
+            "version": self.version,
+            "type": self.type,
+            "ts": self.ts,
+            "data": dict(self.data),
+        }

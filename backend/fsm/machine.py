@@ -1,0 +1,156 @@
+"""The run lifecycle as a `transitions` Machine: the single authority on what is legal.
+
+States: Idle -> Training -> Complete | Error | Stopped; Stopped and Error resume to Training.
+Each transition's trigger is the event type that records it, so applying an event and
+firing the trigger are the same act. Facts (metrics, logs, ...) are internal transitions
+of Training: legal there, and nowhere else. A stop request is internal too: the run stays
+Training, marked "stopping", until the trainer (or the escalation) reports `stopped`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cache
+from typing import Any
+
+from transitions import Machine, MachineError
+
+from backend import events as ev
+
+
+class State(StrEnum):
+    IDLE = "Idle"
+    TRAINING = "Training"
+    COMPLETE = "Complete"
+    ERROR = "Error"
+    STOPPED = "Stopped"
+
+
+# Leaving Training ends any stop under way, whichever way it ends.
+STATES: list[State | dict[str, Any]] = [
+    State.IDLE,
+    {"name": State.TRAINING, "on_exit": ["clear_stopping"]},
+    State.COMPLETE,
+    State.ERROR,
+    State.STOPPED,
+]
+
+TRANSITIONS: list[dict[str, Any]] = [
+    {"trigger": ev.STARTED, "source": State.IDLE, "dest": State.TRAINING},
+    {
+        "trigger": ev.STOP_REQUESTED,
+        "source": State.TRAINING,
+        "dest": None,
+        "unless": "is_stopping",
+        "after": "mark_stopping",
+    },
+    {"trigger": ev.STOP_ESCALATED, "source": State.TRAINING, "dest": None},
+    {"trigger": ev.COMPLETED, "source": State.TRAINING, "dest": State.COMPLETE},
+    {"trigger": ev.FAILED, "source": State.TRAINING, "dest": State.ERROR},
+    {"trigger": ev.STOPPED, "source": State.TRAINING, "dest": State.STOPPED},
+    {"trigger": ev.RESUMED, "source": [State.STOPPED, State.ERROR], "dest": State.TRAINING},
+]
+TRANSITIONS += [{"trigger": fact, "source": State.TRAINING, "dest": None} for fact in ev.FACT_TYPES]
+
+
+class IllegalCommand(Exception):
+    """A command the run's current state does not allow. Nothing was written."""
+
+    def __init__(self, run_id: str, command: str, state: State, legal: list[str], why: str = ""):
+        self.run_id = run_id
+        self.command = command
+        self.state = state
+        self.legal = legal
+        reason = why or f"'{command}' is not allowed while the run is {state}"
+        allowed = ", ".join(legal) if legal else "none"
+        super().__init__(f"{reason}; allowed now: {allowed}")
+
+
+class IllegalEvent(Exception):
+    """An event that cannot follow the run's current state (a corrupt or foreign log)."""
+
+
+class Lifecycle:
+    """The machine's model: holds the state and the stopping flag of one run."""
+
+    state: State
+
+    def __init__(self, initial: State = State.IDLE) -> None:
+        self.stopping = False
+        Machine(
+            model=self,
+            states=STATES,
+            transitions=TRANSITIONS,
+            initial=initial,
+            auto_transitions=False,
+        )
+
+    def is_stopping(self) -> bool:
+        return self.stopping
+
+    def mark_stopping(self) -> None:
+        self.stopping = True
+
+    def clear_stopping(self) -> None:
+        self.stopping = False
+
+    def fire(self, event_type: str) -> None:
+        """Fire the trigger named by an event type; raise IllegalEvent if it cannot happen."""
+        try:
+            fired = bool(self.trigger(event_type))  # type: ignore[attr-defined]
+        except (MachineError, AttributeError) as exc:
+            raise IllegalEvent(f"'{event_type}' cannot happen while {self.state}") from exc
+        if not fired:
+            raise IllegalEvent(f"'{event_type}' is not allowed now: a stop is already under way")
+
+    def allows(self, event_type: str) -> bool:
+        if event_type == ev.STOP_REQUESTED and self.stopping:
+            return False
+        return event_type in _triggers_from(self.state)
+
+
+@cache
+def _triggers_from(state: State) -> frozenset[str]:
+    """Event types the machine accepts in `state`, read from the machine itself."""
+    probe = Lifecycle.__new__(Lifecycle)
+    machine = Machine(
+        model=probe, states=STATES, transitions=TRANSITIONS, initial=state, auto_transitions=False
+    )
+    return frozenset(machine.get_triggers(state))
+
+
+def fact_states(event_type: str) -> frozenset[State]:
+    """The states in which a fact is legal (used by the fold's fast path)."""
+    return frozenset(s for s in State if event_type in _triggers_from(s))
+
+
+def legal_commands(state: State | None, stopping: bool = False) -> list[str]:
+    """Commands a client may send now, in a stable order."""
+    if state is None:
+        return ["create"]
+    legal = []
+    for command, event_type in ev.COMMAND_EVENTS.items():
+        if event_type == ev.STOP_REQUESTED and stopping:
+            continue
+        if event_type in _triggers_from(state):
+            legal.append(command)
+    return legal
+
+
+def to_mermaid(current: State | None = None) -> str:
+    """The lifecycle as a Mermaid state diagram, with the current state highlighted."""
+    lines = ["stateDiagram-v2", "    [*] --> Idle: create"]
+    for t in TRANSITIONS:
+        dest = t["dest"]
+        if dest is None or t["trigger"] in ev.FACT_TYPES:
+            continue
+        sources = t["source"] if isinstance(t["source"], list) else [t["source"]]
+        for source in sources:
+            lines.append(f"    {source} --> {dest}: {t['trigger']}")
+    lines.append("    Training --> Training: stop_requested (stopping)")
+    for final in (State.COMPLETE,):
+        lines.append(f"    {final} --> [*]")
+    if current is not None:
+        lines.append("    classDef current fill:#f59e0b,stroke:#b45309,color:#111,font-weight:bold")
+        lines.append(f"    class {current} current")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Read models derived only from events, rebuildable from the log at any time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from backend import events as ev
+from backend.events import Event
+from backend.fsm import Run
+from backend.fsm.machine import State
+
+
+@dataclass
+class RunSummary:
+    """What a runs table shows about one run, as of its last event."""
+
+    run: Run
+    name: str = ""
+    iteration: int = 0
+    total: int = 0
+    last_loss: float | None = None
+    its_per_s: float | None = None
+    eta_s: float | None = None
+    best_dice: float | None = None
+    best_iteration: int | None = None
+    last_checkpoint: str | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    attempts: int = 0
+    error: dict[str, Any] | None = None
+    output_path: str | None = None
+    log_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, run_id: str) -> RunSummary:
+        return cls(Run(run_id))
+
+    @property
+    def state(self) -> State | None:
+        return self.run.state
+
+    def apply(self, event: Event) -> None:
+        """Apply an accepted event (strict: the live path)."""
+        self.run.apply(event)
+        self._update(event)
+
+    def replay(self, event: Event) -> None:
+        """Apply from the log, recording events that cannot apply as problems."""
+        problems = len(self.run.problems)
+        self.run.replay(event)
+        if len(self.run.problems) == problems:
+            self._update(event)
+
+    def _update(self, event: Event) -> None:
+        data = event.data
+        kind = event.type
+        if kind == ev.METRIC:
+            self.iteration = data.get("iteration", self.iteration)
+            self.last_loss = data.get("loss", self.last_loss)
+        elif kind == ev.PROGRESS:
+            self.iteration = data.get("iteration", self.iteration)
+            self.total = data.get("total", self.total)
+            self.its_per_s = data.get("its_per_s")
+            self.eta_s = data.get("eta_s")
+        elif kind == ev.VALIDATION:
+            dice = data.get("dice")
+            if dice is not None and (self.best_dice is None or dice > self.best_dice):
+                self.best_dice = dice
+                self.best_iteration = data.get("iteration")
+        elif kind == ev.CHECKPOINT:
+            self.last_checkpoint = data.get("path")
+        elif kind == ev.CREATED:
+            self.name = data.get("name", "")
+            self.total = data.get("total_iterations", 0)
+            self.output_path = data.get("output_path")
+            self.log_path = data.get("log_path")
+            self.created_at = event.ts
+        elif kind in (ev.STARTED, ev.RESUMED):
+            self.attempts += 1
+            self.started_at = self.started_at or event.ts
+            self.ended_at = None
+            self.error = None
+            self.eta_s = None
+        elif kind in (ev.COMPLETED, ev.STOPPED, ev.FAILED):
+            self.ended_at = event.ts
+            self.eta_s = None
+            self.its_per_s = None
+            self.iteration = data.get("iteration", self.iteration)
+            if kind == ev.FAILED:
+                self.error = {k: data.get(k) for k in ("message", "hint", "exit_code")}
+            checkpoint = data.get("checkpoint")
+            if checkpoint:
+                self.last_checkpoint = checkpoint
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run.run_id,
+            "name": self.name,
+            "state": self.run.state,
+            "stopping": self.run.stopping,
+            "legal_commands": self.run.legal_commands(),
+            "version": self.run.version,
+            "last_seq": self.run.last_seq,
+            "iteration": self.iteration,
+            "total": self.total,
+            "last_loss": self.last_loss,
+            "its_per_s": self.its_per_s,
+            "eta_s": self.eta_s,
+            "best_dice": self.best_dice,
+            "best_iteration": self.best_iteration,
+            "last_checkpoint": self.last_checkpoint,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "attempts": self.attempts,
+            "error": self.error,
+            "output_path": self.output_path,
+            "log_path": self.log_path,
+            "problems": list(self.run.problems),
+        }
+
+
+def summarize(events: list[Event], run_id: str) -> RunSummary:
+    """A run's summary rebuilt from its events."""
+    summary = RunSummary.new(run_id)
+    for event in events:
+        summary.replay(event)
+    return summary

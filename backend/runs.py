@@ -1,0 +1,120 @@
+"""The application service: commands in, events out, one run at a time.
+
+Every change to a run goes through here, whoever asks (REST, WebSocket, CLI, the
+trainer supervisor): the state machine decides, the store appends, the in-memory run is
+updated with the same `apply` a replay uses, and listeners hear about the new events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from backend import events as ev
+from backend.events import Event, NewEvent
+from backend.fsm.fold import admissible
+from backend.projections import RunSummary
+from backend.store import EventStore
+
+log = logging.getLogger(__name__)
+Listener = Callable[[list[Event]], None]
+
+
+class UnknownRun(KeyError):
+    """No run has this id."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(run_id)
+
+    def __str__(self) -> str:
+        return f"no run with id '{self.run_id}'"
+
+
+class RunService:
+    """Commands and trainer reports for all runs, over one event store."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.runs: dict[str, RunSummary] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._listeners: list[Listener] = []
+
+    async def load(self) -> None:
+        """Rebuild every run's summary from the log (startup)."""
+        self.runs.clear()
+        after = 0
+        while page := await self.store.read_all(after, limit=10_000):
+            for event in page:
+                summary = self.runs.get(event.run_id)
+                if summary is None:
+                    summary = self.runs[event.run_id] = RunSummary.new(event.run_id)
+                summary.replay(event)
+            after = page[-1].seq
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every batch of newly stored events; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def get(self, run_id: str) -> RunSummary:
+        try:
+            return self.runs[run_id]
+        except KeyError:
+            raise UnknownRun(run_id) from None
+
+    def _lock(self, run_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(run_id, asyncio.Lock())
+
+    async def create(self, data: Mapping[str, Any], run_id: str | None = None) -> Event:
+        """Create a run (Idle) from already-validated data."""
+        run_id = run_id or new_run_id()
+        async with self._lock(run_id):
+            summary = self.runs.get(run_id) or RunSummary.new(run_id)
+            summary.run.check("create")
+            [event] = await self._append(summary, [NewEvent(ev.CREATED, data)])
+            self.runs[run_id] = summary
+            return event
+
+    async def command(
+        self, run_id: str, command: str, data: Mapping[str, Any] | None = None
+    ) -> Event:
+        """Apply a client command (start, stop, resume); IllegalCommand writes nothing."""
+        async with self._lock(run_id):
+            summary = self.get(run_id)
+            event_type = summary.run.check(command)
+            [event] = await self._append(summary, [NewEvent(event_type, data or {})])
+            return event
+
+    async def record(self, run_id: str, new_events: Sequence[NewEvent]) -> list[Event]:
+        """Append facts reported by a trainer or the supervisor.
+
+        Events the machine would reject (a late metric after the run ended, say) are
+        dropped with a warning rather than corrupting the log.
+        """
+        async with self._lock(run_id):
+            summary = self.get(run_id)
+            verdicts = admissible(summary.run, [e.type for e in new_events])
+            accepted = [e for e, ok in zip(new_events, verdicts, strict=True) if ok]
+            if len(accepted) < len(new_events):
+                dropped = [e.type for e, ok in zip(new_events, verdicts, strict=True) if not ok]
+                log.warning("run %s: dropped events not legal now: %s", run_id, dropped)
+            return await self._append(summary, accepted)
+
+    async def _append(self, summary: RunSummary, new: Sequence[NewEvent]) -> list[Event]:
+        if not new:
+            return []
+        stored = await self.store.append(summary.run.run_id, new, summary.run.version)
+        for event in stored:
+            summary.apply(event)
+        for listener in list(self._listeners):
+            listener(stored)
+        return stored
+
+
+def new_run_id() -> str:
+    """Short, sortable-enough, URL-safe run ids."""
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,343 @@
+"""The event store: one append-only SQLite table, one writer, group commit.
+
+Appends from many coroutines queue up; a single writer task drains the queue and commits
+everything that arrived within a short window in one transaction (group commit), then
+tells every caller its events' sequence numbers. Nothing is ever updated or deleted.
+
+Durability: WAL mode. `synchronous="NORMAL"` (default) survives a crash of this process;
+`"FULL"` also survives a power cut or an OS crash, at the cost of an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from backend.events import Event, NewEvent
+
+SCHEMA_VERSION = 1
+Synchronous = Literal["NORMAL", "FULL"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    ts REAL NOT NULL,
+    data TEXT NOT NULL,
+    UNIQUE (run_id, version)
+);
+"""
+_INSERT = "INSERT INTO events (seq, run_id, version, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)"
+_COLUMNS = "seq, run_id, version, type, ts, data"
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message says why and what to do."""
+
+
+class ConcurrencyError(StoreError):
+    """An append expected a run version that is no longer current. Nothing was written."""
+
+    def __init__(self, run_id: str, expected: int, actual: int) -> None:
+        self.run_id = run_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"run {run_id} is at version {actual}, not {expected}")
+
+
+@dataclass
+class _Append:
+    run_id: str
+    events: Sequence[NewEvent]
+    expected_version: int | None
+    done: asyncio.Future[list[Event]]
+
+
+def _rows(
+    item: _Append, last_seq: int, version: int, now: float
+) -> list[tuple[int, str, int, str, float, str]]:
+    """Rows for one append; raises if an event's data cannot be stored as strict JSON."""
+    return [
+        (
+            last_seq + i,
+            item.run_id,
+            version + i,
+            new.type,
+            new.ts if new.ts is not None else now,
+            json.dumps(new.data, separators=(",", ":"), allow_nan=False),
+        )
+        for i, new in enumerate(item.events, start=1)
+    ]
+
+
+def _row_to_event(row: sqlite3.Row | tuple[Any, ...]) -> Event:
+    seq, run_id, version, type_, ts, data = row
+    return Event(seq, run_id, version, type_, ts, json.loads(data))
+
+
+class EventStore:
+    """Append-only event log in one SQLite file (or `:memory:`)."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str, flush_window: float) -> None:
+        self._db = db
+        self.path = path
+        self._flush_window = flush_window
+        self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
+        self._last_seq = 0
+        self._versions: dict[str, int] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        self.commits = 0  # transactions written: group commit keeps this well below appends
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        flush_window: float = 0.002,
+    ) -> EventStore:
+        """Open (creating if needed) an event store; StoreError if the file is unusable.
+
+        A file that is not SQLite, has a newer schema, or is held by another Trainboard
+        process is refused before anything is written to it.
+        """
+        if synchronous not in ("NORMAL", "FULL"):
+            raise StoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        path = str(path)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None, timeout=0.2)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+        try:
+            await _check_existing(db, path)
+            await _prepare(db, path, synchronous)
+        except BaseException:
+            await db.close()
+            raise
+        store = cls(db, path, flush_window)
+        await store._load_positions()
+        store._writer = asyncio.create_task(store._write_loop(), name="event-store-writer")
+        return store
+
+    async def _load_positions(self) -> None:
+        rows = await self._db.execute_fetchall(
+            "SELECT run_id, MAX(version) FROM events GROUP BY run_id"
+        )
+        self._versions = {run_id: version for run_id, version in rows}
+        row = await self._db.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events")
+        self._last_seq = next(iter(row))[0]
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def append(
+        self,
+        run_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None = None,
+    ) -> list[Event]:
+        """Append events to a run atomically; returns them with seq and version assigned.
+
+        With `expected_version`, the append fails with ConcurrencyError (writing nothing)
+        unless the run is at exactly that version (0 for a run with no events yet).
+        """
+        if self._closed:
+            raise StoreError("the event store is closed")
+        if not events:
+            return []
+        done: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Append(run_id, events, expected_version, done))
+        return await done
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            if self._flush_window > 0 and self._queue.empty():
+                await asyncio.sleep(self._flush_window)
+            batch = [first]
+            stop = False
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            await self._commit(batch)
+            if stop:
+                return
+
+    async def _commit(self, batch: list[_Append]) -> None:
+        """Write one group of appends in one transaction; resolve each caller."""
+        rows: list[tuple[int, str, int, str, float, str]] = []
+        accepted: list[tuple[_Append, list[Event]]] = []
+        seq = self._last_seq
+        versions: dict[str, int] = {}
+        now = time.time()
+        for item in batch:
+            current = versions.get(item.run_id, self._versions.get(item.run_id, 0))
+            if item.expected_version is not None and item.expected_version != current:
+                item.done.set_exception(
+                    ConcurrencyError(item.run_id, item.expected_version, current)
+                )
+                continue
+            try:
+                item_rows = _rows(item, seq, current, now)
+            except (TypeError, ValueError) as exc:
+                item.done.set_exception(StoreError(f"event data is not valid JSON: {exc}"))
+                continue
+            rows.extend(item_rows)
+            seq += len(item_rows)
+            versions[item.run_id] = current + len(item_rows)
+            stored = [
+                Event(r[0], r[1], r[2], r[3], r[4], e.data)
+                for r, e in zip(item_rows, item.events, strict=True)
+            ]
+            accepted.append((item, stored))
+        if not rows:
+            return
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            await self._db.executemany(_INSERT, rows)
+            await self._db.execute("COMMIT")
+        except (sqlite3.Error, ValueError) as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("ROLLBACK")
+            for item, _ in accepted:
+                if not item.done.done():
+                    item.done.set_exception(StoreError(f"append failed: {exc}"))
+            return
+        self._last_seq = seq
+        self._versions.update(versions)
+        self.commits += 1
+        for item, stored in accepted:
+            if not item.done.done():
+                item.done.set_result(stored)
+
+    # -- reading -----------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last committed event (0 when empty)."""
+        return self._last_seq
+
+    def run_version(self, run_id: str) -> int:
+        return self._versions.get(run_id, 0)
+
+    def run_ids(self) -> list[str]:
+        return list(self._versions)
+
+    async def read_run(
+        self, run_id: str, after_version: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        """A run's events with version > after_version, in order."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_COLUMNS} FROM events WHERE run_id = ? AND version > ? "
+            "ORDER BY version LIMIT ?",
+            (run_id, after_version, -1 if limit is None else limit),
+        )
+        return [_row_to_event(r) for r in rows]
+
+    async def read_run_after_seq(
+        self, run_id: str, after_seq: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        """One page of a run's events with seq > after_seq."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_COLUMNS} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (run_id, after_seq, limit),
+        )
+        return [_row_to_event(r) for r in rows]
+
+    async def read_all(self, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+        """One page of all events with seq > after_seq, in seq order."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [_row_to_event(r) for r in rows]
+
+    async def close(self) -> None:
+        """Flush pending appends, stop the writer and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+        await self._db.close()
+
+    async def __aenter__(self) -> EventStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _check_existing(db: aiosqlite.Connection, path: str) -> None:
+    """Refuse a file that is not ours to write, before writing anything to it."""
+    try:
+        tables = {
+            name
+            for (name,) in await db.execute_fetchall(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        }
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc):
+            raise StoreError(_locked_message(path)) from exc
+        raise StoreError(
+            f"{path} is not a Trainboard event store ({exc}); "
+            "choose another --db path or move that file away"
+        ) from exc
+    if tables and "events" not in tables:
+        raise StoreError(
+            f"{path} is an SQLite database of another application (tables: "
+            f"{', '.join(sorted(tables))}); choose another --db path"
+        )
+    if "schema_version" in tables:
+        rows = await db.execute_fetchall("SELECT MAX(version) FROM schema_version")
+        version = next(iter(rows))[0] or 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} was written by a newer Trainboard (schema {version}; this one "
+                f"reads up to {SCHEMA_VERSION}); upgrade Trainboard to open it"
+            )
+
+
+async def _prepare(db: aiosqlite.Connection, path: str, synchronous: Synchronous) -> None:
+    try:
+        # One writer: an exclusive lock, taken now so a second process fails at open.
+        await db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute(f"PRAGMA synchronous = {synchronous}")
+        await db.execute("BEGIN IMMEDIATE")
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            await db.execute(statement)
+        rows = await db.execute_fetchall("SELECT COUNT(*) FROM schema_version")
+        if next(iter(rows))[0] == 0:
+            await db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        await db.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            raise StoreError(_locked_message(path)) from exc
+        raise StoreError(f"cannot prepare {path}: {exc}") from exc
+
+
+def _locked_message(path: str) -> str:
+    return (
+        f"{path} is in use by another Trainboard process (a server or `trainboard train`); "
+        "stop it, or talk to the running server instead, or pass another --db path"
+    )

@@ -1,0 +1,1 @@
+"""Everything that imports torch: models, losses, optimisation, data, the training loop."""

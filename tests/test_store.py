@@ -1,0 +1,223 @@
+"""Contract tests for the event store, run against a file database and an in-memory one."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from backend.events import NewEvent
+from backend.store import SCHEMA_VERSION, ConcurrencyError, EventStore, StoreError
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["file", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
+    path = tmp_path / "events.db" if request.param == "file" else ":memory:"
+    s = await EventStore.open(path)
+    yield s
+    await s.close()
+
+
+def metric(i: int) -> NewEvent:
+    return NewEvent("metric", {"iteration": i, "loss": 1.0 / (i + 1)})
+
+
+async def test_append_assigns_seq_and_version(store: EventStore) -> None:
+    first = await store.append("a", [metric(1), metric(2)])
+    second = await store.append("b", [metric(1)])
+    third = await store.append("a", [metric(3)])
+    assert [(e.seq, e.version) for e in first] == [(1, 1), (2, 2)]
+    assert [(e.seq, e.version) for e in second] == [(3, 1)]
+    assert [(e.seq, e.version) for e in third] == [(4, 3)]
+    assert store.last_seq == 4
+    assert store.run_version("a") == 3
+    assert sorted(store.run_ids()) == ["a", "b"]
+
+
+async def test_reads_return_what_was_appended(store: EventStore) -> None:
+    await store.append("a", [metric(i) for i in range(5)])
+    await store.append("b", [metric(i) for i in range(3)])
+    run_a = await store.read_run("a")
+    assert [e.data["iteration"] for e in run_a] == list(range(5))
+    assert [e.version for e in await store.read_run("a", after_version=3)] == [4, 5]
+    assert [e.seq for e in await store.read_run_after_seq("b", after_seq=6)] == [7, 8]
+    page1 = await store.read_all(0, limit=4)
+    page2 = await store.read_all(page1[-1].seq, limit=4)
+    assert [e.seq for e in page1 + page2] == list(range(1, 9))
+    assert run_a[0].type == "metric" and run_a[0].run_id == "a" and run_a[0].ts > 0
+
+
+async def test_stale_expected_version_fails_and_writes_nothing(store: EventStore) -> None:
+    await store.append("a", [metric(1)], expected_version=0)
+    with pytest.raises(ConcurrencyError) as info:
+        await store.append("a", [metric(2), metric(3)], expected_version=0)
+    assert (info.value.expected, info.value.actual) == (0, 1)
+    assert len(await store.read_run("a")) == 1
+    assert store.last_seq == 1
+    await store.append("a", [metric(2)], expected_version=1)
+    assert store.run_version("a") == 2
+
+
+async def test_invalid_data_fails_alone(store: EventStore) -> None:
+    good = asyncio.ensure_future(store.append("a", [metric(1)]))
+    bad = asyncio.ensure_future(store.append("b", [NewEvent("metric", {"loss": math.nan})]))
+    assert len(await good) == 1
+    with pytest.raises(StoreError, match="JSON"):
+        await bad
+    assert store.last_seq == 1 and store.run_version("b") == 0
+
+
+async def test_group_commit_and_gapless_under_concurrency(store: EventStore) -> None:
+    async def appender(run: str, count: int) -> list[int]:
+        seqs = []
+        for i in range(count):
+            [event] = await store.append(run, [metric(i)])
+            seqs.append(event.seq)
+        return seqs
+
+    results = await asyncio.gather(*(appender(f"r{n % 7}", 40) for n in range(25)))
+    seqs = sorted(s for r in results for s in r)
+    assert seqs == list(range(1, 1001))
+    events = await store.read_all(0, limit=5000)
+    assert [e.seq for e in events] == seqs
+    for run in {f"r{n % 7}" for n in range(25)}:
+        versions = [e.version for e in await store.read_run(run)]
+        assert versions == list(range(1, len(versions) + 1))
+    assert store.commits < 1000 / 5, "concurrent appends should share transactions"
+
+
+async def test_close_flushes_pending_appends(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "e.db")
+    pending = [asyncio.ensure_future(store.append("a", [metric(i)])) for i in range(50)]
+    await asyncio.sleep(0)
+    await store.close()
+    assert all(len(p.result()) == 1 for p in pending)
+    reopened = await EventStore.open(tmp_path / "e.db")
+    assert reopened.last_seq == 50 and reopened.run_version("a") == 50
+    await reopened.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.append("a", [metric(0)])
+
+
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+async def test_reopen_keeps_everything(tmp_path: Path, synchronous: str) -> None:
+    path = tmp_path / "events.db"
+    async with await EventStore.open(path, synchronous=synchronous) as store:  # type: ignore[arg-type]
+        await store.append("a", [metric(1), metric(2)])
+    async with await EventStore.open(path) as store:
+        assert store.last_seq == 2
+        [event] = await store.append("a", [metric(3)], expected_version=2)
+        assert (event.seq, event.version) == (3, 3)
+
+
+async def test_bad_synchronous_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="NORMAL or FULL"):
+        await EventStore.open(tmp_path / "e.db", synchronous="OFF")  # type: ignore[arg-type]
+
+
+async def test_garbage_file_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    garbage = b"this is not a database, it is a shopping list\n" * 100
+    path.write_bytes(garbage)
+    with pytest.raises(StoreError, match="not a Trainboard event store"):
+        await EventStore.open(path)
+    assert path.read_bytes() == garbage
+
+
+async def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE customers (id INTEGER)")
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="another application"):
+        await EventStore.open(path)
+    assert path.read_bytes() == before
+
+
+async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    async with await EventStore.open(path):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="newer Trainboard"):
+        await EventStore.open(path)
+    assert path.read_bytes() == before
+
+
+async def test_file_held_by_another_process_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SCRIPT, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match="in use by another Trainboard process"):
+            await EventStore.open(path)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD_SCRIPT = """
+import asyncio, sys
+from backend.store import EventStore
+async def main():
+    store = await EventStore.open(sys.argv[1])
+    print("open", flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+CRASH_SCRIPT = """
+import asyncio, sys
+from backend.events import NewEvent
+from backend.store import EventStore
+async def main():
+    store = await EventStore.open(sys.argv[1])
+    i = 0
+    while True:
+        batch = [NewEvent("metric", {"i": i + k}) for k in range(5)]
+        stored = await asyncio.gather(*(store.append(f"r{i % 3}", [e]) for e in batch))
+        i += 5
+        print(max(s[0].seq for s in stored), flush=True)
+asyncio.run(main())
+"""
+
+
+async def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASH_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    acknowledged = 0
+    for _ in range(300):
+        acknowledged = int(child.stdout.readline())
+    child.kill()
+    child.wait()
+    assert child.returncode == -9
+    async with await EventStore.open(path) as store:
+        events = await store.read_all(0, limit=1_000_000)
+        seqs = [e.seq for e in events]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert len(seqs) >= acknowledged
+        for run in store.run_ids():
+            versions = [e.version for e in await store.read_run(run)]
+            assert versions == list(range(1, len(versions) + 1))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
