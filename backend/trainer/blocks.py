@@ -199,9 +199,11 @@ class NonLocalBlock(nn.Module):
         )
         # Start as the identity so the pretrained U-Net path is undisturbed; zero the
         # norm's scale when it has one, otherwise the projection itself.
-        last = self.W[1] if getattr(self.W[1], "weight", None) is not None else self.W[0]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        for name in ("weight", "bias"):
+            param = getattr(self.W[1], name, None)
+            if param is None:
+                param = getattr(self.W[0], name)
+            nn.init.zeros_(param)
 
     def forward(self, x: Tensor) -> Tensor:
         b = x.shape[0]

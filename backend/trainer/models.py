@@ -1,0 +1,232 @@
+"""PyTC's residual U-Nets, built from the resolved config: `build_model(cfg)`.
+
+The encoder has one level per entry of MODEL.FILTERS. Level 0 keeps the input resolution;
+every later level halves it (strided conv, or max-pooling with MODEL.POOLING_LAYER) in
+(y, x) only for an anisotropic level and in (z, y, x) for an isotropic one. The decoder
+upsamples, adds the skip connection and refines with a residual block. The last conv emits
+raw logits: activations belong to the losses (MODEL.OUTPUT_ACT) and to `losses.predict`.
+
+Layer names and shapes match PyTC's `UNet3D`, `UNet2D`, `UNetPlus3D` and `UNetPlus2D`, so a
+PyTC checkpoint loads into these models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from backend.trainer.blocks import (
+    BLOCKS,
+    LayerOptions,
+    NonLocalBlock,
+    Size,
+    conv_norm_act,
+    init_orthogonal,
+)
+
+Config = Mapping[str, Any]
+
+SUPPORTED_ARCHITECTURES = ("unet_3d", "unet_2d", "unet_plus_3d", "unet_plus_2d")
+SUPPORTED_BLOCK_TYPES = tuple(BLOCKS)
+
+
+class UNet(nn.Module):
+    """Residual encoder-decoder U-Net (PyTC `UNet3D` for ndim=3, `UNet2D` for ndim=2).
+
+    `isotropy` gives one flag per level (3D only; None makes every level isotropic);
+    `io_isotropic` gives the 5x5 input/output convs a z extent (DATASET.IS_ISOTROPIC)."""
+
+    def __init__(
+        self,
+        opts: LayerOptions,
+        *,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        filters: Sequence[int] = (28, 36, 48, 64, 80),
+        isotropy: Sequence[bool] | None = None,
+        block_type: str = "residual",
+        pooling: bool = False,
+        io_isotropic: bool = False,
+    ) -> None:
+        super().__init__()
+        self.ndim, self.depth, self.pooling = opts.ndim, len(filters), pooling
+        self.filters = list(filters)
+        # 2D has no z axis, so every level is "isotropic" in the sense that matters here.
+        iso = list(isotropy) if opts.ndim == 3 and isotropy is not None else [True] * self.depth
+        if len(iso) != self.depth:
+            raise ValueError(f"isotropy needs one flag per level ({self.depth}), got {iso}")
+        block = BLOCKS[block_type]
+
+        io_kernel, io_pad = self._kernel(io_isotropic or opts.ndim == 2, size=5)
+        self.conv_in = conv_norm_act(in_channels, filters[0], io_kernel, opts, padding=io_pad)
+        self.conv_out = conv_norm_act(
+            filters[0],
+            out_channels,
+            io_kernel,
+            opts,
+            padding=io_pad,
+            bias=True,
+            norm=False,
+            act=False,
+        )
+
+        self.down_layers = nn.ModuleList()
+        for i in range(self.depth):
+            prev = max(0, i - 1)
+            kernel, pad = self._kernel(iso[i])
+            stride = 1 if pooling or i == 0 else self._downsample(iso[i])
+            self.down_layers.append(
+                nn.Sequential(
+                    self._pool(iso[i]) if pooling and i > 0 else nn.Identity(),
+                    conv_norm_act(
+                        filters[prev], filters[i], kernel, opts, stride=stride, padding=pad
+                    ),
+                    block(filters[i], filters[i], opts),
+                )
+            )
+
+        # up_layers[j] takes level j+1 up to level j: a conv to fewer channels, then a block.
+        self.up_layers = nn.ModuleList()
+        for j in range(1, self.depth):
+            kernel, pad = self._kernel(iso[j])
+            self.up_layers.append(
+                nn.ModuleList(
+                    [
+                        conv_norm_act(filters[j], filters[j - 1], kernel, opts, padding=pad),
+                        block(filters[j - 1], filters[j - 1], opts),
+                    ]
+                )
+            )
+        init_orthogonal(self)
+
+    def _kernel(self, isotropic: bool, size: int = 3) -> tuple[Size, Size]:
+        if self.ndim == 2 or isotropic:
+            return size, size // 2
+        return (1, size, size), (0, size // 2, size // 2)
+
+    def _downsample(self, isotropic: bool) -> Size:
+        return 2 if self.ndim == 2 or isotropic else (1, 2, 2)
+
+    def _pool(self, isotropic: bool) -> nn.Module:
+        factor = self._downsample(isotropic)
+        return nn.MaxPool3d(factor, factor) if self.ndim == 3 else nn.MaxPool2d(factor, factor)
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        x = self.conv_in(x)
+        skips: list[Tensor] = []
+        for layer in self.down_layers[:-1]:
+            x = layer(x)
+            skips.append(x)
+        bottom: Tensor = self.down_layers[-1](x)
+        return bottom, skips
+
+    def _upsample_add(self, x: Tensor, y: Tensor) -> Tensor:
+        # Strided convs map n to ceil(n/2), so corners line up (align_corners=True);
+        # max-pooling floors, so it does not (PyTC's choice, kept for identical outputs).
+        mode = "trilinear" if self.ndim == 3 else "bilinear"
+        up = F.interpolate(x, size=y.shape[2:], mode=mode, align_corners=not self.pooling)
+        return up + y
+
+    def _bottleneck(self, x: Tensor) -> Tensor:
+        return x
+
+    def _decode_level(self, i: int, x: Tensor, skip: Tensor, bottom: Tensor) -> Tensor:
+        conv, block = cast(nn.ModuleList, self.up_layers[i])
+        x = self._upsample_add(conv(x), skip)
+        out: Tensor = block(x)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        bottom, skips = self._encode(x)
+        bottom = self._bottleneck(bottom)
+        x = bottom
+        for i in reversed(range(self.depth - 1)):
+            x = self._decode_level(i, x, skips[i], bottom)
+        out: Tensor = self.conv_out(x)
+        return out
+
+
+class UNetPlus(UNet):
+    """PyTC `UNetPlus3D` / `UNetPlus2D`: a non-local block at the bottleneck, and every decoder
+    level also receives the bottleneck features (1x1 conv to that level's channels, upsampled
+    and added), giving each level global context. Extra layers keep PyTorch's default
+    initialisation, as in PyTC (they are created after the base model is initialised)."""
+
+    def __init__(self, opts: LayerOptions, **kwargs: Any) -> None:
+        super().__init__(opts, **kwargs)
+        filters = self.filters
+        self.feat_layers = nn.ModuleList(
+            [conv_norm_act(filters[-1], filters[k - 1], 1, opts) for k in range(1, self.depth)]
+        )
+        self.non_local = NonLocalBlock(filters[-1], opts)
+
+    def _bottleneck(self, x: Tensor) -> Tensor:
+        out: Tensor = self.non_local(x)
+        return out
+
+    def _decode_level(self, i: int, x: Tensor, skip: Tensor, bottom: Tensor) -> Tensor:
+        conv, block = cast(nn.ModuleList, self.up_layers[i])
+        x = self._upsample_add(conv(x), skip)
+        x = self._upsample_add(self.feat_layers[i](bottom), x)
+        out: Tensor = block(x)
+        return out
+
+
+def _choice(key: str, value: Any, supported: Sequence[str]) -> str:
+    if value not in supported:
+        raise ValueError(f"{key} {value!r} is not supported; supported: {', '.join(supported)}")
+    return str(value)
+
+
+def _filters(model_cfg: Config) -> list[int]:
+    filters = [int(f) for f in model_cfg["FILTERS"]]
+    if not filters or min(filters) < 1:
+        raise ValueError(f"MODEL.FILTERS must be a non-empty list of positive ints, got {filters}")
+    return filters
+
+
+def _isotropy(model_cfg: Config, depth: int, ndim: int) -> list[bool]:
+    isotropy = [bool(v) for v in model_cfg["ISOTROPY"]]
+    if ndim == 3 and len(isotropy) != depth:
+        raise ValueError(
+            f"MODEL.ISOTROPY has {len(isotropy)} entries but MODEL.FILTERS has {depth}: "
+            "give one True/False per U-Net level"
+        )
+    return isotropy
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The U-Net named by MODEL.ARCHITECTURE, configured from MODEL.* (see docs/models.md)."""
+    model_cfg = cfg["MODEL"]
+    arch = _choice("MODEL.ARCHITECTURE", model_cfg["ARCHITECTURE"], SUPPORTED_ARCHITECTURES)
+    block_type = _choice("MODEL.BLOCK_TYPE", model_cfg["BLOCK_TYPE"], SUPPORTED_BLOCK_TYPES)
+    ndim = 2 if arch.endswith("_2d") else 3
+    opts = LayerOptions(
+        ndim=ndim,
+        norm=model_cfg["NORM_MODE"],
+        act=model_cfg["ACT_MODE"],
+        pad=model_cfg["PAD_MODE"],
+    )
+    filters = _filters(model_cfg)
+    # DATASET.IS_ISOTROPIC makes every level isotropic, the I/O convs included (as PyTC).
+    io_isotropic = bool(cfg.get("DATASET", {}).get("IS_ISOTROPIC", False))
+    isotropy = [True] * len(filters) if io_isotropic else _isotropy(model_cfg, len(filters), ndim)
+    model_cls = UNetPlus if arch.startswith("unet_plus") else UNet
+    return model_cls(
+        opts,
+        in_channels=int(model_cfg["IN_PLANES"]),
+        out_channels=int(model_cfg["OUT_PLANES"]),
+        filters=filters,
+        isotropy=isotropy,
+        block_type=block_type,
+        pooling=bool(model_cfg.get("POOLING_LAYER", False)),
+        io_isotropic=io_isotropic,
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not), as PyTC reports it."""
+    return sum(p.numel() for p in model.parameters())
