@@ -1,0 +1,566 @@
+"""The PyTC legacy (yacs) config tree: every key, its PyTC default, type, range and help.
+
+One table drives everything: the loader fills defaults from it, the validator checks
+against it, the JSON Schema and the browser wizard are generated from it. Defaults follow
+PyTorch Connectomics' `connectomics/config/defaults.py`; keys found only in older releases
+or in later forks are included too, so that published configs load as they are.
+
+`core` marks keys a Trainboard training run honours. Every other key is accepted (a real
+config must load) and reported as "accepted, not used" when the user changes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from backend.config.valuetypes import alternatives
+
+Widget = Literal["slider", "log-slider", "select", "toggle", "number", "text", "list"]
+
+SECTIONS_TOP = ("SYSTEM", "MODEL", "DATASET", "AUGMENTOR", "SOLVER", "MONITOR", "INFERENCE")
+
+SUPPORTED_ARCHITECTURES = ("unet_3d", "unet_2d", "unet_plus_3d", "unet_plus_2d")
+ARCHITECTURES_2D = ("unet_2d", "unet_plus_2d")
+# PyTC models Trainboard does not train: known, so the error can say so.
+PYTC_ONLY_ARCHITECTURES = (
+    "fpn_3d",
+    "deeplabv3a",
+    "deeplabv3b",
+    "deeplabv3c",
+    "unetr",
+    "swinunetr",
+)
+# Names used by older PyTC releases and the configs written for them.
+OLD_ARCHITECTURE_NAMES: dict[str, str] = {
+    "unet_residual_3d": "unet_3d",
+    "unet_residual_2d": "unet_2d",
+    "unet_residual": "unet_3d",
+    "unet_super": "unet_plus_3d",
+    "super": "unet_plus_3d",
+    "fpn": "fpn_3d",
+}
+
+SUPPORTED_LOSSES = ("WeightedBCE", "WeightedBCEWithLogitsLoss", "DiceLoss", "WeightedMSE")
+PYTC_ONLY_LOSSES = (
+    "WeightedMAE",
+    "WeightedCE",
+    "WeightedBCEFocalLoss",
+    "WSDiceLoss",
+    "JaccardLoss",
+    "BinaryReg",
+    "ForegroundDTConsistency",
+    "ContourDTConsistency",
+    "FocalLoss",
+)
+SUPPORTED_OPTIMIZERS = ("SGD", "Adam", "AdamW")
+SUPPORTED_SCHEDULERS = ("MultiStepLR", "WarmupMultiStepLR", "WarmupCosineLR")
+PYTC_ONLY_SCHEDULERS = ("ReduceLROnPlateau", "OneCycle")
+MULTISTEP_SCHEDULERS = ("MultiStepLR", "WarmupMultiStepLR")
+WARMUP_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
+OUTPUT_ACTIVATIONS = ("none", "sigmoid", "softmax", "tanh")
+
+# Targets: '0' binary foreground, '2' affinity, '4' or '4-x-y' instance boundary.
+SUPPORTED_TARGETS = ("0", "2", "4")
+_TARGET_RE = re.compile(r"^(0|2|4(-\d+-\d+)?)$")
+PYTC_ONLY_TARGETS: dict[str, str] = {
+    "1": "synaptic polarity",
+    "3": "small-object mask",
+    "5": "instance distance transform",
+    "6": "semantic distance transform",
+    "7": "skeleton-aware distance transform",
+    "9": "semantic segmentation",
+    "e": "instance embedding",
+}
+TARGETS_HELP = (
+    "'0' (binary, 1 channel), '2' (affinity, 3 channels; 2 in 2D), "
+    "'4' or '4-x-y' (instance boundary, 1 channel)"
+)
+
+
+def is_supported_target(opt: str) -> bool:
+    return bool(_TARGET_RE.match(opt))
+
+
+def target_channels(opt: str, do_2d: bool) -> int:
+    """Output channels a target needs: '0' -> 1, '2' -> 3 (2 in 2D), '4' / '4-x-y' -> 1."""
+    if not is_supported_target(opt):
+        raise ValueError(f"target {opt!r} is not supported; supported: {TARGETS_HELP}")
+    if opt == "2":
+        return 2 if do_2d else 3
+    return 1
+
+
+def pooling_factors(architecture: str, filters: int, isotropy: list[bool]) -> tuple[int, int, int]:
+    """How often each patch axis (z, y, x) is halved by the U-Net encoder.
+
+    PyTC's U-Nets downsample once per level after the first: (1, 2, 2) on anisotropic
+    levels and (2, 2, 2) on isotropic ones; 2D models only downsample y and x.
+    """
+    levels = max(filters - 1, 0)
+    xy = 2**levels
+    if architecture in ARCHITECTURES_2D:
+        return 1, xy, xy
+    z = 2 ** sum(1 for iso in isotropy[1:filters] if iso)
+    return z, xy, xy
+
+
+@dataclass(frozen=True, slots=True)
+class Ui:
+    """How the browser wizard renders a key (min/max/step are the control's, not limits)."""
+
+    widget: Widget
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    name: str
+    default: Any
+    type: str
+    help: str
+    core: bool = False
+    choices: tuple[str, ...] = ()
+    pytc_only: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
+    length: int | None = None
+    ui: Ui | None = None
+
+    @property
+    def section(self) -> str:
+        return self.name.rsplit(".", 1)[0]
+
+    @property
+    def leaf(self) -> str:
+        return self.name.rsplit(".", 1)[1]
+
+    @property
+    def widget(self) -> Widget:
+        if self.ui is not None:
+            return self.ui.widget
+        alts = alternatives(self.type)
+        if alts[0].startswith("list["):
+            return "list"
+        if self.choices:
+            return "select"
+        if alts[0] == "bool":
+            return "toggle"
+        if alts[0] in ("int", "float"):
+            return "number"
+        return "text"
+
+
+KEYS: dict[str, Key] = {}
+
+
+def _key(
+    name: str,
+    default: Any,
+    type_: str,
+    help_: str,
+    *,
+    core: bool = False,
+    choices: tuple[str, ...] = (),
+    pytc_only: tuple[str, ...] = (),
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    exclusive_maximum: bool = False,
+    length: int | None = None,
+    ui: Ui | None = None,
+) -> None:
+    assert name not in KEYS, name
+    KEYS[name] = Key(
+        name=name,
+        default=default,
+        type=type_,
+        help=help_,
+        core=core,
+        choices=choices,
+        pytc_only=pytc_only,
+        minimum=minimum,
+        maximum=maximum,
+        exclusive_minimum=exclusive_minimum,
+        exclusive_maximum=exclusive_maximum,
+        length=length,
+        ui=ui,
+    )
+
+
+PROBABILITY_UI = Ui("slider", 0.0, 1.0, 0.05)
+SLICES = "str|list[str]|None"
+
+# The table is aligned by hand for reading; the formatter would give each call ten lines.
+# fmt: off
+# --- SYSTEM -------------------------------------------------------------------------------
+_key("SYSTEM.NUM_GPUS", 4, "int", "GPUs to train on; 0 trains on the CPU", core=True,
+     minimum=0, ui=Ui("slider", 0, 8, 1))
+_key("SYSTEM.NUM_CPUS", 4, "int", "data-loading worker processes", core=True,
+     minimum=0, ui=Ui("slider", 0, 32, 1))
+_key("SYSTEM.DISTRIBUTED", False, "bool", "multi-GPU DistributedDataParallel training")
+_key("SYSTEM.PARALLEL", "DP", "str", "multi-GPU mode", choices=("DP", "DDP"))
+_key("SYSTEM.DISTRIBUTED_BACKEND", "nccl", "str", "torch.distributed backend",
+     choices=("nccl", "gloo", "mpi"))
+_key("SYSTEM.DEBUG", False, "bool", "PyTC debug mode")
+
+# --- MODEL --------------------------------------------------------------------------------
+_key("MODEL.ARCHITECTURE", "unet_3d", "str", "network architecture", core=True,
+     choices=SUPPORTED_ARCHITECTURES, pytc_only=PYTC_ONLY_ARCHITECTURES)
+_key("MODEL.BLOCK_TYPE", "residual", "str", "U-Net building block", core=True,
+     choices=("residual", "residual_se"), pytc_only=("residual_pa", "residual_se_pa"))
+_key("MODEL.BACKBONE", "resnet", "str", "FPN backbone",
+     choices=("resnet", "repvgg", "botnet", "efficientnet"))
+_key("MODEL.DEPLOY_MODE", False, "bool", "RepVGG deploy mode")
+_key("MODEL.FILTERS", [28, 36, 48, 64, 80], "list[int]", "channels per U-Net level",
+     core=True, minimum=1)
+_key("MODEL.BLOCKS", [2, 2, 2, 2], "list[int]", "blocks per backbone stage", minimum=1)
+_key("MODEL.KERNEL_SIZES", [3, 3, 5, 3, 3], "list[int]", "kernel sizes (EfficientNet)",
+     minimum=1)
+_key("MODEL.ATTENTION", "squeeze_excitation", "str", "attention type (EfficientNet)")
+_key("MODEL.ISOTROPY", [False, False, False, True, True], "list[bool]",
+     "per level: isotropic (3,3,3) kernels and z downsampling, else anisotropic (1,3,3)",
+     core=True)
+_key("MODEL.TARGET_OPT", ["0"], "list[str]", f"learning targets: {TARGETS_HELP}", core=True)
+_key("MODEL.TARGET_OPT_MULTISEG_SPLIT", None, "any", "multi-segment target split")
+_key("MODEL.LABEL_EROSION", None, "int|None", "erode instance masks by this many voxels",
+     minimum=0)
+_key("MODEL.LABEL_DILATION", None, "int|None", "dilate instance masks by this many voxels",
+     minimum=0)
+_key("MODEL.WEIGHT_OPT", [["1"]], "list[list[str]]",
+     "pixel weighting per loss: '1' class-balanced, '0' none", core=True, choices=("0", "1"))
+_key("MODEL.LOSS_OPTION", [["WeightedBCE"]], "list[list[str]]",
+     "losses, one list per target", core=True, choices=SUPPORTED_LOSSES,
+     pytc_only=PYTC_ONLY_LOSSES)
+_key("MODEL.OUTPUT_ACT", [["none"]], "list[list[str]]",
+     "activation applied before each loss", core=True, choices=OUTPUT_ACTIVATIONS)
+_key("MODEL.LOSS_WEIGHT", [[1.0]], "list[list[float]]", "weight of each loss", core=True,
+     minimum=0.0)
+_key("MODEL.LOSS_KWARGS_KEY", None, "any", "extra loss arguments (names)")
+_key("MODEL.LOSS_KWARGS_VAL", None, "any", "extra loss arguments (values)")
+_key("MODEL.IN_PLANES", 1, "int", "input channels (1 for grayscale EM)", core=True, minimum=1,
+     ui=Ui("number", 1, 16, 1))
+_key("MODEL.OUT_PLANES", 1, "int", "output channels: the sum of the targets' channels",
+     core=True, minimum=1, ui=Ui("number", 1, 16, 1))
+_key("MODEL.PAD_MODE", "replicate", "str", "convolution padding", core=True,
+     choices=("zeros", "circular", "reflect", "replicate"))
+_key("MODEL.NORM_MODE", "bn", "str", "normalisation layers (sync_bn on one device is bn)",
+     core=True,
+     choices=("bn", "sync_bn", "in", "gn", "none"))
+_key("MODEL.ACT_MODE", "elu", "str", "activation layers", core=True,
+     choices=("relu", "elu", "leaky_relu"), pytc_only=("gelu", "swish", "efficient_swish", "none"))
+_key("MODEL.POOLING_LAYER", False, "bool", "downsample with pooling instead of strides",
+     core=True)
+_key("MODEL.MIXED_PRECESION", False, "bool",
+     "automatic mixed precision on CUDA (PyTC's spelling)", core=True)
+_key("MODEL.EMBEDDING", 1, "int", "embedding mode")
+_key("MODEL.HEAD_DEPTH", 1, "int", "depth of the last decoder head", minimum=1)
+_key("MODEL.INPUT_SIZE", [8, 256, 256], "list[int]", "training patch size (z, y, x)",
+     core=True, minimum=1, length=3)
+_key("MODEL.OUTPUT_SIZE", [8, 256, 256], "list[int]", "output patch size (z, y, x)",
+     core=True, minimum=1, length=3)
+_key("MODEL.REGU_OPT", None, "any", "regularisation terms")
+_key("MODEL.REGU_TARGET", None, "any", "targets of the regularisation terms")
+_key("MODEL.REGU_WEIGHT", None, "any", "weights of the regularisation terms")
+_key("MODEL.FINETUNE", "", "str", "suffix for fine-tuned checkpoints")
+_key("MODEL.EXACT", True, "bool", "pretrained weights must match exactly")
+_key("MODEL.SIZE_MATCH", True, "bool", "load only weights whose shapes match")
+_key("MODEL.PRE_MODEL", "", "str", "start from these weights (fine-tune); '' for none",
+     core=True)
+_key("MODEL.PRE_MODEL_LAYER", "", "str|list[str]", "layers to take from the pretrained model")
+_key("MODEL.PRE_MODEL_ITER", 0, "int", "iteration of the pretrained model", minimum=0)
+_key("MODEL.PRE_MODEL_LAYER_SELECT", -1, "int|list[int]", "older PyTC: layer selection")
+_key("MODEL.RETURN_FEATS", None, "any", "return these feature maps (3D U-Net)")
+_key("MODEL.AUX_OUT", False, "bool", "auxiliary output (2D DeepLabV3)")
+# UNETR / Swin UNETR (PyTC models Trainboard does not train).
+_key("MODEL.SWIN_UNETR_FEATURE_SIZE", 48, "int", "Swin UNETR feature size", minimum=1)
+_key("MODEL.DEPTHS", [2, 2, 2, 2], "list[int]", "Swin UNETR layers per stage", minimum=1)
+_key("MODEL.SWIN_UNETR_NUM_HEADS", [3, 6, 12, 24], "list[int]", "Swin UNETR attention heads",
+     minimum=1)
+_key("MODEL.NORM_NAME", "instance", "str", "UNETR normalisation")
+_key("MODEL.SWIN_UNETR_DROPOUT_RATE", 0.0, "float", "Swin UNETR dropout", minimum=0.0,
+     maximum=1.0)
+_key("MODEL.ATTN_DROP_RATE", 0.0, "float", "attention dropout", minimum=0.0, maximum=1.0)
+_key("MODEL.DROPOUT_PATH_RATE", 0.0, "float", "drop-path rate", minimum=0.0, maximum=1.0)
+_key("MODEL.NORMALIZE", True, "bool", "normalise intermediate features (Swin UNETR)")
+_key("MODEL.USE_CHECKPOINT", False, "bool", "gradient checkpointing (Swin UNETR)")
+_key("MODEL.SPATIAL_DIMS", 3, "int", "spatial dimensions (UNETR)", minimum=2, maximum=3)
+_key("MODEL.DOWNSAMPLE", "merging", "str", "Swin UNETR downsampling")
+_key("MODEL.USE_V2", False, "bool", "Swin UNETR v2")
+_key("MODEL.UNETR_FEATURE_SIZE", 16, "int", "UNETR feature size", minimum=1)
+_key("MODEL.HIDDEN_SIZE", 768, "int", "UNETR hidden size", minimum=1)
+_key("MODEL.MLP_DIM", 3072, "int", "UNETR feed-forward size", minimum=1)
+_key("MODEL.UNETR_NUM_HEADS", 12, "int", "UNETR attention heads", minimum=1)
+_key("MODEL.POS_EMBED", "perceptron", "str", "UNETR position embedding")
+_key("MODEL.CONV_BLOCK", True, "bool", "UNETR convolutional block")
+_key("MODEL.RES_BLOCK", True, "bool", "UNETR residual block")
+_key("MODEL.UNETR_DROPOUT_RATE", 0.0, "float", "UNETR dropout", minimum=0.0, maximum=1.0)
+
+# --- DATASET ------------------------------------------------------------------------------
+_key("DATASET.DATA_SCALE", [1.0, 1.0, 1.0], "list[float]", "resampling of the input (z, y, x)",
+     minimum=0.0, exclusive_minimum=True, length=3)
+_key("DATASET.IMAGE_SCALE", None, "any", "per-volume image resampling")
+_key("DATASET.LABEL_SCALE", None, "any", "per-volume label resampling")
+_key("DATASET.VALID_MASK_SCALE", None, "any", "per-volume valid-mask resampling")
+_key("DATASET.SCALE_FACTOR", [2, 3, 3], "list[int]", "super-resolution scale", minimum=1)
+_key("DATASET.IMAGE_NAME", None, SLICES,
+     "training image volume(s), relative to INPUT_PATH; '@' joins several, globs are stacks",
+     core=True)
+_key("DATASET.LABEL_NAME", None, SLICES, "training label volume(s), one per image", core=True)
+_key("DATASET.VALID_MASK_NAME", None, SLICES, "masks of annotated regions")
+_key("DATASET.VAL_IMAGE_NAME", None, SLICES,
+     "validation image volume(s); unset: part of the training data is held out", core=True)
+_key("DATASET.VAL_LABEL_NAME", None, SLICES, "validation label volume(s)", core=True)
+_key("DATASET.VAL_VALID_MASK_NAME", None, SLICES, "validation masks of annotated regions")
+_key("DATASET.VAL_PAD_SIZE", [0, 0, 0], "list[int]", "padding of validation volumes",
+     minimum=0, length=3)
+_key("DATASET.LABEL_VAST", False, "bool", "labels are VAST RGB-encoded")
+_key("DATASET.INPUT_PATH", "path/to/input", "str", "folder of the volumes ('@' joins several)",
+     core=True, ui=Ui("text"))
+_key("DATASET.OUTPUT_PATH", "path/to/output", "str", "checkpoints and logs go here",
+     core=True, ui=Ui("text"))
+_key("DATASET.IS_ABSOLUTE_PATH", False, "bool", "volume names are absolute paths")
+_key("DATASET.IS_ISOTROPIC", False, "bool", "the data is isotropic (input/output convs)",
+     core=True)
+_key("DATASET.DO_2D", False, "bool", "train a 2D model on slices", core=True)
+_key("DATASET.LOAD_2D", False, "bool", "the volumes are 2D images", core=True)
+_key("DATASET.DROP_CHANNEL", True, "bool", "drop extra channels of multi-channel volumes")
+_key("DATASET.REDUCE_LABEL", True, "bool", "relabel sampled instance ids")
+_key("DATASET.PAD_SIZE", [2, 64, 64], "list[int]", "padding of the input volumes (z, y, x)",
+     core=True, minimum=0, length=3)
+_key("DATASET.PAD_MODE", "reflect", "str", "padding mode of the input volumes", core=True,
+     choices=("reflect", "constant", "symmetric"))
+_key("DATASET.ENSURE_MIN_SIZE", False, "bool", "upsample volumes smaller than a patch")
+_key("DATASET.NORMALIZE_RANGE", True, "bool", "rescale images to uint8 range")
+_key("DATASET.LABEL_BINARY", False, "bool", "labels are binary masks")
+_key("DATASET.LABEL_MAG", 0, "int", "label magnification")
+_key("DATASET.LABEL_EROSION", None, "int|None", "older PyTC: see MODEL.LABEL_EROSION",
+     minimum=0)
+_key("DATASET.DO_CHUNK_TITLE", 0, "int", "tiled (chunked) dataset: 1 on", minimum=0, maximum=1)
+_key("DATASET.DATA_CHUNK_NUM", [1, 1, 1], "list[int]", "chunks per axis (tiled dataset)",
+     minimum=1, length=3)
+_key("DATASET.DATA_CHUNK_IND", None, "any", "chunks to iterate (tiled dataset)")
+_key("DATASET.CHUNK_IND_SPLIT", None, "any", "chunk index split (tiled dataset)")
+_key("DATASET.DATA_COORD_RANGE", None, "any", "coordinate range (tiled dataset)")
+_key("DATASET.DATA_CHUNK_NUM_IND", None, "any", "older PyTC: chunks to iterate")
+_key("DATASET.PRE_LOAD_DATA", None, "any", "older PyTC: preloaded data")
+_key("DATASET.DATA_CHUNK_STRIDE", True, "bool", "overlapping chunks (tiled dataset)")
+_key("DATASET.DATA_CHUNK_ITER", 1000, "int", "iterations per chunk (tiled dataset)", minimum=1)
+_key("DATASET.VALID_RATIO", 0.5, "float", "minimum annotated fraction of a patch",
+     minimum=0.0, maximum=1.0)
+_key("DATASET.REJECT_SAMPLING.SIZE_THRES", -1, "int",
+     "resample patches with fewer foreground voxels; -1 off", core=True, minimum=-1)
+_key("DATASET.REJECT_SAMPLING.DIVERSITY", -1, "int", "reject-sampling diversity; -1 off",
+     minimum=-1)
+_key("DATASET.REJECT_SAMPLING.P", 0.95, "float", "probability of rejecting a patch",
+     core=True, minimum=0.0, maximum=1.0, ui=PROBABILITY_UI)
+_key("DATASET.REJECT_SAMPLING.NUM_TRIAL", 50, "int", "tries before accepting a patch",
+     minimum=1)
+_key("DATASET.MEAN", 0.5, "float", "input normalisation mean (after scaling to [0, 1])",
+     core=True, ui=Ui("slider", 0.0, 1.0, 0.01))
+_key("DATASET.STD", 0.5, "float", "input normalisation standard deviation", core=True,
+     minimum=0.0, exclusive_minimum=True, ui=Ui("slider", 0.01, 1.0, 0.01))
+_key("DATASET.MATCH_ACT", "none", "str", "activation matched on the input")
+_key("DATASET.DISTRIBUTED", False, "bool", "distributed data loading")
+
+# --- AUGMENTOR ----------------------------------------------------------------------------
+_key("AUGMENTOR.ENABLED", True, "bool", "data augmentation on")
+_key("AUGMENTOR.SMOOTH", True, "bool", "smooth label masks after interpolation")
+_key("AUGMENTOR.ADDITIONAL_TARGETS_NAME", ["label"], "list[str]", "extra augmented volumes")
+_key("AUGMENTOR.ADDITIONAL_TARGETS_TYPE", ["mask"], "list[str]", "their kinds (mask or img)")
+
+# Core augmentations: what Trainboard applies. The rest are accepted.
+CORE_AUGMENTATIONS = ("ROTATE", "FLIP")
+AUGMENTATIONS: dict[str, tuple[bool, float, str]] = {
+    # name: (enabled by default, P, help)
+    "ROTATE": (True, 1.0, "90-degree rotations in the x-y plane"),
+    "RESCALE": (True, 0.5, "random rescaling"),
+    "FLIP": (True, 1.0, "random flips"),
+    "ELASTIC": (True, 0.75, "elastic deformation"),
+    "GRAYSCALE": (True, 0.75, "brightness and contrast changes"),
+    "MISSINGPARTS": (True, 0.9, "masked-out regions"),
+    "MISSINGSECTION": (True, 0.5, "missing sections"),
+    "MISALIGNMENT": (True, 0.5, "section misalignment"),
+    "MOTIONBLUR": (True, 0.5, "motion blur"),
+    "CUTBLUR": (True, 0.5, "CutBlur"),
+    "CUTNOISE": (True, 0.75, "CutNoise"),
+    "COPYPASTE": (False, 0.8, "copy-paste of objects"),
+}
+for _aug, (_on, _p, _help) in AUGMENTATIONS.items():
+    _core = _aug in CORE_AUGMENTATIONS
+    _key(f"AUGMENTOR.{_aug}.ENABLED", _on, "bool", f"apply {_help}", core=_core)
+    _key(f"AUGMENTOR.{_aug}.P", _p, "float", f"probability of {_help}", core=_core,
+         minimum=0.0, maximum=1.0, ui=PROBABILITY_UI)
+    _key(f"AUGMENTOR.{_aug}.SKIP", [], "list[str]", "sample keys this augmentation skips")
+_key("AUGMENTOR.ROTATE.ROT90", True, "bool",
+     "rotate by multiples of 90 degrees (Trainboard always does)")
+_key("AUGMENTOR.RESCALE.FIX_ASPECT", False, "bool", "keep the aspect ratio")
+_key("AUGMENTOR.FLIP.DO_ZTRANS", 0, "int", "also swap z with x/y (isotropic data)",
+     core=True, minimum=0, maximum=1)
+_key("AUGMENTOR.ELASTIC.ALPHA", 16.0, "float", "maximum pixel displacement", minimum=0.0)
+_key("AUGMENTOR.ELASTIC.SIGMA", 4.0, "float", "Gaussian smoothing of the displacement",
+     minimum=0.0, exclusive_minimum=True)
+_key("AUGMENTOR.MISSINGPARTS.ITER", 64, "int", "size of the masked regions", minimum=1)
+_key("AUGMENTOR.MISSINGSECTION.NUM_SECTION", 2, "int", "sections removed", minimum=1)
+_key("AUGMENTOR.MISALIGNMENT.DISPLACEMENT", 16, "int", "maximum shift in pixels", minimum=0)
+_key("AUGMENTOR.MISALIGNMENT.ROTATE_RATIO", 0.5, "float", "fraction done by rotation",
+     minimum=0.0, maximum=1.0)
+_key("AUGMENTOR.MOTIONBLUR.SECTIONS", 2, "int", "sections blurred", minimum=1)
+_key("AUGMENTOR.MOTIONBLUR.KERNEL_SIZE", 11, "int", "blur kernel size", minimum=1)
+_key("AUGMENTOR.CUTBLUR.LENGTH_RATIO", 0.4, "float", "size of the cut region",
+     minimum=0.0, maximum=1.0)
+_key("AUGMENTOR.CUTBLUR.DOWN_RATIO_MIN", 2.0, "float", "minimum downsampling", minimum=1.0)
+_key("AUGMENTOR.CUTBLUR.DOWN_RATIO_MAX", 8.0, "float", "maximum downsampling", minimum=1.0)
+_key("AUGMENTOR.CUTBLUR.DOWNSAMPLE_Z", False, "bool", "also downsample z")
+_key("AUGMENTOR.CUTNOISE.LENGTH_RATIO", 0.4, "float", "size of the cut region",
+     minimum=0.0, maximum=1.0)
+_key("AUGMENTOR.CUTNOISE.SCALE", 0.3, "float", "noise scale", minimum=0.0)
+_key("AUGMENTOR.COPYPASTE.AUG_THRES", 0.7, "float", "copy-paste threshold",
+     minimum=0.0, maximum=1.0)
+
+# --- SOLVER -------------------------------------------------------------------------------
+_key("SOLVER.NAME", "SGD", "str", "optimizer", core=True, choices=SUPPORTED_OPTIMIZERS)
+_key("SOLVER.LR_SCHEDULER_NAME", "MultiStepLR", "str", "learning-rate schedule", core=True,
+     choices=SUPPORTED_SCHEDULERS, pytc_only=PYTC_ONLY_SCHEDULERS)
+_key("SOLVER.ITERATION_STEP", 1, "int", "gradient accumulation steps", core=True, minimum=1)
+_key("SOLVER.ITERATION_SAVE", 5000, "int", "save a checkpoint every N iterations", core=True,
+     minimum=1, ui=Ui("log-slider", 1, 1_000_000, 1))
+_key("SOLVER.ITERATION_TOTAL", 40000, "int", "training length in iterations", core=True,
+     minimum=1, ui=Ui("log-slider", 1, 1_000_000, 1))
+_key("SOLVER.ITERATION_VAL", 5000, "int", "validate every N iterations", core=True,
+     minimum=1, ui=Ui("log-slider", 1, 1_000_000, 1))
+_key("SOLVER.ITERATION_RESTART", False, "bool",
+     "when resuming, restart the iteration count at 0", core=True)
+_key("SOLVER.BASE_LR", 0.001, "float", "base learning rate", core=True, minimum=0.0,
+     exclusive_minimum=True, ui=Ui("log-slider", 1e-5, 1.0, None))
+_key("SOLVER.BIAS_LR_FACTOR", 1.0, "float", "learning-rate factor for biases", core=True,
+     minimum=0.0)
+_key("SOLVER.WEIGHT_DECAY_BIAS", 0.0, "float", "weight decay of biases", core=True,
+     minimum=0.0)
+_key("SOLVER.MOMENTUM", 0.9, "float", "SGD momentum", core=True, minimum=0.0, maximum=1.0,
+     ui=Ui("slider", 0.0, 1.0, 0.01))
+_key("SOLVER.BETAS", [0.9, 0.999], "list[float]", "Adam/AdamW betas", core=True,
+     minimum=0.0, maximum=1.0, exclusive_maximum=True, length=2)
+_key("SOLVER.WEIGHT_DECAY", 0.0001, "float", "weight decay", core=True, minimum=0.0,
+     ui=Ui("number", 0.0, 0.1, None))
+_key("SOLVER.WEIGHT_DECAY_NORM", 0.0, "float", "weight decay of normalisation layers",
+     core=True, minimum=0.0)
+_key("SOLVER.GAMMA", 0.1, "float", "learning-rate decay factor at each step", core=True,
+     minimum=0.0, maximum=1.0, exclusive_minimum=True, ui=Ui("slider", 0.01, 1.0, 0.01))
+_key("SOLVER.STEPS", [30000, 35000], "list[int]", "iterations where the rate decays (MultiStep)",
+     core=True, minimum=1)
+_key("SOLVER.WARMUP_FACTOR", 0.001, "float", "starting fraction of the rate during warm-up",
+     core=True, minimum=0.0, maximum=1.0)
+_key("SOLVER.WARMUP_ITERS", 1000, "int", "warm-up length in iterations", core=True, minimum=0)
+_key("SOLVER.WARMUP_METHOD", "linear", "str", "warm-up shape", core=True,
+     choices=("linear", "constant"))
+_key("SOLVER.SAMPLES_PER_BATCH", 2, "int", "patches per batch per device", core=True,
+     minimum=1, ui=Ui("slider", 1, 64, 1))
+_key("SOLVER.CLIP_GRADIENTS.ENABLED", False, "bool", "clip gradients", core=True)
+_key("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "value", "str", "clip each value or the norm",
+     core=True, choices=("value", "norm"))
+_key("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0, "float", "clipping threshold", core=True,
+     minimum=0.0, exclusive_minimum=True)
+_key("SOLVER.CLIP_GRADIENTS.NORM_TYPE", 2.0, "float", "p of the L-p norm (.inf for max)",
+     core=True, minimum=0.0, exclusive_minimum=True)
+_key("SOLVER.SWA.ENABLED", False, "bool", "stochastic weight averaging")
+_key("SOLVER.SWA.LR_FACTOR", 0.05, "float", "SWA learning-rate factor", minimum=0.0)
+_key("SOLVER.SWA.START_ITER", 90000, "int", "iteration SWA starts", minimum=0)
+_key("SOLVER.SWA.MERGE_ITER", 10, "int", "average every N iterations", minimum=1)
+_key("SOLVER.SWA.BN_UPDATE_ITER", 2000, "int", "batch-norm update iterations", minimum=0)
+
+# --- MONITOR ------------------------------------------------------------------------------
+_key("MONITOR.LOG_OPT", [1, 1, 0], "list[int]", "print, TensorBoard, text log (1 on)",
+     minimum=0, maximum=1)
+_key("MONITOR.VIS_OPT", [0, 16], "list[int]", "visualisation options", minimum=0)
+_key("MONITOR.ITERATION_NUM", [20, 200], "list[int]",
+     "log every N iterations (visualise every M: not used)", core=True, minimum=1, length=2)
+
+# --- INFERENCE (carried by training configs; loaded and checked, not used) ----------------
+_key("INFERENCE.INPUT_SIZE", None, "list[int]|None", "inference patch size", minimum=1,
+     length=3)
+_key("INFERENCE.OUTPUT_SIZE", None, "list[int]|None", "inference output size", minimum=1,
+     length=3)
+_key("INFERENCE.TENSORSTORE_PATH", None, "str|None", "TensorStore input")
+_key("INFERENCE.INPUT_PATH", None, "str|None", "folder of the test volumes")
+_key("INFERENCE.IMAGE_NAME", None, SLICES, "test volume(s)")
+_key("INFERENCE.OUTPUT_PATH", "", "str", "where predictions go")
+_key("INFERENCE.OUTPUT_NAME", "result.h5", "str", "prediction file name")
+_key("INFERENCE.OUTPUT_DTYPE", "float32", "str", "prediction data type")
+_key("INFERENCE.IS_ABSOLUTE_PATH", None, "bool|None", "test names are absolute paths")
+_key("INFERENCE.DO_CHUNK_TITLE", None, "int|None", "tiled test dataset")
+_key("INFERENCE.DO_SINGLY", False, "bool", "load test volumes one at a time")
+_key("INFERENCE.DO_SINGLY_START_INDEX", 0, "int", "first test volume", minimum=0)
+_key("INFERENCE.DO_SINGLY_STEP", 1, "int", "step between test volumes", minimum=1)
+_key("INFERENCE.PAD_SIZE", None, "list[int]|None", "padding of test volumes", minimum=0,
+     length=3)
+_key("INFERENCE.UNPAD", True, "bool", "remove the padding from predictions")
+_key("INFERENCE.OUTPUT_ACT", ["sigmoid"], "list[str]", "activation per target at inference",
+     choices=OUTPUT_ACTIVATIONS)
+_key("INFERENCE.STRIDE", [4, 128, 129], "list[int]", "sliding-window stride", minimum=1,
+     length=3)
+_key("INFERENCE.BLENDING", "gaussian", "str", "blending of overlapping windows",
+     choices=("gaussian", "bump"))
+_key("INFERENCE.AUG_MODE", "mean", "str", "test-time augmentation merge",
+     choices=("mean", "min", "max"))
+_key("INFERENCE.AUG_NUM", None, "int|None", "test-time augmentations", minimum=0)
+_key("INFERENCE.DATA_SCALE", None, "list[float]|None", "overrides DATASET.DATA_SCALE",
+     minimum=0.0, exclusive_minimum=True, length=3)
+_key("INFERENCE.OUTPUT_SCALE", [1.0, 1.0, 1.0], "list[float]", "rescaling of predictions",
+     minimum=0.0, exclusive_minimum=True, length=3)
+_key("INFERENCE.DO_EVAL", True, "bool", "run the model in eval mode")
+_key("INFERENCE.DO_3D", True, "bool", "older PyTC: 3D inference")
+_key("INFERENCE.MODEL_OUTPUT_ID", [None], "any", "older PyTC: output channels to keep")
+_key("INFERENCE.TEST_NUM", 1, "int", "test workers", minimum=1)
+_key("INFERENCE.TEST_ID", 0, "int", "this test worker", minimum=0)
+_key("INFERENCE.SAMPLES_PER_BATCH", 4, "int", "patches per batch per device", minimum=1)
+_key("INFERENCE.MODEL_RETURN_FEATS", None, "any", "MODEL.RETURN_FEATS at inference")
+# fmt: on
+
+
+def _sections() -> frozenset[str]:
+    out: set[str] = set()
+    for name in KEYS:
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            out.add(".".join(parts[:i]))
+    return frozenset(out)
+
+
+# Every dotted prefix of a key: the mappings of the tree.
+SECTIONS = _sections()
+# Sections a bare boolean may stand for (`ROTATE: True` means `ROTATE: {ENABLED: True}`).
+SWITCHABLE_SECTIONS = frozenset(s for s in SECTIONS if f"{s}.ENABLED" in KEYS)
+
+
+def defaults() -> dict[str, Any]:
+    """The whole config tree with PyTC's defaults, as a fresh nested dict."""
+    tree: dict[str, Any] = {}
+    for key in KEYS.values():
+        node = tree
+        *parents, leaf = key.name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = copy.deepcopy(key.default)
+    return tree
+
+
+def get(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def put(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value

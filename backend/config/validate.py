@@ -1,0 +1,573 @@
+"""Validation: every problem of a loaded config at once, each with key, line and a fix.
+
+Order of the checks: what loading found (syntax, unknown keys, old names), each key on its
+own (type, length, range, allowed values), then the keys against each other (targets and
+losses, model and patch size, schedule), what Trainboard accepts but does not use, and
+finally, when asked, the machine: paths, volume shapes, GPUs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from backend.config.context import Checks, show
+from backend.config.load import LoadedConfig
+from backend.config.paths import check_machine
+from backend.config.problems import ERROR, WARNING, Problem
+from backend.config.schema import (
+    ARCHITECTURES_2D,
+    KEYS,
+    MULTISTEP_SCHEDULERS,
+    PYTC_ONLY_TARGETS,
+    SUPPORTED_ARCHITECTURES,
+    SWITCHABLE_SECTIONS,
+    TARGETS_HELP,
+    WARMUP_SCHEDULERS,
+    Key,
+    is_supported_target,
+    pooling_factors,
+    target_channels,
+)
+from backend.config.valuetypes import describe, leaves, matches, type_name
+
+
+def validate(
+    loaded: LoadedConfig, *, check_paths: bool = True, base_dir: Path | None = None
+) -> list[Problem]:
+    """All problems of `loaded`: those found while loading, then the checks' own.
+
+    `check_paths` also checks this machine: input folders and volumes exist (relative
+    paths from `base_dir`, default the working directory), image and label shapes agree,
+    the output folder can be written, the GPUs asked for are there.
+    """
+    checks = Checks(loaded)
+    if not loaded.complete:
+        # A file could not be read: its keys are missing, and checking the rest would
+        # report defaults the user never meant. Fix the file first.
+        return list(loaded.problems)
+    for key in KEYS.values():
+        _check_key(checks, key)
+    _check_targets_and_losses(checks)
+    _check_model(checks)
+    _check_solver(checks)
+    _check_dataset(checks)
+    _check_accepted_not_used(checks)
+    if check_paths:
+        check_machine(checks, base_dir or Path.cwd())
+    return [*loaded.problems, *checks.problems]
+
+
+# --- one key at a time --------------------------------------------------------------------
+
+
+def _check_key(checks: Checks, key: Key) -> None:
+    value = checks.value(key.name)
+    count = len(checks.problems)
+    if not matches(value, key.type):
+        checks.report(
+            ERROR,
+            key.name,
+            f"got {type_name(value)} {_short(value)}",
+            expected=describe(key.type) + _length_words(key),
+            suggestion=f"e.g. {key.leaf}: {show(key.default)}",
+        )
+        return
+    if key.length is not None and isinstance(value, list) and len(value) != key.length:
+        checks.report(
+            ERROR,
+            key.name,
+            f"has {len(value)} values, got {show(value)}",
+            expected=f"{key.length} values" + (" (z, y, x)" if key.length == 3 else ""),
+            suggestion=f"e.g. {key.leaf}: {show(key.default)}",
+        )
+    _check_range(checks, key, value)
+    _check_choices(checks, key, value)
+    if len(checks.problems) == count:
+        checks.valid.add(key.name)
+
+
+def _length_words(key: Key) -> str:
+    return f" of length {key.length}" if key.length is not None else ""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = show(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_range(checks: Checks, key: Key, value: Any) -> None:
+    if key.minimum is None and key.maximum is None:
+        return
+    for number in leaves(value):
+        if not isinstance(number, int | float) or isinstance(number, bool):
+            continue
+        if not _in_range(key, number):
+            checks.report(
+                ERROR,
+                key.name,
+                f"{number!r} is out of range",
+                expected=range_words(key),
+                suggestion=f"the default is {show(key.default)}",
+            )
+            return
+
+
+def _in_range(key: Key, number: float) -> bool:
+    if math.isnan(number):
+        return False
+    if key.minimum is not None:
+        low_ok = number > key.minimum if key.exclusive_minimum else number >= key.minimum
+        if not low_ok:
+            return False
+    if key.maximum is not None:
+        high_ok = number < key.maximum if key.exclusive_maximum else number <= key.maximum
+        if not high_ok:
+            return False
+    return True
+
+
+def range_words(key: Key) -> str:
+    low = high = ""
+    if key.minimum is not None:
+        low = f"{'>' if key.exclusive_minimum else '>='} {key.minimum:g}"
+    if key.maximum is not None:
+        high = f"{'<' if key.exclusive_maximum else '<='} {key.maximum:g}"
+    return " and ".join(w for w in (low, high) if w)
+
+
+def _check_choices(checks: Checks, key: Key, value: Any) -> None:
+    if not key.choices:
+        return
+    for item in leaves(value):
+        if not isinstance(item, str) or item in key.choices:
+            continue
+        allowed = ", ".join(key.choices)
+        if item in key.pytc_only:
+            message = f"{item!r} is a PyTC option Trainboard does not support"
+            suggestion = f"use one of the supported values, e.g. {key.choices[0]!r}"
+        else:
+            message = f"{item!r} is not a valid value"
+            close = difflib.get_close_matches(item, [*key.choices, *key.pytc_only], n=1)
+            suggestion = f"did you mean {close[0]!r}?" if close else f"e.g. {key.choices[0]!r}"
+        checks.report(ERROR, key.name, message, expected=f"one of {allowed}", suggestion=suggestion)
+        return
+
+
+# --- targets, losses and output channels --------------------------------------------------
+
+
+def _check_targets_and_losses(checks: Checks) -> None:
+    if not checks.ok("MODEL.TARGET_OPT"):
+        return
+    targets: list[str] = checks.value("MODEL.TARGET_OPT")
+    if not targets:
+        checks.report(
+            ERROR,
+            "MODEL.TARGET_OPT",
+            "no target",
+            expected="at least one target",
+            suggestion="TARGET_OPT: ['0']",
+        )
+        return
+    supported = all(_check_target(checks, t) for t in targets)
+    if supported:
+        _check_out_planes(checks, targets)
+    _check_loss_shapes(checks, len(targets))
+    _check_logits_twice(checks)
+
+
+def _check_target(checks: Checks, opt: str) -> bool:
+    if is_supported_target(opt):
+        return True
+    head = opt.split("-")[0]
+    if opt.startswith("2-"):
+        message = f"affinity with custom offsets ({opt!r}) is not supported"
+    elif opt.startswith("4-"):
+        message = f"{opt!r} is not a valid instance-boundary target"
+    elif head in PYTC_ONLY_TARGETS:
+        what = PYTC_ONLY_TARGETS[head]
+        message = f"target {opt!r} ({what}) is a PyTC target Trainboard does not train"
+    else:
+        message = f"{opt!r} is not a PyTC target"
+    checks.report(
+        ERROR,
+        "MODEL.TARGET_OPT",
+        message,
+        expected=f"one of {TARGETS_HELP}",
+        suggestion="use '0' for a binary mask, '2' for affinities, '4' for boundaries",
+    )
+    return False
+
+
+def _check_out_planes(checks: Checks, targets: list[str]) -> None:
+    if not checks.ok("MODEL.OUT_PLANES", "DATASET.DO_2D"):
+        return
+    do_2d = bool(checks.value("DATASET.DO_2D"))
+    channels = [target_channels(t, do_2d) for t in targets]
+    expected = sum(channels)
+    out_planes = checks.value("MODEL.OUT_PLANES")
+    if out_planes == expected:
+        return
+    parts = " + ".join(f"{c} for {t!r}" for t, c in zip(targets, channels, strict=True))
+    checks.report(
+        ERROR,
+        "MODEL.OUT_PLANES",
+        f"is {out_planes}, but the targets {show(targets)} produce {expected} channels",
+        expected=f"{expected} ({parts})" if len(targets) > 1 or expected > 1 else str(expected),
+        suggestion=f"OUT_PLANES: {expected}",
+        near=("MODEL.TARGET_OPT",),
+    )
+
+
+def _check_loss_shapes(checks: Checks, n_targets: int) -> None:
+    """LOSS_OPTION holds one list per target; the other per-loss keys mirror its shape."""
+    if not checks.ok("MODEL.LOSS_OPTION"):
+        return
+    losses: list[list[str]] = checks.value("MODEL.LOSS_OPTION")
+    if len(losses) != n_targets or any(not inner for inner in losses):
+        fixed = [
+            losses[i] if i < len(losses) and losses[i] else ["WeightedBCE"]
+            for i in range(n_targets)
+        ]
+        checks.report(
+            ERROR,
+            "MODEL.LOSS_OPTION",
+            f"has {len(losses)} loss list(s) for {n_targets} target(s)"
+            if len(losses) != n_targets
+            else "a target has no loss",
+            expected="one non-empty list of losses per target in MODEL.TARGET_OPT",
+            suggestion=f"LOSS_OPTION: {show(fixed)}",
+            near=("MODEL.TARGET_OPT",),
+        )
+        return
+    fills: dict[str, Any] = {"MODEL.LOSS_WEIGHT": 1.0, "MODEL.OUTPUT_ACT": "none"}
+    for name in ("MODEL.LOSS_WEIGHT", "MODEL.WEIGHT_OPT", "MODEL.OUTPUT_ACT"):
+        if not checks.ok(name):
+            continue
+        value: list[list[Any]] = checks.value(name)
+        if _shape(value) == _shape(losses):
+            continue
+        fixed = _reshape(value, losses, fills.get(name))
+        leaf = name.split(".")[1]
+        checks.report(
+            ERROR,
+            name,
+            f"{show(value)} does not match LOSS_OPTION {show(losses)}"
+            + ("" if checks.user_set(name) else f" (the default of {leaf})"),
+            expected=f"the shape of MODEL.LOSS_OPTION: {_shape_words(losses)}",
+            suggestion=f"{leaf}: {show(fixed)}",
+            near=("MODEL.LOSS_OPTION",),
+        )
+
+
+def _shape(value: list[list[Any]]) -> list[int]:
+    return [len(inner) for inner in value]
+
+
+def _shape_words(losses: list[list[str]]) -> str:
+    return ", ".join(f"{len(inner)} for target {i + 1}" for i, inner in enumerate(losses))
+
+
+def _reshape(value: list[list[Any]], like: list[list[str]], fill: Any) -> list[list[Any]]:
+    """`value` cut or padded to the shape of `like`; WEIGHT_OPT pads '0' for Dice, else '1'."""
+    out = []
+    for i, inner in enumerate(like):
+        row = []
+        for j, loss in enumerate(inner):
+            if i < len(value) and j < len(value[i]):
+                row.append(value[i][j])
+            elif fill is not None:
+                row.append(fill)
+            else:
+                row.append("0" if loss == "DiceLoss" else "1")
+        out.append(row)
+    return out
+
+
+def _check_logits_twice(checks: Checks) -> None:
+    if not checks.ok("MODEL.LOSS_OPTION", "MODEL.OUTPUT_ACT"):
+        return
+    losses = checks.value("MODEL.LOSS_OPTION")
+    acts = checks.value("MODEL.OUTPUT_ACT")
+    for i, inner in enumerate(losses):
+        for j, loss in enumerate(inner):
+            act = acts[i][j] if i < len(acts) and j < len(acts[i]) else None
+            if loss == "WeightedBCEWithLogitsLoss" and act == "sigmoid":
+                checks.report(
+                    WARNING,
+                    "MODEL.OUTPUT_ACT",
+                    f"target {i + 1}: WeightedBCEWithLogitsLoss applies the sigmoid itself; "
+                    "'sigmoid' here applies it twice",
+                    suggestion="use 'none' for this loss",
+                )
+
+
+# --- model and patch size -----------------------------------------------------------------
+
+
+def _check_model(checks: Checks) -> None:
+    if not checks.ok("MODEL.ARCHITECTURE", "DATASET.DO_2D", "MODEL.INPUT_SIZE"):
+        return
+    arch: str = checks.value("MODEL.ARCHITECTURE")
+    do_2d: bool = checks.value("DATASET.DO_2D")
+    size: list[int] = checks.value("MODEL.INPUT_SIZE")
+    is_2d = arch in ARCHITECTURES_2D
+    if do_2d and not is_2d:
+        twin = arch.replace("_3d", "_2d")
+        checks.report(
+            ERROR,
+            "MODEL.ARCHITECTURE",
+            f"{arch!r} is a 3D model but DATASET.DO_2D is True",
+            expected="a 2D model (unet_2d, unet_plus_2d) for 2D training",
+            suggestion=f"ARCHITECTURE: {twin}",
+            near=("DATASET.DO_2D",),
+        )
+    if is_2d and not do_2d:
+        checks.report(
+            ERROR,
+            "DATASET.DO_2D",
+            f"{arch!r} is a 2D model but DATASET.DO_2D is False",
+            expected="DO_2D: True for 2D models",
+            suggestion="DO_2D: True",
+            near=("MODEL.ARCHITECTURE",),
+        )
+    if (do_2d or is_2d) and size[0] != 1:
+        checks.report(
+            ERROR,
+            "MODEL.INPUT_SIZE",
+            f"{show(size)} has z = {size[0]}; 2D training needs z = 1",
+            expected="[1, y, x] for 2D training",
+            suggestion=f"INPUT_SIZE: {show([1, *size[1:]])}",
+            near=("DATASET.DO_2D", "MODEL.ARCHITECTURE"),
+        )
+    _check_isotropy(checks, is_2d)
+    _check_output_size(checks, size)
+    _check_divisible(checks, arch, size, do_2d or is_2d)
+    if checks.ok("MODEL.MIXED_PRECESION", "SYSTEM.NUM_GPUS") and (
+        checks.value("MODEL.MIXED_PRECESION") and checks.value("SYSTEM.NUM_GPUS") == 0
+    ):
+        checks.report(
+            WARNING,
+            "MODEL.MIXED_PRECESION",
+            "mixed precision needs CUDA; with NUM_GPUS 0 the run trains in full precision",
+            suggestion="MIXED_PRECESION: False",
+        )
+
+
+def _check_isotropy(checks: Checks, is_2d: bool) -> None:
+    if is_2d or not checks.ok("MODEL.FILTERS", "MODEL.ISOTROPY"):
+        return
+    filters: list[int] = checks.value("MODEL.FILTERS")
+    isotropy: list[bool] = checks.value("MODEL.ISOTROPY")
+    if len(filters) == len(isotropy):
+        return
+    fixed = (isotropy + [isotropy[-1] if isotropy else False] * len(filters))[: len(filters)]
+    checks.report(
+        ERROR,
+        "MODEL.ISOTROPY",
+        f"has {len(isotropy)} levels but MODEL.FILTERS has {len(filters)}",
+        expected="one entry per U-Net level, as many as MODEL.FILTERS",
+        suggestion=f"ISOTROPY: {show(fixed)}",
+        near=("MODEL.FILTERS",),
+    )
+
+
+def _check_output_size(checks: Checks, size: list[int]) -> None:
+    # Unset, PyTC's default [8, 256, 256] means nothing: the U-Net's output is its input.
+    if not checks.ok("MODEL.OUTPUT_SIZE") or not checks.user_set("MODEL.OUTPUT_SIZE"):
+        return
+    out = checks.value("MODEL.OUTPUT_SIZE")
+    if out != size:
+        checks.report(
+            WARNING,
+            "MODEL.OUTPUT_SIZE",
+            f"{show(out)} differs from INPUT_SIZE {show(size)}; the U-Net predicts the whole "
+            "input patch",
+            expected="the same as MODEL.INPUT_SIZE",
+            suggestion=f"OUTPUT_SIZE: {show(size)}",
+        )
+
+
+AXES = ("z", "y", "x")
+
+
+def _check_divisible(checks: Checks, arch: str, size: list[int], two_d: bool) -> None:
+    """Every encoder level halves the patch; sizes must survive that evenly.
+
+    PyTC also trains 2^n+1 sizes (17, 257: a multiple plus one, aligned corners), so
+    those pass; the trainer upsamples to the skip connection's size as PyTC does.
+    """
+    if arch not in SUPPORTED_ARCHITECTURES or not checks.ok("MODEL.FILTERS", "MODEL.ISOTROPY"):
+        return
+    filters: list[int] = checks.value("MODEL.FILTERS")
+    factors = pooling_factors(arch, len(filters), checks.value("MODEL.ISOTROPY"))
+    if two_d:
+        factors = (1, factors[1], factors[2])
+    bad = [i for i, (s, f) in enumerate(zip(size, factors, strict=True)) if not _fits(s, f)]
+    if not bad:
+        return
+    fixed = [nearest_fit(s, f) for s, f in zip(size, factors, strict=True)]
+    axes = ", ".join(f"{AXES[i]} = {size[i]} (factor {factors[i]})" for i in bad)
+    checks.report(
+        ERROR,
+        "MODEL.INPUT_SIZE",
+        f"{show(size)} cannot be halved evenly by the {len(filters)}-level {arch}: {axes}",
+        expected="per axis a multiple of its factor (or a multiple plus 1), "
+        f"factors {show(list(factors))}",
+        suggestion=f"INPUT_SIZE: {show(fixed)}",
+        near=("MODEL.FILTERS", "MODEL.ISOTROPY"),
+    )
+
+
+def _fits(size: int, factor: int) -> bool:
+    return factor == 1 or (size >= factor and (size % factor == 0 or (size - 1) % factor == 0))
+
+
+def nearest_fit(size: int, factor: int) -> int:
+    """The closest plain multiple of `factor` (the lower one on ties): safe for any U-Net."""
+    if _fits(size, factor):
+        return size
+    low = max(factor, size // factor * factor)
+    high = low + factor
+    return low if size - low <= high - size else high
+
+
+# --- solver -------------------------------------------------------------------------------
+
+
+def _check_solver(checks: Checks) -> None:
+    total = checks.value("SOLVER.ITERATION_TOTAL") if checks.ok("SOLVER.ITERATION_TOTAL") else None
+    scheduler = checks.value("SOLVER.LR_SCHEDULER_NAME")
+    if checks.ok("SOLVER.STEPS"):
+        steps: list[int] = checks.value("SOLVER.STEPS")
+        if any(b <= a for a, b in pairwise(steps)):
+            checks.report(
+                ERROR,
+                "SOLVER.STEPS",
+                f"{show(steps)} is not increasing",
+                expected="strictly increasing iterations",
+                suggestion=f"STEPS: {show(sorted(set(steps)))}",
+            )
+        elif total is not None and scheduler in MULTISTEP_SCHEDULERS:
+            late = [s for s in steps if s >= total]
+            if late:
+                checks.report(
+                    WARNING,
+                    "SOLVER.STEPS",
+                    f"{show(late)} at or after ITERATION_TOTAL {total}: never reached",
+                    expected=f"steps below {total}",
+                    near=("SOLVER.ITERATION_TOTAL",),
+                )
+    if total is None:
+        return
+    for name, what in (
+        ("SOLVER.ITERATION_SAVE", "checkpoint"),
+        ("SOLVER.ITERATION_VAL", "validation"),
+    ):
+        if checks.ok(name) and checks.value(name) > total:
+            checks.report(
+                WARNING,
+                name,
+                f"{checks.value(name)} is more than ITERATION_TOTAL {total}: no periodic {what}",
+                expected=f"at most {total}",
+                suggestion=f"{name.split('.')[1]}: {total}",
+                near=("SOLVER.ITERATION_TOTAL",),
+            )
+    if scheduler in WARMUP_SCHEDULERS and checks.ok("SOLVER.WARMUP_ITERS"):
+        warmup = checks.value("SOLVER.WARMUP_ITERS")
+        if warmup >= total:
+            checks.report(
+                WARNING,
+                "SOLVER.WARMUP_ITERS",
+                f"warm-up of {warmup} iterations outlasts the {total}-iteration run",
+                expected=f"less than {total}",
+                suggestion=f"WARMUP_ITERS: {max(total // 10, 0)}",
+            )
+
+
+# --- dataset ------------------------------------------------------------------------------
+
+
+def _is_set(value: Any) -> bool:
+    return value not in (None, "", [])
+
+
+def _check_dataset(checks: Checks) -> None:
+    for name, example in (
+        ("DATASET.IMAGE_NAME", "train_image.h5"),
+        ("DATASET.LABEL_NAME", "train_label.h5"),
+    ):
+        if checks.ok(name) and not _is_set(checks.value(name)):
+            checks.report(
+                ERROR,
+                name,
+                "is not set: training needs image and label volumes",
+                expected="a volume name relative to DATASET.INPUT_PATH",
+                suggestion=f"{name.split('.')[1]}: {example}",
+            )
+    image, label = "DATASET.VAL_IMAGE_NAME", "DATASET.VAL_LABEL_NAME"
+    if checks.ok(image, label):
+        has_image, has_label = _is_set(checks.value(image)), _is_set(checks.value(label))
+        if has_image != has_label:
+            missing, present = (label, image) if has_image else (image, label)
+            checks.report(
+                ERROR,
+                missing,
+                f"is not set but {present} is",
+                expected="both validation images and labels, or neither",
+                suggestion=f"set {missing} or remove {present}",
+                near=(present,),
+            )
+
+
+# --- accepted, not used -------------------------------------------------------------------
+
+
+def _switched_off(checks: Checks, key: Key) -> bool:
+    """Turning off what Trainboard does not do anyway, or tuning it while off, changes nothing."""
+    switch = f"{key.section}.ENABLED"
+    return key.section in SWITCHABLE_SECTIONS and checks.value(switch) is False
+
+
+def _check_accepted_not_used(checks: Checks) -> None:
+    """Keys PyTC knows and Trainboard ignores: never an error, never silently dropped.
+
+    Only what the user asked for and will not get is reported: a changed value, not a
+    feature switched off (`ELASTIC: False`) or tuned while off.
+
+    INFERENCE is reported once for the section: every training config carries it for
+    PyTC's test mode, and ten identical warnings would bury the ones that matter.
+    """
+    inference: list[str] = []
+    for name, source in checks.loaded.user_keys.items():
+        key = KEYS[name]
+        if key.core or name not in checks.valid or checks.value(name) == key.default:
+            continue
+        if _switched_off(checks, key):
+            continue
+        if name.startswith("INFERENCE."):
+            inference.append(name)
+            continue
+        checks.problems.append(
+            Problem(
+                WARNING,
+                name,
+                "accepted, not used: Trainboard reads this PyTC key but does not apply it",
+                suggestion=f"remove it, or keep it for PyTC (default {show(key.default)})",
+                file=source.file,
+                line=source.line,
+            )
+        )
+    if inference:
+        leaves_set = ", ".join(n.split(".", 1)[1] for n in inference)
+        checks.report(
+            WARNING,
+            "INFERENCE",
+            f"accepted, not used: Trainboard trains only; PyTC's inference keys are kept "
+            f"({leaves_set})",
+            near=tuple(inference),
+        )
