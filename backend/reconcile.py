@@ -1,0 +1,161 @@
+"""Crash recovery at server start: runs that a dead server left in Training.
+
+A trainer child writes every event to `<log_path>/events.jsonl` as well as to the pipe,
+each stamped with its `attempt` and `n` (the child's own counter). When the server died,
+the child's last events may never have reached SQLite. For every run still Training:
+
+1. If the trainer of its current attempt is still alive (the pid and start time the
+   supervisor recorded in a `log` event match a live process), it is an orphan whose
+   pipe leads nowhere: it gets SIGTERM (a graceful stop: checkpoint, `stopped` in the
+   file) and SIGKILL if it has not exited after `kill_grace_s`. Re-attaching is not
+   possible, since the pipe died with the server; a resume starts a fresh child.
+2. The file's events of the current attempt that the database lacks are appended, in
+   file order, each `(attempt, n)` once: running reconcile again appends nothing.
+3. If that recovered no final event, `failed {interrupted: true}` ends the run in Error,
+   from where it can be resumed from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend import events as ev
+from backend.events import NewEvent
+from backend.fsm.machine import State
+from backend.job import EVENTS_FILE
+from backend.runs import RunService
+from backend.supervisor import Supervisor, process_start_time
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED: dict[str, Any] = {
+    "message": "interrupted: the server stopped while this run was training",
+    "hint": "resume it to continue from the last checkpoint",
+    "interrupted": True,
+}
+_CHUNK = 5_000  # recovered events per append
+
+
+@dataclass
+class _Attempt:
+    """What the database knows of a run's current attempt."""
+
+    attempt: int | None = None
+    started_ts: float = 0.0
+    known: set[int] = field(default_factory=set)  # the `n` of its events already stored
+    pid: int | None = None
+    pid_started: int | None = None
+
+
+async def reconcile(
+    service: RunService, supervisor: Supervisor | None = None, *, kill_grace_s: float = 10.0
+) -> list[str]:
+    """Reconcile every run left in Training; returns their ids. Idempotent."""
+    live = set(supervisor.training()) if supervisor is not None else set()
+    done = []
+    for run_id, summary in list(service.runs.items()):
+        if summary.state is State.TRAINING and run_id not in live:
+            await reconcile_run(service, run_id, kill_grace_s=kill_grace_s)
+            done.append(run_id)
+    return done
+
+
+async def reconcile_run(service: RunService, run_id: str, *, kill_grace_s: float = 10.0) -> int:
+    """Recover one run's lost events and end it; returns how many events were recovered."""
+    current = await _current_attempt(service, run_id)
+    if current.pid is not None and current.pid_started is not None:
+        await _end_orphan(current.pid, current.pid_started, kill_grace_s)
+    recovered = 0
+    log_path = service.get(run_id).log_path
+    if log_path and current.attempt is not None:
+        chunk: list[NewEvent] = []
+        for new in _missing(Path(log_path) / EVENTS_FILE, run_id, current):
+            chunk.append(new)
+            if len(chunk) >= _CHUNK:
+                recovered += len(await service.record(run_id, chunk))
+                chunk = []
+        recovered += len(await service.record(run_id, chunk))
+    if service.get(run_id).state is State.TRAINING:
+        await service.record(run_id, [NewEvent(ev.FAILED, dict(INTERRUPTED), time.time())])
+    log.info("run %s: reconciled, %d event(s) recovered from the log folder", run_id, recovered)
+    return recovered
+
+
+async def _current_attempt(service: RunService, run_id: str) -> _Attempt:
+    current = _Attempt()
+    after = 0
+    while page := await service.store.read_run(run_id, after, limit=10_000):
+        for event in page:
+            data = event.data
+            if event.type in (ev.STARTED, ev.RESUMED):
+                current = _Attempt(data.get("attempt"), event.ts)
+            elif data.get("attempt") == current.attempt and isinstance(data.get("n"), int):
+                current.known.add(data["n"])
+            elif event.type == ev.LOG and isinstance(data.get("pid"), int):
+                current.pid, current.pid_started = data["pid"], data.get("pid_started")
+        after = page[-1].version
+    return current
+
+
+def _missing(path: Path, run_id: str, current: _Attempt) -> Iterator[NewEvent]:
+    """The file's events of the current attempt that the database lacks, in file order."""
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except OSError as exc:
+        log.warning("run %s: cannot read %s: %s", run_id, path, exc)
+        return
+    with handle:
+        for line in handle:
+            record = _parse_line(line)
+            if record is None:
+                continue  # a line torn by the crash, or not ours
+            if record.get("run_id", run_id) != run_id:
+                continue  # a log folder shared with another run
+            type_, data, ts = record["type"], record["data"], record["ts"]
+            n = data.get("n")
+            if data.get("attempt") != current.attempt or not isinstance(n, int):
+                continue
+            # An earlier run in a shared log folder may have used the same attempt and n.
+            if ts < current.started_ts or n in current.known:
+                continue
+            current.known.add(n)
+            yield NewEvent(type_, data, ts)
+
+
+def _parse_line(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    ok = (
+        record.get("type") in ev.TRAINER_TYPES
+        and isinstance(record.get("data"), dict)
+        and isinstance(record.get("ts"), int | float)
+    )
+    return record if ok else None
+
+
+async def _end_orphan(pid: int, started: int, grace_s: float) -> None:
+    """Stop a trainer that outlived its server: SIGTERM, then SIGKILL after `grace_s`."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if process_start_time(pid) != started:
+            return  # gone (or the pid now belongs to another process): leave it alone
+        log.warning("trainer process %d outlived its server: sending %s", pid, sig.name)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        # Not our child: there is nothing to wait on but its /proc entry.
+        while time.monotonic() < deadline and process_start_time(pid) == started:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)

@@ -1,0 +1,135 @@
+"""Create requests become `created` data; a run's data becomes the job of one attempt."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from backend.config import load_config
+from backend.events import ALL_TYPES
+from backend.runs import RunService
+from backend.runspec import InvalidConfig, InvalidRequest, create_run, created_data, job_for
+from backend.store import EventStore
+from tests.trainer.helpers import tiny_config
+
+RUN = "0123456789ab"
+
+
+def tree(tmp_path: Path, **solver: Any) -> dict[str, Any]:
+    return tiny_config(tmp_path / "data", tmp_path / "out", **solver)
+
+
+def body(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {"config": yaml.safe_dump(tree(tmp_path)), **extra}
+
+
+def test_created_data_holds_the_resolved_config_and_the_source(tmp_path: Path) -> None:
+    request = body(tmp_path, name="tiny", overrides=["SOLVER.BASE_LR", "0.02"], seed=5)
+    data = created_data(request, RUN)
+    assert data["name"] == "tiny"
+    assert data["source"] == {
+        "config": request["config"],
+        "base": None,
+        "overrides": ["SOLVER.BASE_LR", "0.02"],
+    }
+    values = load_config(text=data["config"]).values
+    assert values["SOLVER"]["BASE_LR"] == 0.02  # the override is in the resolved YAML
+    assert values["SOLVER"]["GAMMA"] == 0.1  # and every default
+    assert data["output_path"] == str(tmp_path / "out")
+    assert data["log_path"] == str(tmp_path / "out" / "log" / RUN)  # one folder per run
+    assert data["seed"] == 5
+    assert data["total_iterations"] == 24
+    assert all(w["level"] == "warning" for w in data["warnings"])
+
+
+def test_a_base_and_a_given_log_path(tmp_path: Path) -> None:
+    base = yaml.safe_dump(tree(tmp_path))
+    overlay = "SOLVER:\n  ITERATION_TOTAL: 30\n"
+    data = created_data({"config": overlay, "base": base, "log_path": str(tmp_path / "logs")}, RUN)
+    assert data["total_iterations"] == 30
+    assert data["log_path"] == str(tmp_path / "logs")
+    assert data["source"]["base"] == base
+    assert data["name"].startswith("out ")  # the output folder and the time
+
+
+def test_relative_paths_become_absolute_from_the_base_dir(tmp_path: Path) -> None:
+    config = tree(tmp_path)
+    config["DATASET"]["INPUT_PATH"] = "data"
+    config["DATASET"]["OUTPUT_PATH"] = "out"
+    data = created_data(
+        {"config": yaml.safe_dump(config), "log_path": "logs/a"}, RUN, base_dir=tmp_path
+    )
+    values = load_config(text=data["config"]).values
+    assert values["DATASET"]["INPUT_PATH"] == str(tmp_path / "data")
+    assert values["DATASET"]["OUTPUT_PATH"] == data["output_path"] == str(tmp_path / "out")
+    assert data["log_path"] == str(tmp_path / "logs" / "a")
+
+
+def test_every_config_error_is_reported_at_once(tmp_path: Path) -> None:
+    config = tree(tmp_path)
+    config["SOLVER"]["BASE_LR"] = "fast"
+    config["MODEL"]["FILTERZ"] = [4]
+    config["DATASET"]["IMAGE_NAME"] = "missing.npy"
+    with pytest.raises(InvalidConfig) as raised:
+        created_data({"config": yaml.safe_dump(config), "overrides": ["SOLVER.NAME"]}, RUN)
+    keys = {p.key for p in raised.value.errors}
+    assert {"SOLVER.BASE_LR", "MODEL.FILTERZ", "DATASET.IMAGE_NAME", "SOLVER.NAME"} <= keys
+    assert all(p["level"] in ("error", "warning") for p in raised.value.to_json())
+    assert "error(s)" in str(raised.value)
+
+
+def test_paths_are_only_checked_when_asked(tmp_path: Path) -> None:
+    config = tree(tmp_path)
+    config["DATASET"]["INPUT_PATH"] = str(tmp_path / "nowhere")
+    text = yaml.safe_dump(config)
+    with pytest.raises(InvalidConfig):
+        created_data({"config": text}, RUN)
+    assert created_data({"config": text}, RUN, check_paths=False)["config"]
+
+
+@pytest.mark.parametrize(
+    ("request_body", "message"),
+    [
+        ([], "JSON object"),
+        ({}, "'config'"),
+        ({"config": 3}, "'config'"),
+        ({"config": "", "overrides": "SOLVER.BASE_LR 0.1"}, "'overrides'"),
+        ({"config": "", "overrides": [["SOLVER.BASE_LR", "0.1"]]}, "'overrides'"),
+        ({"config": "", "name": 7}, "'name'"),
+        ({"config": "", "seed": -1}, "'seed'"),
+        ({"config": "", "seed": True}, "'seed'"),
+        ({"config": "", "seed": 1.5}, "'seed'"),
+    ],
+)
+def test_malformed_requests_are_refused(request_body: Any, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        created_data(request_body, RUN)
+
+
+def test_job_for_loads_the_stored_config_back(tmp_path: Path) -> None:
+    data = created_data(body(tmp_path, seed=9), RUN)
+    job = job_for(RUN, data, attempt=2, resume_from="/ck.pth.tar", options={"threads": 1})
+    assert job.run_id == RUN and job.attempt == 2 and job.seed == 9
+    assert job.config == load_config(text=data["config"]).values
+    assert job.output_path == data["output_path"] and job.log_path == data["log_path"]
+    assert job.resume_from == "/ck.pth.tar" and job.options == {"threads": 1}
+
+
+@pytest.mark.anyio
+async def test_create_run_stores_valid_runs_only(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "events.db")
+    try:
+        service = RunService(store)
+        event = await create_run(service, body(tmp_path))
+        assert event.type in ALL_TYPES and event.type == "created"
+        assert event.data["log_path"].endswith(os.sep + event.run_id)
+        assert service.get(event.run_id).state == "Idle"
+        with pytest.raises(InvalidConfig):
+            await create_run(service, {"config": "SOLVER:\n  BASE_LR: fast\n"})
+        assert len(service.runs) == 1 and store.last_seq == 1
+    finally:
+        await store.close()
