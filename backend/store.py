@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 _INSERT = "INSERT INTO events (seq, run_id, version, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)"
 _COLUMNS = "seq, run_id, version, type, ts, data"
+Row = tuple[int, str, int, str, float, str]
 
 
 class StoreError(Exception):
@@ -268,6 +269,21 @@ class EventStore:
             (after_seq, limit),
         )
         return [_row_to_event(r) for r in rows]
+
+    async def read_rows(
+        self, after_seq: int = 0, limit: int = 1000, run_id: str | None = None
+    ) -> list[Row]:
+        """One page of raw rows `(seq, run_id, version, type, ts, data)` with seq >
+        after_seq (of one run, or all), in seq order, `data` still JSON text: for
+        streaming history to clients without decoding and re-encoding it."""
+        args: list[str | int] = [after_seq, limit]
+        where = "seq > ?"
+        if run_id is not None:
+            where, args = "run_id = ? AND seq > ?", [run_id, *args]
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT ?", args
+        )
+        return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     async def close(self) -> None:
         """Flush pending appends, stop the writer and close the file."""

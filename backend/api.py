@@ -1,0 +1,388 @@
+"""The REST API under /api (docs/protocol.md is the contract; this is its implementation).
+
+Handlers are small: read and check the request, call the service, the command runner,
+the store or `files`, and answer JSON. Every refusal is an `ApiError`, turned into the
+protocol's error shape by `api_error`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import backend
+from backend import export, files
+from backend.commands import check_id
+from backend.errors import ApiError, bad_request, not_found, unknown_run
+from backend.fsm import to_mermaid
+from backend.projections import RunSummary
+from backend.runs import UnknownRun
+from backend.security import PathError, confine
+
+if TYPE_CHECKING:
+    from backend.server import Context
+
+MAX_PAGE = 10_000
+DEFAULT_PAGE = 1_000
+
+
+def context(conn: HTTPConnection) -> Context:
+    ctx: Context = conn.state.ctx
+    return ctx
+
+
+# --- request helpers ---------------------------------------------------------------------
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The JSON object body (an empty body is `{}`); 413 over `limit`, 400 if malformed."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large(limit)
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except ValueError as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise bad_request("the body must be a JSON object")
+    return value
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "too_large", f"the request body is over {limit:,} bytes", {"limit": limit})
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"'{name}' must be an integer, not '{raw}'") from None
+    if not low <= value <= high:
+        raise bad_request(f"'{name}' must be between {low} and {high}")
+    return value
+
+
+def run_of(request: Request) -> RunSummary:
+    try:
+        return context(request).service.get(request.path_params["run_id"])
+    except UnknownRun as exc:
+        raise unknown_run(exc) from None
+
+
+# --- system ------------------------------------------------------------------------------
+
+
+async def health(request: Request) -> Response:
+    ctx = context(request)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "version": backend.__version__,
+            "last_seq": ctx.store.last_seq,
+            "runs": len(ctx.service.runs),
+            "training": ctx.supervisor.training(),
+            "gpus": ctx.gpus,
+            "data_root": str(ctx.settings.data_root.resolve()),
+            "max_concurrent": ctx.settings.max_concurrent,
+            "demo": ctx.demo_state,
+            "python": platform.python_version(),
+        }
+    )
+
+
+async def config_defaults(request: Request) -> Response:
+    from backend.config import defaults
+
+    return JSONResponse({"values": defaults()})
+
+
+async def config_schema(request: Request) -> Response:
+    from backend.config import config_json_schema
+
+    return JSONResponse(config_json_schema())
+
+
+async def config_validate(request: Request) -> Response:
+    body = await read_json(request, context(request).settings.max_json_bytes)
+    config, base, overrides = _config_source(body)
+    answer = await files.in_thread(_validate, config, base, overrides)
+    return JSONResponse(answer)
+
+
+def _config_source(body: dict[str, Any]) -> tuple[str, str | None, list[str]]:
+    config, base, overrides = body.get("config"), body.get("base"), body.get("overrides") or []
+    if not isinstance(config, str):
+        raise bad_request("'config' (the YAML text) is required")
+    if base is not None and not isinstance(base, str):
+        raise bad_request("'base' must be YAML text")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise bad_request("'overrides' must be a list of strings: KEY, VALUE, ...")
+    return config, base, overrides
+
+
+def _validate(config: str, base: str | None, overrides: list[str]) -> dict[str, Any]:
+    from backend.config import load_config, validate
+
+    loaded = load_config(text=config, base_text=base, overrides=overrides)
+    problems = list(dict.fromkeys([*loaded.problems, *validate(loaded)]))
+    return {
+        "ok": not any(p.is_error for p in problems),
+        "problems": [p.to_json() for p in problems],
+        "values": loaded.values,
+        "yaml": loaded.to_yaml(),
+    }
+
+
+async def presets(request: Request) -> Response:
+    settings = context(request).settings
+    found = await files.in_thread(read_presets, settings.presets, settings.max_yaml_bytes)
+    return JSONResponse({"presets": found})
+
+
+def read_presets(folders: tuple[Path, ...], limit: int) -> list[dict[str, str]]:
+    """YAML files of the preset folders, by name; a later folder's file wins a name clash."""
+    found: dict[str, dict[str, str]] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.y*ml")):
+            if not path.is_file() or path.stat().st_size > limit:
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            first = text.lstrip().splitlines()[0] if text.strip() else ""
+            title = first.lstrip("#").strip() if first.startswith("#") else path.stem
+            found[path.stem] = {"name": path.stem, "title": title, "yaml": text}
+    return [found[name] for name in sorted(found)]
+
+
+# --- runs --------------------------------------------------------------------------------
+
+
+async def list_runs(request: Request) -> Response:
+    runs = context(request).service.runs.values()
+    ordered = sorted(runs, key=lambda s: (s.created_at or 0.0, s.run.run_id), reverse=True)
+    return JSONResponse({"runs": [s.to_json() for s in ordered]})
+
+
+async def create_run(request: Request) -> Response:
+    ctx = context(request)
+    body = await read_json(request, ctx.settings.max_json_bytes)
+    command_id = check_id(body.pop("id", None))
+    outcome = await ctx.commands.run("create", None, body, command_id)
+    return JSONResponse(outcome.body, outcome.status)
+
+
+async def get_run(request: Request) -> Response:
+    summary = run_of(request)
+    [created] = await context(request).store.read_run(summary.run.run_id, 0, limit=1)
+    return JSONResponse({"run": summary.to_json(), "created": dict(created.data)})
+
+
+async def run_command(request: Request) -> Response:
+    ctx = context(request)
+    command = request.url.path.rsplit("/", 1)[-1]
+    body = await read_json(request, ctx.settings.max_json_bytes)
+    command_id = check_id(body.get("id"))
+    outcome = await ctx.commands.run(command, request.path_params["run_id"], {}, command_id)
+    return JSONResponse(outcome.body, outcome.status)
+
+
+async def run_events(request: Request) -> Response:
+    summary = run_of(request)
+    after = int_param(request, "after", 0, 0, 2**62)
+    limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    store = context(request).store
+    page = await store.read_run_after_seq(summary.run.run_id, after, limit + 1)
+    return _page(page, after, limit)
+
+
+async def all_events(request: Request) -> Response:
+    after = int_param(request, "after", 0, 0, 2**62)
+    limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    page = await context(request).store.read_all(after, limit + 1)
+    return _page(page, after, limit)
+
+
+def _page(page: list[Any], after: int, limit: int) -> Response:
+    more = len(page) > limit
+    page = page[:limit]
+    next_after = page[-1].seq if page else after
+    return JSONResponse(
+        {"events": [e.to_json() for e in page], "next_after": next_after, "more": more}
+    )
+
+
+async def export_run(request: Request) -> Response:
+    summary = run_of(request)
+    fmt = request.query_params.get("format", "jsonl")
+    store, run_id = context(request).store, summary.run.run_id
+    if fmt == "jsonl":
+        body, media = export.jsonl(store, run_id), "application/x-ndjson"
+    elif fmt == "csv":
+        body, media = export.metrics_csv(store, run_id), "text/csv; charset=utf-8"
+    else:
+        raise bad_request(f"unknown export format '{fmt}'; use jsonl or csv")
+    disposition = f'attachment; filename="run-{run_id}.{fmt}"'
+    return StreamingResponse(body, media_type=media, headers={"content-disposition": disposition})
+
+
+# Artifacts are served as data, never as pages: no HTML or script from a run folder runs
+# with this origin's rights.
+_ARTIFACT_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".log": "text/plain; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".jsonl": "text/plain; charset=utf-8",
+    ".json": "application/json",
+    ".yaml": "text/plain; charset=utf-8",
+    ".yml": "text/plain; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+}
+
+
+async def artifact(request: Request) -> Response:
+    summary = run_of(request)
+    wanted = request.query_params.get("path", "")
+    if not wanted:
+        raise bad_request("'path' is required")
+    path = _artifact_path(summary, wanted)
+    if not path.is_file():
+        raise not_found(f"the run has no file '{wanted}'", path=wanted)
+    media = _ARTIFACT_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    headers = {"content-security-policy": "default-src 'none'; sandbox"}
+    if path.suffix.lower() not in _ARTIFACT_TYPES:
+        headers["content-disposition"] = f'attachment; filename="{path.name}"'
+    return FileResponse(path, media_type=media, headers=headers)
+
+
+def _artifact_path(summary: RunSummary, wanted: str) -> Path:
+    """`wanted` inside the run's log or output folder (absolute, or relative to either)."""
+    inside = []
+    for folder in (summary.log_path, summary.output_path):
+        if folder:
+            try:
+                inside.append(confine(Path(folder), wanted))
+            except PathError:
+                continue
+    if not inside:
+        raise ApiError(403, "forbidden", "artifacts must be inside the run's output or log folder")
+    return next((path for path in inside if path.exists()), inside[0])
+
+
+async def diagram(request: Request) -> Response:
+    summary = run_of(request)
+    return JSONResponse({"mermaid": to_mermaid(summary.state), "state": summary.state})
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+async def browse(request: Request) -> Response:
+    root = context(request).settings.data_root
+    answer = await files.in_thread(files.list_dir, root, request.query_params.get("path", ""))
+    return JSONResponse(answer)
+
+
+async def file_info(request: Request) -> Response:
+    root = context(request).settings.data_root
+    answer = await files.in_thread(files.file_info, root, _required_path(request))
+    return JSONResponse(answer)
+
+
+async def file_thumbnail(request: Request) -> Response:
+    root = context(request).settings.data_root
+    z = request.query_params.get("z")
+    z_value = int_param(request, "z", 0, -(2**31), 2**31) if z else None
+    size = int_param(request, "size", 256, 16, 1024)
+    png = await files.in_thread(files.thumbnail, root, _required_path(request), z_value, size)
+    return Response(png, media_type="image/png", headers={"cache-control": "no-store"})
+
+
+async def upload(request: Request) -> Response:
+    settings = context(request).settings
+    path = await files.save_upload(
+        request,
+        settings.data_root,
+        request.query_params.get("dir", ""),
+        settings.max_upload_bytes,
+        settings.max_yaml_bytes,
+    )
+    return JSONResponse({"path": path}, 201)
+
+
+async def check_path(request: Request) -> Response:
+    ctx = context(request)
+    body = await read_json(request, ctx.settings.max_json_bytes)
+    path = body.get("path")
+    if not isinstance(path, str) or not path:
+        raise bad_request("'path' (a string) is required")
+    answer = await files.in_thread(files.check_path, ctx.settings.data_root, path)
+    return JSONResponse(answer)
+
+
+def _required_path(request: Request) -> str:
+    path = request.query_params.get("path", "")
+    if not path:
+        raise bad_request("'path' is required")
+    return path
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"error": exc.to_json()}, exc.status)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405/413 in the protocol's error shape (under /api)."""
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+    code = codes.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
+    error = {"code": code, "message": str(exc.detail), "details": {}}
+    return JSONResponse({"error": error}, exc.status_code, headers=exc.headers)
+
+
+routes = [
+    Route("/health", health),
+    Route("/config/defaults", config_defaults),
+    Route("/config/schema", config_schema),
+    Route("/config/validate", config_validate, methods=["POST"]),
+    Route("/presets", presets),
+    Route("/runs", list_runs),
+    Route("/runs", create_run, methods=["POST"]),
+    Route("/runs/{run_id}", get_run),
+    Route("/runs/{run_id}/start", run_command, methods=["POST"]),
+    Route("/runs/{run_id}/stop", run_command, methods=["POST"]),
+    Route("/runs/{run_id}/resume", run_command, methods=["POST"]),
+    Route("/runs/{run_id}/events", run_events),
+    Route("/runs/{run_id}/export", export_run),
+    Route("/runs/{run_id}/artifact", artifact),
+    Route("/runs/{run_id}/diagram", diagram),
+    Route("/events", all_events),
+    Route("/files", browse),
+    Route("/files/info", file_info),
+    Route("/files/thumbnail", file_thumbnail),
+    Route("/files/upload", upload, methods=["POST"]),
+    Route("/paths/check", check_path, methods=["POST"]),
+]

@@ -1,0 +1,297 @@
+"""Client subcommands of `trainboard`: runs, show, start, stop, resume, watch, replay, export.
+
+They talk to a running server: `--url`/`--token`, or TRAINBOARD_URL/TRAINBOARD_TOKEN (the
+URL `trainboard serve` prints, token included, works as --url on its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import IO, Any
+
+from backend.client import Client, ClientError, Rest, resolve
+from backend.events import Event
+
+# How `watch` exits: the run's outcome.
+EXIT_CODES = {"Complete": 0, "Error": 1, "Stopped": 130}
+FINAL_TYPES = {"completed": "Complete", "failed": "Error", "stopped": "Stopped"}
+
+
+def add_client_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="server URL (default $TRAINBOARD_URL or 127.0.0.1:8000)")
+    common.add_argument("--token", help="access token (default $TRAINBOARD_TOKEN)")
+
+    def add(name: str, help_: str, func: Any, run: bool = True) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(name, help=help_, description=help_, parents=[common])
+        if run:
+            parser.add_argument("run", metavar="RUN", help="run id (or a unique prefix)")
+        parser.set_defaults(func=lambda args: _guard(func, args))
+        return parser
+
+    add("runs", "list the runs on the server", cmd_runs, run=False)
+    add("show", "show one run", cmd_show)
+    add("start", "start an idle run", lambda args: cmd_command(args, "start"))
+    add(
+        "stop",
+        "stop a training run (it saves a checkpoint)",
+        lambda args: cmd_command(args, "stop"),
+    )
+    add("resume", "resume a stopped or failed run", lambda args: cmd_command(args, "resume"))
+    add("watch", "follow a run live; exit 0 Complete, 1 Error, 130 Stopped", cmd_watch)
+    replay = add("replay", "print a run's timeline as it happened", cmd_replay)
+    replay.add_argument("--speed", type=float, default=1.0, help="X times faster (default 1)")
+    replay.add_argument(
+        "--max-gap", type=float, default=None, help="wait at most this many seconds between events"
+    )
+    export = add("export", "download a run's events (jsonl) or metrics (csv)", cmd_export)
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("-o", "--output", help="file to write (default: standard output)")
+
+
+def _guard(func: Any, args: argparse.Namespace) -> int:
+    try:
+        return int(func(args) or 0)
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        details = exc.details or {}
+        if "legal_commands" in details:
+            legal = ", ".join(details["legal_commands"]) or "none"
+            print(f"  the run is {details.get('state')}; allowed now: {legal}", file=sys.stderr)
+        return 1
+
+
+def _rest(args: argparse.Namespace) -> Rest:
+    url, token = resolve(args.url, args.token)
+    return Rest(url, token)
+
+
+def _run_id(rest: Rest, given: str) -> str:
+    """A full run id from an id or a unique prefix of one."""
+    ids: list[str] = [r["run_id"] for r in rest.runs()]
+    if given in ids:
+        return given
+    matches = [i for i in ids if i.startswith(given)]
+    if len(matches) == 1:
+        return matches[0]
+    reason = "no run" if not matches else f"{len(matches)} runs"
+    raise ClientError(f"{reason} matching '{given}'; see `trainboard runs`", "not_found")
+
+
+# --- runs, show, commands ------------------------------------------------------------------
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    runs = _rest(args).runs()
+    if not runs:
+        print("no runs yet")
+        return 0
+    rows = [["RUN", "NAME", "STATE", "PROGRESS", "LOSS", "BEST DICE", "CREATED"]]
+    for r in runs:
+        state = r["state"] + (" (stopping)" if r["stopping"] else "")
+        rows.append(
+            [
+                r["run_id"],
+                _clip(r["name"], 28),
+                state,
+                f"{r['iteration']}/{r['total']}",
+                _num(r["last_loss"]),
+                _num(r["best_dice"], 3),
+                _when(r["created_at"]),
+            ]
+        )
+    print(_table(rows))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    rest = _rest(args)
+    answer = rest.run(_run_id(rest, args.run))
+    run, created = answer["run"], answer["created"]
+    fields = [
+        ("run", run["run_id"]),
+        ("name", run["name"]),
+        ("state", run["state"] + (" (stopping)" if run["stopping"] else "")),
+        ("allowed now", ", ".join(run["legal_commands"]) or "none"),
+        ("progress", f"{run['iteration']}/{run['total']}"),
+        ("last loss", _num(run["last_loss"])),
+        ("best dice", f"{_num(run['best_dice'], 4)} at iteration {run['best_iteration']}"),
+        ("attempts", str(run["attempts"])),
+        ("checkpoint", run["last_checkpoint"] or "-"),
+        ("created", _when(run["created_at"])),
+        ("started", _when(run["started_at"])),
+        ("ended", _when(run["ended_at"])),
+        ("output", run["output_path"] or "-"),
+        ("logs", run["log_path"] or "-"),
+        ("seed", str(created.get("seed", "-"))),
+    ]
+    if run["error"]:
+        fields.append(("error", run["error"].get("message") or "-"))
+        fields.append(("hint", run["error"].get("hint") or "-"))
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        print(f"{key:>{width}}  {value}")
+    return 0
+
+
+def cmd_command(args: argparse.Namespace, command: str) -> int:
+    rest = _rest(args)
+    run_id = _run_id(rest, args.run)
+    answer = rest.command(run_id, command)
+    run = answer["run"]
+    state = run["state"] + (" (stopping)" if run["stopping"] else "")
+    print(
+        f"{command}: run {run_id} is {state} ({answer['event']['type']} at seq {run['last_seq']})"
+    )
+    return 0
+
+
+# --- watch ---------------------------------------------------------------------------------
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    url, token = resolve(args.url, args.token)
+    rest = Rest(url, token)
+    run = rest.run(_run_id(rest, args.run))["run"]
+    if run["state"] in EXIT_CODES:
+        print(ending(run["run_id"], run["state"], run.get("error")))
+        return EXIT_CODES[run["state"]]
+    return asyncio.run(_watch(url, token, run))
+
+
+async def _watch(url: str, token: str | None, run: dict[str, Any]) -> int:
+    # The bar `trainboard train` draws (torch-free, like this module).
+    from backend.trainer.cli import Progress
+
+    progress = Progress(run["run_id"], run["total"], sys.stdout)
+    progress.iteration, progress.loss = run["iteration"], run["last_loss"]
+    progress.its_per_s, progress.eta_s = run["its_per_s"], run["eta_s"]
+    async with Client(url, token, run_id=run["run_id"], after=run["last_seq"]) as client:
+        async for event in client.events():
+            progress.on_events([Event(**event)])
+            state = FINAL_TYPES.get(event["type"])
+            if state is not None:
+                progress.close()
+                print(progress.line())
+                print(ending(run["run_id"], state, event["data"]), flush=True)
+                return EXIT_CODES[state]
+    return 1
+
+
+def ending(run_id: str, state: str, error: dict[str, Any] | None) -> str:
+    line = f"run {run_id}: {state}"
+    if state == "Error" and error:
+        line += f": {error.get('message', '')}"
+        if error.get("hint"):
+            line += f"\n  hint: {error['hint']}"
+    return line
+
+
+# --- replay and export ---------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if args.speed <= 0:
+        raise ClientError("--speed must be above 0", "bad_request")
+    rest = _rest(args)
+    events = rest.iter_events(_run_id(rest, args.run))
+    replay(events, sys.stdout, args.speed, args.max_gap)
+    return 0
+
+
+def replay(
+    events: Iterable[dict[str, Any]],
+    out: IO[str],
+    speed: float = 1.0,
+    max_gap: float | None = None,
+    sleep: Any = time.sleep,
+) -> None:
+    """Print events with their original spacing divided by `speed`."""
+    first: float | None = None
+    previous: float | None = None
+    for event in events:
+        ts = float(event["ts"])
+        first = ts if first is None else first
+        if previous is not None:
+            gap = max(0.0, ts - previous) / speed
+            sleep(min(gap, max_gap) if max_gap is not None else gap)
+        previous = ts
+        print(f"+{ts - first:9.2f}s  {describe(event)}", file=out, flush=True)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    rest = _rest(args)
+    run_id = _run_id(rest, args.run)
+    path = f"/api/runs/{run_id}/export?format={args.format}"
+    if args.output:
+        with open(args.output, "wb") as handle:
+            written = rest.download(path, handle)
+        print(f"wrote {written:,} bytes to {args.output}", file=sys.stderr)
+    else:
+        rest.download(path, sys.stdout.buffer)
+        sys.stdout.flush()
+    return 0
+
+
+# --- formatting ----------------------------------------------------------------------------
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One line about an event, for people."""
+    d, kind = event["data"], event["type"]
+    text = {
+        "created": lambda: f"'{d.get('name')}', {d.get('total_iterations')} iterations",
+        "started": lambda: f"attempt {d.get('attempt')}",
+        "resumed": lambda: f"attempt {d.get('attempt')} from {d.get('checkpoint') or 'scratch'}",
+        "stop_requested": lambda: f"escalation after {d.get('deadline_s')}s",
+        "stop_escalated": lambda: f"{d.get('signal')} after {d.get('after_s')}s",
+        "trainer_ready": lambda: f"{d.get('device')}, {d.get('parameters'):,} parameters",
+        "metric": lambda: f"iteration {d.get('iteration')} loss {_num(d.get('loss'))}",
+        "progress": lambda: (
+            f"{d.get('iteration')}/{d.get('total')} {_num(d.get('its_per_s'), 1)} it/s"
+        ),
+        "validation": lambda: (
+            f"iteration {d.get('iteration')} val loss {_num(d.get('loss'))} "
+            f"dice {_num(d.get('dice'), 3)} iou {_num(d.get('iou'), 3)}"
+            + (" (best)" if d.get("best") else "")
+        ),
+        "checkpoint": lambda: f"iteration {d.get('iteration')} -> {d.get('path')}",
+        "log": lambda: f"[{d.get('level', 'info')}] {d.get('message')}",
+        "completed": lambda: f"at iteration {d.get('iteration')}",
+        "failed": lambda: (
+            f"{d.get('message')}"
+            + (f" (exit code {d['exit_code']})" if d.get("exit_code") is not None else "")
+        ),
+        "stopped": lambda: (
+            f"at iteration {d.get('iteration')}, checkpoint {d.get('checkpoint') or 'none'}"
+        ),
+    }.get(kind)
+    try:
+        detail = text() if text else ""
+    except (TypeError, ValueError):
+        detail = ""
+    return f"{kind:<14} {detail}".rstrip()
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )

@@ -1,0 +1,192 @@
+"""`trainboard serve`: run the server, print its URL with the access token.
+
+The token is generated on first start and kept next to the event store (mode 0600), so
+the printed URL stays valid across restarts; `--token` (or TRAINBOARD_TOKEN) sets one.
+Binding to anything but a loopback address needs a token given explicitly: a server
+reachable from the network should not run on a secret only its console has seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from backend.settings import Settings
+
+TOKEN_ENV = "TRAINBOARD_TOKEN"
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the browser app and the API",
+        description="Serve Trainboard. Prints the URL to open, with its access token.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free)")
+    parser.add_argument("--db", type=Path, default=Path("events.db"), help="event store file")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=Path("data"),
+        help="the only folder the browser may browse and upload into (default ./data)",
+    )
+    parser.add_argument(
+        "--token", help=f"access token (default: ${TOKEN_ENV}, else generated and kept)"
+    )
+    parser.add_argument(
+        "--max-concurrent", type=int, default=1, help="runs that may train at once (default 1)"
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another origin the browser app may be served from (a dev server)",
+    )
+    parser.add_argument("--log-level", default="warning", help="uvicorn log level")
+    parser.set_defaults(func=serve_command)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_file(db: Path) -> Path | None:
+    return None if str(db) == ":memory:" else db.with_name(db.name + "-token")
+
+
+def load_or_create_token(path: Path | None) -> str:
+    """The kept token, or a new one written with mode 0600 (readable by this user only)."""
+    if path is None:
+        return secrets.token_hex(24)
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+        return token
+    token = secrets.token_hex(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    given = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    if not is_loopback(args.host) and not given:
+        print(
+            f"error: refusing to listen on {args.host} without a token: anyone who can reach "
+            f"it could start processes and read files. Pass --token (or set {TOKEN_ENV}) "
+            "with a long random secret, or bind to 127.0.0.1 and use an SSH tunnel.",
+            file=sys.stderr,
+        )
+        return 2
+    if given is not None and len(given) < 8:
+        print("error: the token must be at least 8 characters long", file=sys.stderr)
+        return 2
+    token = given or load_or_create_token(token_file(args.db))
+    settings = Settings(
+        token=token,
+        db_path=args.db,
+        data_root=args.data_root,
+        host=args.host,
+        port=args.port,
+        max_concurrent=args.max_concurrent,
+        allowed_origins=frozenset(args.allow_origin),
+        demo_on_first_run=True,
+    )
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(run(settings, args.log_level))
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+        return 0
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (uvicorn[standard] brings it): a faster event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def uvicorn_config(app: Any, settings: Settings, log_level: str = "warning") -> Any:
+    """How Trainboard runs under uvicorn (the tests and benchmarks use it too)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws_max_size=settings.ws_max_frame,  # bigger frames: close 1009
+        # Compression would run once per frame per client: at thousands of events per
+        # second and many clients it costs more CPU than the fan-out itself.
+        ws_per_message_deflate=False,
+        log_level=log_level,
+        access_log=False,  # URLs may carry ?token=
+        lifespan="on",
+    )
+
+
+async def run(settings: Settings, log_level: str = "warning") -> int:
+    import uvicorn
+
+    from backend.server import create_app
+    from backend.store import EventStore, StoreError
+
+    try:
+        # Fail early, with the store's own message, rather than inside uvicorn's start-up.
+        await (await EventStore.open(settings.db_path)).close()
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level))
+    announce = asyncio.create_task(_announce(server, settings))
+    try:
+        await server.serve()
+    finally:
+        announce.cancel()
+    return 0 if server.started else 1
+
+
+async def _announce(server: object, settings: Settings) -> None:
+    """Print the URL once the socket listens (the port is known even when it was 0)."""
+    # uvicorn offers a flag, not an event, for "listening".
+    while not getattr(server, "started", False):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    port = settings.port
+    for listener in getattr(server, "servers", []):
+        for sock in listener.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                port = sock.getsockname()[1]
+                break
+    host = settings.host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    print("Trainboard is running. Open this URL (it carries the access token):", flush=True)
+    print(f"    http://{shown}:{port}/?token={settings.token}", flush=True)
+    print(
+        f"Data root: {settings.data_root.resolve()}   Event store: {settings.db_path}", flush=True
+    )
+    print("Press Ctrl-C to stop.", flush=True)

@@ -1,0 +1,214 @@
+"""The Starlette application: `create_app(settings)` wires the store, the run service, the
+supervisor and the hub together for one server's lifetime.
+
+Start-up (the lifespan): open the event store, rebuild every run from it, attach the
+hub, reconcile runs a dead server left in Training, then serve. Shut-down: stop the
+trainer children gracefully, then close the store. The app never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from backend import api
+from backend.commands import Commands
+from backend.errors import ApiError
+from backend.hub import Hub
+from backend.reconcile import reconcile
+from backend.runs import RunService
+from backend.security import TokenMiddleware
+from backend.settings import Settings
+from backend.store import EventStore
+from backend.supervisor import Supervisor
+from backend.ws import websocket_endpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """What request handlers share, reachable as `request.state.ctx`."""
+
+    settings: Settings
+    store: EventStore
+    service: RunService
+    supervisor: Supervisor
+    hub: Hub
+    commands: Commands
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    demo_state: str = "none"  # none | preparing | ready | failed: ...
+
+
+def create_app(settings: Settings) -> Starlette:
+    """A Trainboard server app; serve it with uvicorn (see `backend.serve`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        first_run = _is_empty(settings.data_root)
+        settings.data_root.mkdir(parents=True, exist_ok=True)
+        store = await EventStore.open(settings.db_path, synchronous=settings.synchronous)
+        try:
+            ctx = await _start(settings, store)
+            demo = None
+            if settings.demo_on_first_run and first_run:
+                demo = asyncio.create_task(_make_demo(ctx))
+            try:
+                yield {"ctx": ctx}
+            finally:
+                if demo is not None:
+                    demo.cancel()
+                await ctx.supervisor.shutdown()
+                ctx.hub.close()
+        finally:
+            await store.close()
+
+    routes: list[BaseRoute] = [
+        Mount("/api", routes=api.routes),
+        WebSocketRoute("/ws", websocket_endpoint),
+        _frontend(settings.frontend_dir),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(TokenMiddleware, settings.token, settings.allowed_origins)],
+        exception_handlers={
+            ApiError: api.api_error,
+            HTTPException: api.http_error,
+            500: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+async def _start(settings: Settings, store: EventStore) -> Context:
+    service = RunService(store)
+    await service.load()
+    supervisor = Supervisor(
+        service,
+        max_concurrent=settings.max_concurrent,
+        stop_grace_s=settings.stop_grace_s,
+        kill_grace_s=settings.kill_grace_s,
+        job_options=settings.job_options,
+    )
+    hub = Hub(store)
+    hub.attach(service)  # before reconciling, so what it records is published too
+    reconciled = await reconcile(service, supervisor, kill_grace_s=supervisor.kill_grace_s)
+    if reconciled:
+        log.warning("reconciled %d run(s) left training: %s", len(reconciled), reconciled)
+    return Context(
+        settings=settings,
+        store=store,
+        service=service,
+        supervisor=supervisor,
+        hub=hub,
+        commands=Commands(service, supervisor),
+        gpus=detect_gpus(),
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    message = "the server failed; see its log"
+    return JSONResponse({"error": {"code": "internal", "message": message, "details": {}}}, 500)
+
+
+# --- the browser app ---------------------------------------------------------------------
+
+
+class AppFiles(StaticFiles):
+    """The built app; unknown page paths get index.html so client-side routes load."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as exc:
+            if exc.status_code != 404 or "." in path.rsplit("/", 1)[-1]:
+                raise
+            return await super().get_response("index.html", scope)
+
+
+_NO_APP = """<!doctype html><meta charset="utf-8"><title>Trainboard</title>
+<p>Trainboard's API is running, but the browser app is not built (no frontend/dist).
+Build it with <code>make frontend-build</code>, or use the API and the CLI.</p>"""
+
+
+def _frontend(folder: Path | None) -> BaseRoute:
+    if folder is not None and (folder / "index.html").is_file():
+        return Mount("/", app=AppFiles(directory=folder, html=True))
+    return Route("/", lambda request: HTMLResponse(_NO_APP))
+
+
+# --- machine facts -----------------------------------------------------------------------
+
+
+def detect_gpus() -> list[dict[str, Any]]:
+    """NVIDIA GPUs as the driver lists them, without CUDA or torch (cheap: /proc only)."""
+    gpus = []
+    root = Path("/proc/driver/nvidia/gpus")
+    try:
+        folders = sorted(root.iterdir()) if root.is_dir() else []
+    except OSError:
+        return []
+    for index, folder in enumerate(folders):
+        name = "NVIDIA GPU"
+        with contextlib.suppress(OSError):
+            for line in (folder / "information").read_text().splitlines():
+                if line.startswith("Model:"):
+                    name = line.split(":", 1)[1].strip()
+        gpus.append({"index": index, "name": name, "bus_id": folder.name})
+    return gpus
+
+
+def _is_empty(folder: Path) -> bool:
+    try:
+        return not any(folder.iterdir())
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+_DEMO_TITLES = {
+    "demo_2d": "Demo: 2D U-Net on the synthetic mitochondria dataset",
+    "demo_3d": "Demo: 3D U-Net on the synthetic mitochondria dataset",
+}
+
+
+async def _make_demo(ctx: Context) -> None:
+    """Write the demo dataset and its presets, off the event loop (it takes seconds)."""
+    ctx.demo_state = "preparing"
+    try:
+        await asyncio.to_thread(write_demo, ctx.settings.data_root)
+    except Exception as exc:
+        log.exception("could not write the demo dataset")
+        ctx.demo_state = f"failed: {exc}"
+        return
+    ctx.demo_state = "ready"
+
+
+def write_demo(data_root: Path) -> None:
+    from backend.demo import make_demo_dataset
+
+    dataset = make_demo_dataset(data_root / "demo")
+    presets = data_root / "presets"
+    presets.mkdir(parents=True, exist_ok=True)
+    for config in (dataset.config_2d, dataset.config_3d):
+        partial = presets / f".{config.name}.partial"
+        with config.open(encoding="utf-8") as source, partial.open("w", encoding="utf-8") as out:
+            out.write(f"# {_DEMO_TITLES.get(config.stem, config.stem)}\n")
+            shutil.copyfileobj(source, out)
+        partial.replace(presets / config.name)

@@ -1,0 +1,125 @@
+"""The server killed with SIGKILL mid-run and restarted: nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.client import Client
+from tests.server.live import ServeProcess, tiny_yaml, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Follower:
+    """A headless client in its own thread, following one run across server restarts."""
+
+    def __init__(self, url: str, token: str, run_id: str) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.client: Client | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._follow(url, token, run_id),)
+        )
+        self._thread.start()
+
+    async def _follow(self, url: str, token: str, run_id: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with Client(url, token, run_id=run_id, min_backoff=0.05, max_backoff=0.5) as client:
+            self.client = client
+            consumer = asyncio.create_task(self._consume(client))
+            await self._stop.wait()
+            consumer.cancel()
+
+    async def _consume(self, client: Client) -> None:
+        async for event in client.events():
+            self.received.append(event)
+
+    def stop(self) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+
+def stored_events(server: ServeProcess, run_id: str) -> list[dict[str, Any]]:
+    _, page, _ = server.request("GET", f"/api/runs/{run_id}/events?limit=10000")
+    found: list[dict[str, Any]] = page["events"]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def test_server_sigkill_mid_run_then_restart(tmp_path: Path) -> None:
+    port = str(free_port())
+    # Volumes first: a data root with files in it gets no demo dataset (CPU for seconds).
+    config = tiny_yaml(tmp_path / "data", "crash", ITERATION_TOTAL=60, ITERATION_SAVE=20)
+    server = ServeProcess(tmp_path, "--port", port).start()
+    follower: Follower | None = None
+    try:
+        status, body, _ = server.request("POST", "/api/runs", {"config": config})
+        assert status == 201, body
+        run_id = body["run"]["run_id"]
+        log_path = Path(body["run"]["log_path"])
+        assert server.request("POST", f"/api/runs/{run_id}/start", {})[0] == 200
+        follower = Follower(server.url, server.token, run_id)
+
+        def metrics() -> int:
+            return sum(e["type"] == "metric" for e in stored_events(server, run_id))
+
+        wait_for(lambda: metrics() >= 3, 180, 0.1)
+        pid = next(e["data"]["pid"] for e in stored_events(server, run_id) if "pid" in e["data"])
+        server.kill()
+        # The orphaned trainer notices its parent is gone: checkpoint, `stopped`, exit.
+        wait_for(lambda: not alive(pid), 120, 0.1)
+
+        server = ServeProcess(tmp_path, "--port", port).start()
+        events = stored_events(server, run_id)
+        run = server.request("GET", f"/api/runs/{run_id}")[1]["run"]
+        assert run["state"] in ("Stopped", "Error") and run["legal_commands"] == ["resume"]
+
+        # Everything the child wrote to its log folder is in the store, exactly once.
+        lines = [line for line in (log_path / "events.jsonl").read_text().splitlines() if line]
+        written = {(r["data"]["attempt"], r["data"]["n"]) for r in map(json.loads, lines)}
+        in_store = Counter(
+            (e["data"]["attempt"], e["data"]["n"]) for e in events if "n" in e["data"]
+        )
+        assert written <= set(in_store)
+        assert max(in_store.values()) == 1
+        _, everything, _ = server.request("GET", "/api/events?limit=10000")
+        seqs = [e["seq"] for e in everything["events"]]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert [e["version"] for e in events] == list(range(1, len(events) + 1))
+
+        assert server.request("POST", f"/api/runs/{run_id}/resume", {})[0] == 200
+        wait_for(lambda: stored_events(server, run_id)[-1]["type"] == "completed", 180, 0.2)
+        final = stored_events(server, run_id)
+        # The client followed through the crash: the exact stored sequence, no duplicate.
+        wait_for(lambda: follower is not None and len(follower.received) >= len(final), 30)
+        assert [e["seq"] for e in follower.received] == [e["seq"] for e in final]
+        assert follower.client is not None and follower.client.connections >= 2
+    finally:
+        if follower is not None:
+            follower.stop()
+        server.stop()
