@@ -155,7 +155,7 @@ async def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
-async def test_file_held_by_another_process_is_refused(tmp_path: Path) -> None:
+def test_file_held_by_another_process_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_SCRIPT, str(path)],
@@ -166,7 +166,7 @@ async def test_file_held_by_another_process_is_refused(tmp_path: Path) -> None:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(StoreError, match="in use by another Trainboard process"):
-            await EventStore.open(path)
+            asyncio.run(EventStore.open(path))
     finally:
         holder.kill()
         holder.wait()
@@ -181,6 +181,17 @@ async def main():
     await asyncio.sleep(60)
 asyncio.run(main())
 """
+
+async def check_gapless(path: Path, acknowledged: int) -> None:
+    async with await EventStore.open(path) as store:
+        events = await store.read_all(0, limit=1_000_000)
+        seqs = [e.seq for e in events]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert len(seqs) >= acknowledged
+        for run in store.run_ids():
+            versions = [e.version for e in await store.read_run(run)]
+            assert versions == list(range(1, len(versions) + 1))
+
 
 CRASH_SCRIPT = """
 import asyncio, sys
@@ -198,7 +209,7 @@ asyncio.run(main())
 """
 
 
-async def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
+def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     child = subprocess.Popen(
         [sys.executable, "-c", CRASH_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True
@@ -210,14 +221,7 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
     child.kill()
     child.wait()
     assert child.returncode == -9
-    async with await EventStore.open(path) as store:
-        events = await store.read_all(0, limit=1_000_000)
-        seqs = [e.seq for e in events]
-        assert seqs == list(range(1, len(seqs) + 1))
-        assert len(seqs) >= acknowledged
-        for run in store.run_ids():
-            versions = [e.version for e in await store.read_run(run)]
-            assert versions == list(range(1, len(versions) + 1))
+    asyncio.run(check_gapless(path, acknowledged))
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
