@@ -1,0 +1,325 @@
+// The client-side fold: events -> per-run state, mirroring backend/fsm (machine.py, fold.py)
+// and backend/projections.py. Pure functions over a plain accumulator: the same code folds
+// live events as they arrive and replays a stored history to any moment.
+//
+// `applyEvent(run, event)` mutates `run` (series are large parallel arrays; copying them per
+// event would make a 100,000-point fold quadratic) and reports what it did. Given the same
+// event sequence it always produces the same state.
+
+export const IDLE = 'Idle';
+export const TRAINING = 'Training';
+export const COMPLETE = 'Complete';
+export const ERROR = 'Error';
+export const STOPPED = 'Stopped';
+export const STATES = [IDLE, TRAINING, COMPLETE, ERROR, STOPPED];
+
+// Facts never change the lifecycle state; legal only while a run trains (events.py).
+export const FACT_TYPES = ['trainer_ready', 'metric', 'progress', 'validation', 'checkpoint', 'log'];
+const FACTS = new Set(FACT_TYPES);
+
+// Lifecycle transitions (machine.py TRANSITIONS): trigger -> [sources, dest or null].
+export const TRANSITIONS = {
+  started: [[IDLE], TRAINING],
+  stop_requested: [[TRAINING], null],
+  stop_escalated: [[TRAINING], null],
+  completed: [[TRAINING], COMPLETE],
+  failed: [[TRAINING], ERROR],
+  stopped: [[TRAINING], STOPPED],
+  resumed: [[STOPPED, ERROR], TRAINING],
+};
+
+// Commands and the event each becomes (events.py COMMAND_EVENTS), in the server's order.
+export const COMMAND_EVENTS = {
+  create: 'created',
+  start: 'started',
+  stop: 'stop_requested',
+  resume: 'resumed',
+};
+
+export const LIFECYCLE_TYPES = new Set(['created', ...Object.keys(TRANSITIONS)]);
+
+/** Whether the machine accepts `type` in `state` (with the stopping flag). */
+export function allows(state, stopping, type) {
+  if (type === 'created') return state === null;
+  if (state === null) return false;
+  if (FACTS.has(type)) return state === TRAINING;
+  const t = TRANSITIONS[type];
+  if (!t) return false;
+  if (type === 'stop_requested' && stopping) return false;
+  return t[0].includes(state);
+}
+
+/** The commands legal in a state: a mirror of machine.legal_commands, for replay display. */
+export function legalCommands(state, stopping = false) {
+  if (state === null || state === undefined) return ['create'];
+  return Object.entries(COMMAND_EVENTS)
+    .filter(([, type]) => allows(state, stopping, type))
+    .map(([command]) => command);
+}
+
+/** A run before any event. */
+export function newRun(runId) {
+  return {
+    runId,
+    rev: 0,
+    cuts: 0, // how many times a resumed attempt cut the series (charts recompute then)
+    state: null,
+    stopping: false,
+    version: 0,
+    lastSeq: 0,
+    events: 0,
+    problems: [],
+    // created
+    name: '',
+    config: '',
+    source: null,
+    outputPath: null,
+    logPath: null,
+    seed: null,
+    total: 0,
+    // summary (projections.py)
+    iteration: 0,
+    lastLoss: null,
+    itsPerS: null,
+    etaS: null,
+    elapsedS: null,
+    bestDice: null,
+    bestIteration: null,
+    lastCheckpoint: null,
+    createdAt: null,
+    startedAt: null,
+    endedAt: null,
+    firstTs: null,
+    lastTs: null,
+    attempts: 0,
+    error: null,
+    stop: null,
+    trainer: null,
+    final: null,
+    // series: parallel arrays, x sorted ascending (uPlot's shape)
+    metrics: { iteration: [], loss: [], lr: [] },
+    validation: { iteration: [], loss: [], dice: [], iou: [] },
+    previews: [],
+    checkpoints: [],
+    logs: [],
+  };
+}
+
+export const LOG_CAP = 5000;
+
+function log(run, event, level, message) {
+  run.logs.push({ seq: event.seq, ts: event.ts, level, message });
+  if (run.logs.length > LOG_CAP) run.logs.splice(0, run.logs.length - LOG_CAP);
+}
+
+// A resumed attempt restarts from its checkpoint: its points replace the later ones of the
+// attempt it resumes, so x stays sorted.
+function cutFrom(series, iteration) {
+  const xs = series.iteration;
+  if (xs.length === 0 || xs[xs.length - 1] < iteration) return false;
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] < iteration) lo = mid + 1;
+    else hi = mid;
+  }
+  for (const key of Object.keys(series)) series[key].length = lo;
+  return true;
+}
+
+const num = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+
+/**
+ * Apply one event. Returns:
+ *  'applied'   the event changed the run
+ *  'duplicate' seq or version already folded (a resend after reconnect): ignored
+ *  'gap'       versions are missing before this one: not applied, the caller must refetch
+ *  'illegal'   the lifecycle forbids it here: recorded in run.problems and skipped, as the
+ *              server's lenient replay does
+ */
+export function applyEvent(run, event) {
+  if (event.seq <= run.lastSeq || event.version <= run.version) return 'duplicate';
+  if (event.version !== run.version + 1) return 'gap';
+  run.version = event.version;
+  run.lastSeq = event.seq;
+  run.events += 1;
+  run.rev += 1;
+  if (run.firstTs === null) run.firstTs = event.ts;
+  run.lastTs = event.ts;
+
+  const type = event.type;
+  if (!allows(run.state, run.stopping, type)) {
+    const why = LIFECYCLE_TYPES.has(type) || FACTS.has(type)
+      ? `'${type}' cannot happen while ${run.state ?? 'not created'}`
+      : `unknown event type '${type}'`;
+    run.problems.push(`seq ${event.seq}: ${why}`);
+    return 'illegal';
+  }
+  const t = TRANSITIONS[type];
+  if (type === 'created') run.state = IDLE;
+  else if (t && t[1] !== null) {
+    if (run.state === TRAINING) run.stopping = false; // leaving Training ends any stop
+    run.state = t[1];
+  }
+  update(run, event);
+  return 'applied';
+}
+
+function update(run, event) {
+  const d = event.data || {};
+  switch (event.type) {
+    case 'created':
+      run.name = d.name ?? '';
+      run.config = d.config ?? '';
+      run.source = d.source ?? null;
+      run.outputPath = d.output_path ?? null;
+      run.logPath = d.log_path ?? null;
+      run.seed = d.seed ?? null;
+      run.total = d.total_iterations ?? 0;
+      run.createdAt = event.ts;
+      log(run, event, 'event', `Created “${run.name}” (${run.total} iterations)`);
+      break;
+    case 'started':
+    case 'resumed':
+      run.attempts += 1;
+      run.startedAt = run.startedAt ?? event.ts;
+      run.endedAt = null;
+      run.error = null;
+      run.etaS = null;
+      run.stop = null;
+      log(
+        run,
+        event,
+        'event',
+        event.type === 'started'
+          ? `Training started (attempt ${d.attempt ?? run.attempts})`
+          : `Resumed (attempt ${d.attempt ?? run.attempts}) from ${d.checkpoint ?? 'the beginning'}`,
+      );
+      break;
+    case 'stop_requested':
+      run.stopping = true;
+      run.stop = { requestedAt: event.ts, deadlineS: num(d.deadline_s), escalations: [] };
+      log(run, event, 'event', `Stop requested (escalation after ${d.deadline_s ?? '?'} s)`);
+      break;
+    case 'stop_escalated':
+      if (run.stop) run.stop.escalations.push({ signal: d.signal, afterS: d.after_s, ts: event.ts });
+      log(run, event, 'warning', `Stop escalated: ${d.signal} after ${d.after_s} s`);
+      break;
+    case 'trainer_ready':
+      run.trainer = { ...d };
+      log(
+        run,
+        event,
+        'event',
+        `Trainer ready on ${d.device ?? '?'}` +
+          (d.parameters != null ? `, ${Number(d.parameters).toLocaleString('en')} parameters` : '') +
+          (d.start_iteration ? `, from iteration ${d.start_iteration}` : ''),
+      );
+      break;
+    case 'metric': {
+      const it = d.iteration;
+      if (typeof it === 'number') {
+        if (cutFrom(run.metrics, it)) run.cuts += 1;
+        run.metrics.iteration.push(it);
+        run.metrics.loss.push(num(d.loss));
+        run.metrics.lr.push(num(d.lr));
+      }
+      run.iteration = d.iteration ?? run.iteration;
+      run.lastLoss = d.loss ?? run.lastLoss;
+      break;
+    }
+    case 'progress':
+      run.iteration = d.iteration ?? run.iteration;
+      run.total = d.total ?? run.total;
+      run.itsPerS = d.its_per_s ?? null;
+      run.etaS = d.eta_s ?? null;
+      run.elapsedS = d.elapsed_s ?? run.elapsedS;
+      break;
+    case 'validation': {
+      const it = d.iteration;
+      if (typeof it === 'number') {
+        if (cutFrom(run.validation, it)) run.cuts += 1;
+        run.validation.iteration.push(it);
+        run.validation.loss.push(num(d.loss));
+        run.validation.dice.push(num(d.dice));
+        run.validation.iou.push(num(d.iou));
+      }
+      if (d.preview) run.previews.push({ iteration: it, path: d.preview, best: !!d.best, ts: event.ts });
+      if (typeof d.dice === 'number' && (run.bestDice === null || d.dice > run.bestDice)) {
+        run.bestDice = d.dice;
+        run.bestIteration = d.iteration ?? null;
+      }
+      break;
+    }
+    case 'checkpoint':
+      run.lastCheckpoint = d.path ?? run.lastCheckpoint;
+      run.checkpoints.push({ iteration: d.iteration, path: d.path, best: !!d.best, ts: event.ts });
+      break;
+    case 'log':
+      log(run, event, d.level || 'info', String(d.message ?? ''));
+      break;
+    case 'completed':
+    case 'stopped':
+    case 'failed':
+      run.endedAt = event.ts;
+      run.etaS = null;
+      run.itsPerS = null;
+      run.iteration = d.iteration ?? run.iteration;
+      if (d.checkpoint) run.lastCheckpoint = d.checkpoint;
+      if (event.type === 'failed') {
+        run.error = {
+          message: d.message ?? 'Training failed',
+          hint: d.hint ?? null,
+          traceback: d.traceback ?? null,
+          exitCode: d.exit_code ?? null,
+          interrupted: !!d.interrupted,
+          iteration: d.iteration ?? null,
+        };
+        log(run, event, 'error', `Failed: ${run.error.message}`);
+      } else if (event.type === 'completed') {
+        run.final = d.metrics ?? null;
+        log(run, event, 'event', `Completed at iteration ${run.iteration}`);
+      } else {
+        log(
+          run,
+          event,
+          'event',
+          `Stopped at iteration ${run.iteration}` +
+            (d.checkpoint ? `, checkpoint ${d.checkpoint}` : d.forced ? ' (killed, no checkpoint)' : ''),
+        );
+      }
+      break;
+  }
+}
+
+/**
+ * A new object for a run as it is now, for the UI: the small lists are copied and the series
+ * containers renewed (their big arrays are shared; `rev` says when they grew).
+ */
+export function snapshot(run) {
+  return {
+    ...run,
+    metrics: { ...run.metrics },
+    validation: { ...run.validation },
+    previews: run.previews.slice(),
+    checkpoints: run.checkpoints.slice(),
+    logs: run.logs.slice(),
+    problems: run.problems.slice(),
+  };
+}
+
+/** Fold a whole sequence (a run's events in order) into a new run. */
+export function foldEvents(events, runId = null) {
+  const run = newRun(runId ?? events[0]?.run_id ?? null);
+  for (const e of events) applyEvent(run, e);
+  return run;
+}
+
+/** Duration of a run in seconds, as of `now` for one still going. */
+export function duration(run, now) {
+  const start = run.startedAt;
+  if (start == null) return null;
+  const end = run.endedAt ?? (run.state === TRAINING ? now : run.lastTs);
+  return end == null ? null : Math.max(0, end - start);
+}

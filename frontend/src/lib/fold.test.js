@@ -1,0 +1,217 @@
+import { describe, it, expect } from 'vitest';
+import { newRun, applyEvent, foldEvents, legalCommands, allows, duration, LOG_CAP } from './fold.js';
+
+// A little event factory: seq and version count up like the server's single writer.
+function history(runId = 'r1') {
+  let seq = 100;
+  let version = 0;
+  let ts = 1000;
+  const events = [];
+  const add = (type, data = {}) => {
+    const e = { seq: ++seq, run_id: runId, version: ++version, type, ts: (ts += 1), data };
+    events.push(e);
+    return e;
+  };
+  return { events, add };
+}
+
+function created(add, total = 100) {
+  return add('created', {
+    name: 'demo',
+    config: 'SOLVER:\n  BASE_LR: 0.01\n',
+    source: { config: 'SOLVER:\n  BASE_LR: 0.01\n', base: null, overrides: [] },
+    output_path: '/out',
+    log_path: '/out/log',
+    seed: 0,
+    total_iterations: total,
+  });
+}
+
+describe('lifecycle, mirroring backend/fsm/machine.py', () => {
+  it('legal commands per state', () => {
+    expect(legalCommands(null)).toEqual(['create']);
+    expect(legalCommands('Idle')).toEqual(['start']);
+    expect(legalCommands('Training')).toEqual(['stop']);
+    expect(legalCommands('Training', true)).toEqual([]);
+    expect(legalCommands('Stopped')).toEqual(['resume']);
+    expect(legalCommands('Error')).toEqual(['resume']);
+    expect(legalCommands('Complete')).toEqual([]);
+  });
+
+  it('facts only while training', () => {
+    expect(allows('Training', false, 'metric')).toBe(true);
+    expect(allows('Idle', false, 'metric')).toBe(false);
+    expect(allows('Complete', false, 'log')).toBe(false);
+  });
+
+  it('created -> started -> metrics -> completed', () => {
+    const { events, add } = history();
+    created(add);
+    add('started', { attempt: 1 });
+    add('trainer_ready', { device: 'cpu', parameters: 1234 });
+    for (let i = 1; i <= 5; i++) add('metric', { iteration: i, loss: 1 / i, lr: 0.01 });
+    add('progress', { iteration: 5, total: 100, its_per_s: 10, eta_s: 9.5, elapsed_s: 0.5 });
+    add('validation', { iteration: 5, loss: 0.4, dice: 0.7, iou: 0.55, preview: '/out/p5.png', best: true });
+    add('checkpoint', { iteration: 5, path: '/out/checkpoint_00005.pth.tar', best: true });
+    add('completed', { iteration: 5, metrics: { dice: 0.7 }, checkpoint: '/out/checkpoint_00005.pth.tar' });
+    const run = foldEvents(events);
+    expect(run.state).toBe('Complete');
+    expect(run.name).toBe('demo');
+    expect(run.total).toBe(100);
+    expect(run.metrics.iteration).toEqual([1, 2, 3, 4, 5]);
+    expect(run.metrics.loss[4]).toBeCloseTo(0.2);
+    expect(run.validation.dice).toEqual([0.7]);
+    expect(run.previews).toHaveLength(1);
+    expect(run.checkpoints[0].best).toBe(true);
+    expect(run.bestDice).toBe(0.7);
+    expect(run.bestIteration).toBe(5);
+    expect(run.final).toEqual({ dice: 0.7 });
+    expect(run.itsPerS).toBeNull();
+    expect(run.etaS).toBeNull();
+    expect(run.endedAt).not.toBeNull();
+    expect(run.problems).toEqual([]);
+    expect(run.version).toBe(events.length);
+    expect(run.lastSeq).toBe(events[events.length - 1].seq);
+    expect(duration(run)).toBeGreaterThan(0);
+  });
+
+  it('a stop keeps Training with stopping until stopped; then resume', () => {
+    const { events, add } = history();
+    created(add);
+    add('started', { attempt: 1 });
+    add('metric', { iteration: 1, loss: 1, lr: 0.1 });
+    add('stop_requested', { deadline_s: 30 });
+    let run = foldEvents(events);
+    expect(run.state).toBe('Training');
+    expect(run.stopping).toBe(true);
+    expect(run.stop.deadlineS).toBe(30);
+    add('stop_escalated', { signal: 'SIGTERM', after_s: 30 });
+    add('stopped', { iteration: 1, checkpoint: '/out/c1' });
+    run = foldEvents(events);
+    expect(run.state).toBe('Stopped');
+    expect(run.stopping).toBe(false);
+    expect(run.stop.escalations).toHaveLength(1);
+    expect(run.lastCheckpoint).toBe('/out/c1');
+    add('resumed', { attempt: 2, checkpoint: '/out/c1' });
+    run = foldEvents(events);
+    expect(run.state).toBe('Training');
+    expect(run.attempts).toBe(2);
+    expect(run.stop).toBeNull();
+  });
+
+  it('a second stop_requested while stopping is illegal (recorded, skipped)', () => {
+    const { events, add } = history();
+    created(add);
+    add('started');
+    add('stop_requested', { deadline_s: 10 });
+    add('stop_requested', { deadline_s: 10 });
+    const run = foldEvents(events);
+    expect(run.problems).toHaveLength(1);
+    expect(run.stopping).toBe(true);
+    expect(run.version).toBe(4); // still advanced, as the server's lenient replay does
+  });
+
+  it('failed -> Error with message, hint, traceback; resumable', () => {
+    const { events, add } = history();
+    created(add);
+    add('started');
+    add('failed', { message: 'Loss is NaN', hint: 'Lower SOLVER.BASE_LR', traceback: 'Traceback...', iteration: 7 });
+    const run = foldEvents(events);
+    expect(run.state).toBe('Error');
+    expect(run.error).toMatchObject({ message: 'Loss is NaN', hint: 'Lower SOLVER.BASE_LR', iteration: 7 });
+    expect(legalCommands(run.state, run.stopping)).toEqual(['resume']);
+  });
+
+  it('facts outside Training are problems, not state', () => {
+    const { events, add } = history();
+    created(add);
+    add('metric', { iteration: 1, loss: 1 });
+    const run = foldEvents(events);
+    expect(run.metrics.iteration).toEqual([]);
+    expect(run.problems[0]).toMatch(/cannot happen while Idle/);
+  });
+
+  it('unknown event types are problems', () => {
+    const { events, add } = history();
+    created(add);
+    add('teleported', {});
+    const run = foldEvents(events);
+    expect(run.problems[0]).toMatch(/unknown event type/);
+  });
+});
+
+describe('de-duplication by seq and gaps by version', () => {
+  it('re-sent events after a reconnect are ignored', () => {
+    const { events, add } = history();
+    created(add);
+    add('started');
+    for (let i = 1; i <= 10; i++) add('metric', { iteration: i, loss: i, lr: 0.1 });
+    const run = newRun('r1');
+    for (const e of events.slice(0, 8)) expect(applyEvent(run, e)).toBe('applied');
+    // The server resends from an older seq: everything up to 8 again, then the rest.
+    const results = events.slice(3).map((e) => applyEvent(run, e));
+    expect(results.slice(0, 5)).toEqual(Array(5).fill('duplicate'));
+    expect(results.slice(5).every((r) => r === 'applied')).toBe(true);
+    expect(run.metrics.iteration).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    expect(run.metrics.iteration.length).toBe(new Set(run.metrics.iteration).size);
+  });
+
+  it('a missing version is a gap: not folded', () => {
+    const { events, add } = history();
+    created(add);
+    add('started');
+    add('metric', { iteration: 1, loss: 1 });
+    add('metric', { iteration: 2, loss: 1 });
+    const run = newRun('r1');
+    applyEvent(run, events[0]);
+    applyEvent(run, events[1]);
+    expect(applyEvent(run, events[3])).toBe('gap');
+    expect(run.metrics.iteration).toEqual([]);
+    expect(applyEvent(run, events[2])).toBe('applied');
+    expect(applyEvent(run, events[3])).toBe('applied');
+  });
+
+  it('folding in pieces equals folding at once', () => {
+    const { events, add } = history();
+    created(add);
+    add('started');
+    for (let i = 1; i <= 50; i++) add('metric', { iteration: i, loss: Math.sin(i), lr: 0.1 });
+    add('stop_requested', { deadline_s: 5 });
+    add('stopped', { iteration: 50, checkpoint: 'c' });
+    const whole = foldEvents(events);
+    const parts = newRun('r1');
+    for (let k = 0; k < events.length; k += 7) for (const e of events.slice(0, k + 7)) applyEvent(parts, e);
+    const strip = (r) => ({ ...r, rev: 0 });
+    expect(strip(parts)).toEqual(strip(whole));
+  });
+});
+
+describe('resumed attempts', () => {
+  it('points after the resume checkpoint replace the earlier attempt', () => {
+    const { events, add } = history();
+    created(add);
+    add('started');
+    for (let i = 1; i <= 12; i++) add('metric', { iteration: i, loss: 1, lr: 0.1 });
+    add('validation', { iteration: 10, dice: 0.5, iou: 0.4, loss: 0.3 });
+    add('stop_requested', { deadline_s: 5 });
+    add('stopped', { iteration: 12, checkpoint: 'c10' });
+    add('resumed', { attempt: 2, checkpoint: 'c10' });
+    for (let i = 11; i <= 14; i++) add('metric', { iteration: i, loss: 2, lr: 0.1 });
+    const run = foldEvents(events);
+    expect(run.metrics.iteration).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+    expect(run.metrics.loss.slice(10)).toEqual([2, 2, 2, 2]);
+    expect(run.cuts).toBe(1);
+  });
+});
+
+describe('logs', () => {
+  it('trainer logs and lifecycle lines, capped', () => {
+    const { events, add } = history();
+    created(add);
+    add('started');
+    for (let i = 0; i < LOG_CAP + 10; i++) add('log', { level: 'info', message: `line ${i}` });
+    const run = foldEvents(events);
+    expect(run.logs.length).toBe(LOG_CAP);
+    expect(run.logs[run.logs.length - 1].message).toBe(`line ${LOG_CAP + 9}`);
+  });
+});

@@ -1,0 +1,358 @@
+// The wizard's state: one YAML document is the single source of truth. Presets and uploads
+// load it, the Data, Outputs and Parameters steps write keys into it (lib/yamlEdit.js keeps
+// the rest of the file as it was), the Advanced step edits it directly. The server validates
+// it (debounced) and its resolved `values` feed every control. Survives a reload.
+
+import { post } from '../lib/api.js';
+import { setKey, formatValue, getPath } from '../lib/yamlEdit.js';
+
+const STORAGE_KEY = 'trainboard.wizard.v1';
+const VALIDATE_DEBOUNCE_MS = 300;
+
+export const STEPS = [
+  { n: 1, id: 'data', title: 'Data' },
+  { n: 2, id: 'outputs', title: 'Outputs' },
+  { n: 3, id: 'base', title: 'Base config' },
+  { n: 4, id: 'params', title: 'Parameters' },
+  { n: 5, id: 'advanced', title: 'Advanced' },
+  { n: 6, id: 'review', title: 'Review & start' },
+];
+
+export const DATA_KEYS = [
+  'DATASET.INPUT_PATH',
+  'DATASET.IMAGE_NAME',
+  'DATASET.LABEL_NAME',
+  'DATASET.VAL_IMAGE_NAME',
+  'DATASET.VAL_LABEL_NAME',
+];
+export const OUTPUT_KEYS = ['DATASET.OUTPUT_PATH'];
+
+const PERSISTED = [
+  'step',
+  'name',
+  'sourceKind',
+  'sourceLabel',
+  'presetName',
+  'baseYaml',
+  'baseLabel',
+  'originalYaml',
+  'configYaml',
+  'dataEdits',
+  'overrides',
+  'logPath',
+  'seed',
+  'browseDir',
+  'retryOf',
+];
+
+function emptyState() {
+  return {
+    step: 1,
+    name: '',
+    sourceKind: null, // 'preset' | 'upload' | 'run'
+    sourceLabel: '',
+    presetName: null,
+    baseYaml: null, // base + overlay: the base; configYaml is then the overlay
+    baseLabel: '',
+    originalYaml: '', // the edited document as loaded: "modified" and the diff compare to it
+    configYaml: '',
+    dataEdits: {}, // keys written by the Data and Outputs steps; kept across preset changes
+    overrides: [], // KEY VALUE pairs the text could not take (a flow-style section)
+    logPath: '',
+    seed: 0,
+    browseDir: '',
+    retryOf: null, // {runId, name, error} when fixing a failed run
+  };
+}
+
+export class Wizard {
+  step = $state(1);
+  name = $state('');
+  sourceKind = $state(null);
+  sourceLabel = $state('');
+  presetName = $state(null);
+  baseYaml = $state(null);
+  baseLabel = $state('');
+  originalYaml = $state('');
+  configYaml = $state('');
+  dataEdits = $state({});
+  overrides = $state([]);
+  logPath = $state('');
+  seed = $state(0);
+  browseDir = $state('');
+  retryOf = $state(null);
+
+  // validation (not persisted)
+  validating = $state(false);
+  validated = $state.raw(null); // {ok, problems, values, yaml} for `validatedText`
+  validatedText = $state(null);
+  validateError = $state(null);
+  /** Keys set locally since the last answer, so controls follow the hand at once. */
+  recent = $state({});
+
+  #timer = null;
+  #seq = 0;
+  #storage;
+
+  constructor(storage = typeof localStorage !== 'undefined' ? localStorage : null) {
+    this.#storage = storage;
+    this.#restore();
+  }
+
+  get hasConfig() {
+    return this.configYaml.trim().length > 0 || this.baseYaml !== null;
+  }
+
+  /** The document as it would be with only the Data/Outputs edits: what "revert" restores. */
+  get pristine() {
+    return this.#withEdits(this.originalYaml, this.dataEdits);
+  }
+
+  get modified() {
+    return this.configYaml !== this.pristine;
+  }
+
+  get problems() {
+    return this.validated?.problems ?? [];
+  }
+
+  get errors() {
+    return this.problems.filter((p) => p.level === 'error');
+  }
+
+  get warnings() {
+    return this.problems.filter((p) => p.level !== 'error');
+  }
+
+  /** Whether the last answer is about the text as it is now. */
+  get fresh() {
+    return this.validatedText === this.#fingerprint() && !this.validating;
+  }
+
+  /** The resolved value of a dotted key: a local edit first, then the server's answer. */
+  value(key) {
+    if (key in this.recent) return this.recent[key];
+    return getPath(this.validated?.values, key);
+  }
+
+  // ---------------------------------------------------------------- loading
+
+  loadPreset(preset) {
+    this.presetName = preset.name;
+    this.sourceKind = 'preset';
+    this.sourceLabel = preset.title || preset.name;
+    this.#loadDocument(preset.yaml, null, '');
+  }
+
+  /** An uploaded YAML: the whole config, or an overlay over the current base. */
+  loadUpload(fileName, text, { overlay = false } = {}) {
+    if (overlay) {
+      const base = this.baseYaml ?? this.originalYaml;
+      const baseLabel = this.baseYaml !== null ? this.baseLabel : this.sourceLabel;
+      this.sourceKind = 'upload';
+      this.sourceLabel = `${fileName} over ${baseLabel}`;
+      this.#loadDocument(text, base, baseLabel);
+    } else {
+      this.presetName = null;
+      this.sourceKind = 'upload';
+      this.sourceLabel = fileName;
+      this.#loadDocument(text, null, '');
+    }
+  }
+
+  /** Drop the overlay and edit the base alone again. */
+  removeOverlay() {
+    if (this.baseYaml === null) return;
+    const base = this.baseYaml;
+    this.sourceLabel = this.baseLabel;
+    this.#loadDocument(base, null, '');
+  }
+
+  /** "Fix configuration and retry": this run's config as it was given. */
+  loadFromRun(runId, created, summary) {
+    const source = created?.source ?? {};
+    Object.assign(this, emptyState());
+    this.sourceKind = 'run';
+    this.sourceLabel = `run ${created?.name || runId}`;
+    this.name = retryName(created?.name || runId);
+    // The log folder stays the default (one per run): the old run's is its own.
+    this.logPath = '';
+    this.seed = created?.seed ?? 0;
+    this.baseYaml = source.base ?? null;
+    this.baseLabel = source.base ? 'base of the run' : '';
+    this.originalYaml = source.config ?? created?.config ?? '';
+    this.configYaml = this.originalYaml;
+    this.overrides = Array.isArray(source.overrides) ? [...source.overrides] : [];
+    this.retryOf = { runId, name: created?.name ?? runId, error: summary?.error ?? null, state: summary?.state ?? null };
+    this.step = 4;
+    this.#changed();
+  }
+
+  reset() {
+    Object.assign(this, emptyState());
+    this.validated = null;
+    this.validatedText = null;
+    this.recent = {};
+    this.#storage?.removeItem(STORAGE_KEY);
+  }
+
+  #loadDocument(text, base, baseLabel) {
+    this.baseYaml = base;
+    this.baseLabel = baseLabel;
+    this.originalYaml = text;
+    this.overrides = [];
+    this.configYaml = this.#withEdits(text, this.dataEdits);
+    this.#changed();
+  }
+
+  #withEdits(text, edits) {
+    let out = text;
+    for (const [key, value] of Object.entries(edits)) {
+      const next = setKey(out, key, value);
+      if (next !== null) out = next;
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- editing
+
+  /** Set a parameter in the YAML (a slider moved). */
+  setParam(key, value, hint) {
+    const next = setKey(this.configYaml, key, value, hint);
+    if (next === null) {
+      // The file writes this section in flow style: carry it as a KEY VALUE override.
+      const ov = [...this.overrides];
+      const i = ov.findIndex((k, j) => j % 2 === 0 && k === key);
+      const v = formatValue(value, hint);
+      if (i >= 0) ov[i + 1] = v;
+      else ov.push(key, v);
+      this.overrides = ov;
+    } else {
+      this.configYaml = next;
+    }
+    this.recent = { ...this.recent, [key]: value };
+    this.#changed();
+  }
+
+  /** Set a data or output key: also remembered across preset changes. */
+  setData(key, value) {
+    this.dataEdits = { ...this.dataEdits, [key]: value };
+    this.setParam(key, value);
+  }
+
+  setDataMany(edits) {
+    for (const [k, v] of Object.entries(edits)) this.setData(k, v);
+  }
+
+  /** The Advanced editor's text. */
+  setText(text) {
+    this.configYaml = text;
+    this.recent = {};
+    this.#changed();
+  }
+
+  revert() {
+    this.configYaml = this.pristine;
+    this.overrides = [];
+    this.recent = {};
+    this.#changed();
+  }
+
+  setField(field, value) {
+    this[field] = value;
+    this.#persist();
+  }
+
+  goto(step) {
+    this.step = Math.min(6, Math.max(1, step));
+    this.#persist();
+  }
+
+  // ---------------------------------------------------------------- validation
+
+  #fingerprint() {
+    return JSON.stringify([this.configYaml, this.baseYaml, this.overrides]);
+  }
+
+  #changed() {
+    this.#persist();
+    this.validateSoon();
+  }
+
+  validateSoon(delay = VALIDATE_DEBOUNCE_MS) {
+    clearTimeout(this.#timer);
+    this.validating = true;
+    this.#timer = setTimeout(() => this.validateNow(), delay);
+  }
+
+  async validateNow() {
+    clearTimeout(this.#timer);
+    if (!this.hasConfig) {
+      this.validating = false;
+      return null;
+    }
+    const seq = ++this.#seq;
+    const text = this.#fingerprint();
+    this.validating = true;
+    const body = { config: this.configYaml };
+    if (this.baseYaml !== null) body.base = this.baseYaml;
+    if (this.overrides.length) body.overrides = [...this.overrides];
+    try {
+      const res = await post('config/validate', body);
+      if (seq !== this.#seq) return null; // a newer text is being checked
+      this.validated = res;
+      this.validatedText = text;
+      this.validateError = null;
+      this.recent = {};
+      return res;
+    } catch (e) {
+      if (seq !== this.#seq) return null;
+      this.validateError = e.message;
+      return null;
+    } finally {
+      if (seq === this.#seq) this.validating = false;
+    }
+  }
+
+  /** The body of POST /api/runs for this configuration. */
+  runBody() {
+    const body = { name: this.name.trim() || undefined, config: this.configYaml, seed: Number(this.seed) || 0 };
+    if (this.baseYaml !== null) body.base = this.baseYaml;
+    if (this.overrides.length) body.overrides = [...this.overrides];
+    if (this.logPath.trim()) body.log_path = this.logPath.trim();
+    return body;
+  }
+
+  // ---------------------------------------------------------------- persistence
+
+  #persist() {
+    if (!this.#storage) return;
+    const data = {};
+    for (const k of PERSISTED) data[k] = $state.snapshot(this[k]);
+    try {
+      this.#storage.setItem(STORAGE_KEY, JSON.stringify(data));
+    } catch {
+      /* storage full or disabled: the wizard still works */
+    }
+  }
+
+  #restore() {
+    let data = null;
+    try {
+      data = JSON.parse(this.#storage?.getItem(STORAGE_KEY) ?? 'null');
+    } catch {
+      data = null;
+    }
+    const state = { ...emptyState(), ...(data && typeof data === 'object' ? data : {}) };
+    for (const k of PERSISTED) this[k] = state[k];
+    if (this.hasConfig) this.validateSoon(0);
+  }
+}
+
+function retryName(name) {
+  const m = /^(.*) \(retry (\d+)\)$/.exec(name);
+  if (m) return `${m[1]} (retry ${Number(m[2]) + 1})`;
+  const m1 = /^(.*) \(retry\)$/.exec(name);
+  if (m1) return `${m1[1]} (retry 2)`;
+  return `${name} (retry)`;
+}

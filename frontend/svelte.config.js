@@ -1,0 +1,4 @@
+// Svelte 5 with runes everywhere; nothing else to configure.
+export default {
+  compilerOptions: { runes: true },
+};
