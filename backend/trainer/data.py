@@ -1,0 +1,650 @@
+"""Training data from the resolved config: volumes, random patches, batches, validation tiles.
+
+The API the training loop uses::
+
+    data = load_training_data(cfg)                     # TrainingData: train + val volumes
+    sampler = PatchSampler(cfg, data, seed=run_seed)   # random patches, reproducible
+    batch = make_batch(cfg, sampler, iteration)        # Batch(iteration, image, targets, weights)
+    for batch in make_loader(cfg, data, seed=run_seed, start_iteration=it, stop_iteration=n):
+        ...                                            # the same batches, NUM_CPUS workers
+    for val in validation_batches(cfg, data):          # ValBatch: tiles covering val volumes
+        ...
+
+Reproducibility: the patches of iteration i come from a generator seeded with
+(seed, i) alone, so batch i is the same whether the run started at 0 or resumed at i,
+and whatever the number of workers.
+
+Shapes: `Batch.image` is (B, IN_PLANES, z, y, x), or (B, IN_PLANES, y, x) with DO_2D;
+`Batch.targets[i]` is (B, channels_i, *spatial) for MODEL.TARGET_OPT[i];
+`Batch.weights[i][j]` is the pixel weight (same shape as targets[i]) of loss j of target
+i, or None when WEIGHT_OPT[i][j] is '0'. That is what `losses.Criterion` takes.
+
+Volumes: DATASET.IMAGE_NAME / LABEL_NAME (`@`-joined for several) under INPUT_PATH. The
+validation volumes are VAL_IMAGE_NAME / VAL_LABEL_NAME; without them the last
+HELD_OUT_FRACTION of every training volume's slices is held out (never sampled for
+training). Padding (PAD_SIZE, PAD_MODE) is virtual: a patch reaching past the edge reads
+mirrored indices, so a memory-mapped `.npy` is never copied, only the patches are.
+Images are scaled to [0, 1] (uint8 / 255, anything else min-max per volume), then
+(x - MEAN) / STD.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from backend.trainer.augment import AugmentConfig, augment
+from backend.trainer.targets import make_target, make_weight, parse_target
+from backend.volumes import VolumeError, read_volume, resolve_volume_paths
+
+Config = Mapping[str, Any]
+Shape3 = tuple[int, int, int]
+
+# Without VAL_IMAGE_NAME, this share of each training volume's z slices (at least one)
+# is held out for validation, taken from the end of the stack.
+HELD_OUT_FRACTION = 0.15
+# Rejection sampling gives up after this many draws and keeps the last patch, so a
+# volume with almost no foreground cannot stall training.
+MAX_REJECTIONS = 100
+PAD_MODES = ("reflect", "constant", "symmetric")
+
+
+class DataError(ValueError):
+    """The configured data cannot be used; the message says what to change."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _section(cfg: Config, name: str) -> Mapping[str, Any]:
+    value = cfg.get(name, {})
+    return value if isinstance(value, Mapping) else {}
+
+
+def _do_2d(cfg: Config) -> bool:
+    return bool(_section(cfg, "DATASET").get("DO_2D", False))
+
+
+def patch_size(cfg: Config) -> Shape3:
+    """MODEL.INPUT_SIZE as (z, y, x); z is 1 in 2D training."""
+    size = [int(s) for s in _section(cfg, "MODEL").get("INPUT_SIZE", (8, 256, 256))]
+    if len(size) == 2:
+        size.insert(0, 1)
+    if len(size) != 3 or min(size) < 1:
+        raise DataError(f"MODEL.INPUT_SIZE {size} must be three positive sizes (z, y, x)")
+    if _do_2d(cfg):
+        size[0] = 1
+    return size[0], size[1], size[2]
+
+
+def _pad_size(cfg: Config) -> Shape3:
+    pad = [int(p) for p in _section(cfg, "DATASET").get("PAD_SIZE", (2, 64, 64))]
+    if len(pad) == 2:
+        pad.insert(0, 0)
+    if len(pad) != 3 or min(pad) < 0:
+        raise DataError(f"DATASET.PAD_SIZE {pad} must be three sizes >= 0 (z, y, x)")
+    if _do_2d(cfg):
+        pad[0] = 0  # 2D patches are single slices: padding z would only repeat slices
+    return pad[0], pad[1], pad[2]
+
+
+def _pad_mode(cfg: Config) -> str:
+    mode = str(_section(cfg, "DATASET").get("PAD_MODE", "reflect"))
+    if mode not in PAD_MODES:
+        raise DataError(f"DATASET.PAD_MODE '{mode}' is not one of {', '.join(PAD_MODES)}")
+    return mode
+
+
+def _weight_options(cfg: Config) -> list[list[str]]:
+    """WEIGHT_OPT as one row per target, one entry per loss (a bare value covers a row)."""
+    model = _section(cfg, "MODEL")
+    targets = list(model.get("TARGET_OPT", ["0"]))
+    losses = list(model.get("LOSS_OPTION", [["WeightedBCE"]]))
+    rows = list(model.get("WEIGHT_OPT", [["1"]]))
+    out: list[list[str]] = []
+    for i in range(len(targets)):
+        count = len(losses[i]) if i < len(losses) and not isinstance(losses[i], str) else 1
+        row = rows[i] if i < len(rows) else ["0"]
+        out.append([str(row)] * count if isinstance(row, str | int) else [str(w) for w in row])
+    return out
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+@dataclass(frozen=True, slots=True)
+class Normalization:
+    """raw -> (raw - low) / (high - low) -> (x - mean) / std, as float32."""
+
+    low: float
+    high: float
+    mean: float = 0.5
+    std: float = 0.5
+
+    @classmethod
+    def of(cls, image: np.ndarray, mean: float, std: float) -> Normalization:
+        if image.dtype == np.uint8:
+            return cls(0.0, 255.0, mean, std)
+        # One streaming pass; for a memmap this reads the file, it does not copy it.
+        low, high = float(np.min(image)), float(np.max(image))
+        return cls(low, high if high > low else low + 1.0, mean, std)
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        scaled = (raw.astype(np.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
+        return (scaled - np.float32(self.mean)) / np.float32(self.std)
+
+
+@dataclass
+class VolumePair:
+    """An image volume, its label volume (both (z, y, x), raw) and how to normalise it.
+
+    `image` / `label` may be read-only memmaps (from `.npy`). `source` remembers where a
+    memmap came from, so pickling (DataLoader workers under spawn) reopens the file
+    instead of copying the volume.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    name: str
+    normalization: Normalization
+    source: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> Shape3:
+        z, y, x = self.image.shape
+        return int(z), int(y), int(x)
+
+    def z_range(self, start: int, stop: int, name: str) -> VolumePair:
+        """Slices start:stop as a new pair (views: nothing is copied)."""
+        source = {k: (path, z0 + start, z0 + stop) for k, (path, z0, _) in self.source.items()}
+        return VolumePair(
+            self.image[start:stop], self.label[start:stop], name, self.normalization, source
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for key in self.source:
+            state[key] = None  # reopened from the file in __setstate__
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for key, (path, start, stop) in self.source.items():
+            setattr(self, key, read_volume(Path(path))[start:stop])
+
+
+@dataclass
+class TrainingData:
+    """Training and validation volume pairs; `held_out` when val was cut from train."""
+
+    train: list[VolumePair]
+    val: list[VolumePair]
+    held_out: bool = False
+
+    def describe(self) -> str:
+        def shapes(pairs: list[VolumePair]) -> str:
+            return ", ".join(f"{p.name} {'x'.join(map(str, p.shape))}" for p in pairs)
+
+        origin = "held out from training" if self.held_out else "validation volumes"
+        return f"train: {shapes(self.train)}; val ({origin}): {shapes(self.val)}"
+
+
+def _read(path: Path, what: str) -> tuple[np.ndarray, tuple[str, int, int] | None]:
+    try:
+        array = read_volume(path)
+    except VolumeError as exc:
+        raise DataError(f"{what}: {exc}") from exc
+    source = (str(path), 0, int(array.shape[0])) if isinstance(array, np.memmap) else None
+    return array, source
+
+
+def _label_dtype_ok(label: np.ndarray) -> bool:
+    return bool(np.issubdtype(label.dtype, np.integer) or label.dtype == np.bool_) or bool(
+        np.issubdtype(label.dtype, np.floating)
+    )
+
+
+def _load_pairs(
+    cfg: Config, image_key: str, label_key: str, mean: float, std: float
+) -> list[VolumePair]:
+    dataset = _section(cfg, "DATASET")
+    root = dataset.get("INPUT_PATH", ".")
+    names = dataset.get(image_key)
+    label_names = dataset.get(label_key)
+    if not names:
+        raise DataError(f"DATASET.{image_key} is not set: name the image volume(s)")
+    if not label_names:
+        raise DataError(f"DATASET.{label_key} is not set: training needs label volume(s)")
+    images = resolve_volume_paths(root, names)
+    labels = resolve_volume_paths(root, label_names)
+    if len(images) != len(labels):
+        raise DataError(
+            f"DATASET.{image_key} names {len(images)} volume(s) but {label_key} names "
+            f"{len(labels)}: give one label volume per image volume, joined with '@'"
+        )
+    pairs = []
+    for image_path, label_path in zip(images, labels, strict=True):
+        image, image_src = _read(image_path, f"DATASET.{image_key}")
+        label, label_src = _read(label_path, f"DATASET.{label_key}")
+        if image.shape != label.shape:
+            raise DataError(
+                f"image {image_path.name} is {image.shape} but label {label_path.name} is "
+                f"{label.shape} (z, y, x): every label must match its image voxel for voxel"
+            )
+        if not _label_dtype_ok(label):
+            raise DataError(f"label {label_path.name} has dtype {label.dtype}; save integer ids")
+        source = {k: v for k, v in (("image", image_src), ("label", label_src)) if v is not None}
+        norm = Normalization.of(image, mean, std)
+        pairs.append(VolumePair(image, label, image_path.name, norm, source))
+    return pairs
+
+
+def hold_out(
+    pair: VolumePair, fraction: float = HELD_OUT_FRACTION
+) -> tuple[VolumePair, VolumePair]:
+    """Split a pair into (train, val): the last `fraction` of z slices (at least one)."""
+    depth = pair.shape[0]
+    if depth < 2:
+        raise DataError(
+            f"{pair.name} has a single slice, nothing to hold out for validation: "
+            "set DATASET.VAL_IMAGE_NAME and VAL_LABEL_NAME"
+        )
+    n_val = min(depth - 1, max(1, math.ceil(depth * fraction)))
+    split = depth - n_val
+    train = pair.z_range(0, split, pair.name)
+    val = pair.z_range(split, depth, f"{pair.name}[{split}:{depth}]")
+    return train, val
+
+
+def load_training_data(cfg: Config) -> TrainingData:
+    """Read the training volumes and the validation volumes (or hold some slices out)."""
+    dataset = _section(cfg, "DATASET")
+    mean, std = float(dataset.get("MEAN", 0.5)), float(dataset.get("STD", 0.5))
+    if std <= 0:
+        raise DataError(f"DATASET.STD must be > 0, got {std}")
+    train = _load_pairs(cfg, "IMAGE_NAME", "LABEL_NAME", mean, std)
+    if dataset.get("VAL_IMAGE_NAME"):
+        val = _load_pairs(cfg, "VAL_IMAGE_NAME", "VAL_LABEL_NAME", mean, std)
+        return TrainingData(train, val, held_out=False)
+    splits = [hold_out(pair) for pair in train]
+    return TrainingData([s[0] for s in splits], [s[1] for s in splits], held_out=True)
+
+
+# ----------------------------------------------------------------------------- cropping
+
+
+def _axis_index(start: int, size: int, n: int, mode: str) -> tuple[slice | np.ndarray, bool]:
+    """Indices along one axis for [start, start + size) of a length-n axis, padded by `mode`.
+
+    Returns (slice when fully inside else an index array, whether any index was outside).
+    """
+    if start >= 0 and start + size <= n:
+        return slice(start, start + size), False
+    idx = np.arange(start, start + size)
+    if mode == "reflect":  # mirror without repeating the edge: ... 2 1 | 0 1 2 ... n-1 | n-2
+        period = max(2 * n - 2, 1)
+        idx = np.mod(idx, period)
+        idx = np.where(idx >= n, period - idx, idx)
+    elif mode == "symmetric":  # mirror repeating the edge: ... 1 0 | 0 1 ... n-1 | n-1
+        idx = np.mod(idx, 2 * n)
+        idx = np.where(idx >= n, 2 * n - 1 - idx, idx)
+    else:  # constant: any in-range index; the caller zeroes what lay outside
+        idx = np.clip(idx, 0, n - 1)
+    return idx, True
+
+
+def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], mode: str) -> np.ndarray:
+    """A (z, y, x) block at `start` (may be negative or past the end) as if `array` were
+    padded with `mode` ('constant' pads with 0). Reads only the block; returns a copy."""
+    indices = []
+    outside = []
+    for s, n, length in zip(start, size, array.shape, strict=True):
+        index, out = _axis_index(int(s), int(n), int(length), mode)
+        indices.append(index)
+        outside.append(out)
+    if not any(outside):
+        return np.array(array[tuple(indices)])
+    grids = [np.arange(i.start, i.stop) if isinstance(i, slice) else i for i in indices]
+    block = np.array(array[np.ix_(*grids)])
+    if mode == "constant":
+        for axis, (s, n, length) in enumerate(zip(start, size, array.shape, strict=True)):
+            positions = np.arange(int(s), int(s) + int(n))
+            bad = (positions < 0) | (positions >= length)
+            if bad.any():
+                where: list[slice | np.ndarray] = [slice(None)] * 3
+                where[axis] = bad
+                block[tuple(where)] = 0
+    return block
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    """One training sample: normalised image (z, y, x) float32 and label (z, y, x) int64."""
+
+    image: np.ndarray
+    label: np.ndarray
+    volume: int
+    position: Shape3  # origin in the unpadded volume's coordinates (negative in the pad)
+
+
+def _as_ids(label: np.ndarray) -> np.ndarray:
+    if np.issubdtype(label.dtype, np.floating):
+        ids: np.ndarray = np.rint(label).astype(np.int64)
+        return ids
+    return label.astype(np.int64)
+
+
+def iteration_rng(seed: int, iteration: int) -> np.random.Generator:
+    """The generator of one iteration: a function of (seed, iteration) only."""
+    return np.random.default_rng([seed % 2**64, iteration % 2**64])
+
+
+class PatchSampler:
+    """Random training patches of MODEL.INPUT_SIZE from the training volumes.
+
+    A volume is picked with probability proportional to its number of patch positions
+    (padding included), then a position uniformly. With REJECT_SAMPLING.SIZE_THRES > 0 a
+    patch with fewer foreground voxels is redrawn with probability P. FLIP and ROTATE
+    augment image and label alike. Iterating yields `make_batch` for start_iteration,
+    start_iteration + 1, ... forever.
+    """
+
+    def __init__(
+        self, cfg: Config, data: TrainingData, seed: int = 0, start_iteration: int = 0
+    ) -> None:
+        if not data.train:
+            raise DataError("no training volumes: set DATASET.IMAGE_NAME and LABEL_NAME")
+        self.cfg = cfg
+        self.data = data
+        self.seed = int(seed)
+        self.start_iteration = int(start_iteration)
+        self.size = patch_size(cfg)
+        self.pad = _pad_size(cfg)
+        self.mode = _pad_mode(cfg)
+        self.do_2d = _do_2d(cfg)
+        self.augment = AugmentConfig.from_config(_section(cfg, "AUGMENTOR"))
+        reject = _section(_section(cfg, "DATASET"), "REJECT_SAMPLING")
+        self.reject_threshold = int(reject.get("SIZE_THRES", -1))
+        self.reject_p = float(reject.get("P", 0.95))
+        self.batch_size = int(_section(cfg, "SOLVER").get("SAMPLES_PER_BATCH", 2))
+        counts = [self._positions(pair.shape) for pair in data.train]
+        self.volume_p = np.array(counts, dtype=np.float64) / float(sum(counts))
+
+    def _positions(self, shape: Shape3) -> int:
+        return math.prod(
+            max(1, n + 2 * p - s + 1) for n, p, s in zip(shape, self.pad, self.size, strict=True)
+        )
+
+    def _origin(self, rng: np.random.Generator, shape: Shape3) -> Shape3:
+        origin = []
+        for n, p, s in zip(shape, self.pad, self.size, strict=True):
+            span = n + 2 * p - s
+            # A volume smaller than the patch even when padded: centre it, pad the rest.
+            offset = int(rng.integers(0, span + 1)) if span >= 0 else span // 2
+            origin.append(offset - p)
+        return origin[0], origin[1], origin[2]
+
+    def _draw(self, rng: np.random.Generator) -> tuple[int, Shape3, np.ndarray]:
+        index = int(rng.choice(len(self.data.train), p=self.volume_p))
+        pair = self.data.train[index]
+        origin = self._origin(rng, pair.shape)
+        label = crop(pair.label, origin, self.size, self.mode)
+        return index, origin, label
+
+    def sample(self, rng: np.random.Generator) -> Patch:
+        """One augmented, normalised patch, drawn from `rng`."""
+        index, origin, label = self._draw(rng)
+        if self.reject_threshold > 0:
+            for _ in range(MAX_REJECTIONS):
+                if np.count_nonzero(label) >= self.reject_threshold:
+                    break
+                if rng.random() > self.reject_p:  # keep a poor patch now and then
+                    break
+                index, origin, label = self._draw(rng)
+        pair = self.data.train[index]
+        image = crop(pair.image, origin, self.size, self.mode)
+        image, label = augment(image, label, self.augment, rng)
+        return Patch(pair.normalization(image), _as_ids(label), index, origin)
+
+    def patches(self, iteration: int, count: int | None = None) -> list[Patch]:
+        """The `count` (default SAMPLES_PER_BATCH) patches of `iteration`."""
+        rng = iteration_rng(self.seed, iteration)
+        return [self.sample(rng) for _ in range(count or self.batch_size)]
+
+    def batch(self, iteration: int) -> Batch:
+        return make_batch(self.cfg, self, iteration)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for iteration in itertools.count(self.start_iteration):
+            yield self.batch(iteration)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Batch:
+    """One training step's input, targets and pixel weights (see the module docstring)."""
+
+    iteration: int
+    image: torch.Tensor
+    targets: list[torch.Tensor]
+    weights: list[list[torch.Tensor | None]]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        return Batch(
+            self.iteration,
+            move(self.image),
+            [move(t) for t in self.targets],
+            [[None if w is None else move(w) for w in row] for row in self.weights],
+        )
+
+
+def _spatial(array: np.ndarray, do_2d: bool) -> np.ndarray:
+    """(C, z, y, x) -> (C, y, x) in 2D (z is 1 there)."""
+    return array[:, 0] if do_2d else array
+
+
+def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
+
+
+def targets_and_weights(
+    cfg: Config, labels: Sequence[np.ndarray]
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor | None]]]:
+    """Batched targets and pixel weights of (z, y, x) label patches, per TARGET_OPT."""
+    do_2d = _do_2d(cfg)
+    options = [str(o) for o in _section(cfg, "MODEL").get("TARGET_OPT", ["0"])]
+    weight_rows = _weight_options(cfg)
+    targets: list[torch.Tensor] = []
+    weights: list[list[torch.Tensor | None]] = []
+    for option, row in zip(options, weight_rows, strict=True):
+        spec = parse_target(option)
+        per_sample = [make_target(label, spec, do_2d) for label in labels]
+        targets.append(_stack([_spatial(t, do_2d) for t in per_sample]))
+        weight_row: list[torch.Tensor | None] = []
+        for weight_option in row:
+            # PyTC weighs each sample by its own class ratio.
+            maps = [make_weight(t, weight_option) for t in per_sample]
+            weight_row.append(
+                None
+                if maps[0] is None
+                else _stack([_spatial(m, do_2d) for m in maps if m is not None])
+            )
+        weights.append(weight_row)
+    return targets, weights
+
+
+def make_batch(cfg: Config, sampler: PatchSampler, iteration: int) -> Batch:
+    """Batch `iteration`: SOLVER.SAMPLES_PER_BATCH patches with targets and weights."""
+    count = int(_section(cfg, "SOLVER").get("SAMPLES_PER_BATCH", sampler.batch_size))
+    patches = sampler.patches(iteration, count)
+    do_2d = _do_2d(cfg)
+    channels = int(_section(cfg, "MODEL").get("IN_PLANES", 1))
+    images = [_spatial(np.repeat(p.image[np.newaxis], channels, axis=0), do_2d) for p in patches]
+    targets, weights = targets_and_weights(cfg, [p.label for p in patches])
+    return Batch(iteration, _stack(images), targets, weights)
+
+
+class BatchDataset(IterableDataset[Batch]):
+    """Batches start_iteration .. stop_iteration - 1 (forever when stop is None).
+
+    With DataLoader workers, worker w of n makes iterations start + w, start + w + n, ...
+    and the DataLoader interleaves them round-robin, so the order is unchanged.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        data: TrainingData,
+        seed: int = 0,
+        start_iteration: int = 0,
+        stop_iteration: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.sampler = PatchSampler(cfg, data, seed, start_iteration)
+        self.start = int(start_iteration)
+        self.stop = stop_iteration
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        first = self.start + worker
+        steps: Iterable[int] = (
+            itertools.count(first, workers)
+            if self.stop is None
+            else range(first, self.stop, workers)
+        )
+        for iteration in steps:
+            yield self.sampler.batch(iteration)
+
+
+def _identity(batch: Any) -> Any:
+    # With batch_size=None the DataLoader hands over each item as is: already a Batch.
+    return batch
+
+
+def data_workers(cfg: Config) -> int:
+    """SYSTEM.NUM_CPUS, capped at the machine's cores (more workers only contend)."""
+    wanted = int(_section(cfg, "SYSTEM").get("NUM_CPUS", 0))
+    return max(0, min(wanted, os.cpu_count() or 1))
+
+
+def make_loader(
+    cfg: Config,
+    data: TrainingData,
+    seed: int = 0,
+    start_iteration: int = 0,
+    stop_iteration: int | None = None,
+) -> Iterable[Batch]:
+    """The batches of a run, made in-process (NUM_CPUS 0) or by DataLoader workers."""
+    dataset = BatchDataset(cfg, data, seed, start_iteration, stop_iteration)
+    workers = data_workers(cfg)
+    if workers == 0:
+        return dataset
+    return DataLoader(
+        dataset,
+        batch_size=None,  # the dataset yields whole batches
+        num_workers=workers,
+        collate_fn=_identity,
+        prefetch_factor=2,
+    )
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class ValTile:
+    """One validation tile of MODEL.INPUT_SIZE.
+
+    `image` is model-ready: (IN_PLANES, z, y, x), or (IN_PLANES, y, x) in 2D. `label` and
+    `mask` have the spatial shape; `mask` is False where the tile reaches past the volume
+    (there the image is padded and the label 0): count metrics only where it is True.
+    Tiles do not overlap, so summing over tiles counts every voxel once.
+    """
+
+    image: torch.Tensor
+    label: np.ndarray
+    mask: np.ndarray
+    volume: int
+    z: int
+    origin: Shape3
+
+
+def _tile_origins(shape: Shape3, size: Shape3) -> Iterator[Shape3]:
+    (depth, height, width), (sz, sy, sx) = shape, size
+    yield from itertools.product(range(0, depth, sz), range(0, height, sy), range(0, width, sx))
+
+
+def validation_patches(cfg: Config, data: TrainingData) -> Iterator[ValTile]:
+    """Non-overlapping tiles covering every validation volume, in (volume, z, y, x) order."""
+    size = patch_size(cfg)
+    mode = _pad_mode(cfg)
+    do_2d = _do_2d(cfg)
+    channels = int(_section(cfg, "MODEL").get("IN_PLANES", 1))
+    for index, pair in enumerate(data.val):
+        for origin in _tile_origins(pair.shape, size):
+            image = pair.normalization(crop(pair.image, origin, size, mode))
+            label = _as_ids(crop(pair.label, origin, size, "constant"))
+            inside = [
+                (np.arange(o, o + s) < n) for o, s, n in zip(origin, size, pair.shape, strict=True)
+            ]
+            mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+            planes = np.repeat(image[np.newaxis], channels, axis=0)
+            yield ValTile(
+                image=torch.from_numpy(np.ascontiguousarray(_spatial(planes, do_2d))),
+                label=label[0] if do_2d else label,
+                mask=mask[0] if do_2d else mask,
+                volume=index,
+                z=origin[0],
+                origin=origin,
+            )
+
+
+@dataclass
+class ValBatch:
+    """Validation tiles stacked for one forward pass, with their targets and weights."""
+
+    image: torch.Tensor
+    targets: list[torch.Tensor]
+    weights: list[list[torch.Tensor | None]]
+    label: np.ndarray  # (B, *spatial) ids
+    mask: torch.Tensor  # (B, 1, *spatial) bool: voxels inside the volume
+    tiles: list[ValTile]
+
+
+def validation_batches(
+    cfg: Config, data: TrainingData, batch_size: int | None = None
+) -> Iterator[ValBatch]:
+    """`validation_patches` in batches (default SOLVER.SAMPLES_PER_BATCH)."""
+    size = batch_size or int(_section(cfg, "SOLVER").get("SAMPLES_PER_BATCH", 2))
+    do_2d = _do_2d(cfg)
+    tiles = validation_patches(cfg, data)
+    while chunk := list(itertools.islice(tiles, size)):
+        # Targets are made from (z, y, x) labels; 2D tiles carry (y, x).
+        labels = [t.label[np.newaxis] if do_2d else t.label for t in chunk]
+        targets, weights = targets_and_weights(cfg, labels)
+        yield ValBatch(
+            image=torch.stack([t.image for t in chunk]),
+            targets=targets,
+            weights=weights,
+            label=np.stack([t.label for t in chunk]),
+            mask=torch.from_numpy(np.stack([t.mask for t in chunk]))[:, np.newaxis],
+            tiles=chunk,
+        )

@@ -1,0 +1,1 @@
+"""Tests of volume reading and the demo dataset."""
