@@ -8,35 +8,38 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# (module, function that registers its subcommands); each sets `func` on its parser.
+# (module, function that registers its subcommands, the subcommands it registers);
+# each registrar sets `func` on its parsers.
 _REGISTRARS = [
-    ("backend.config.cli", "add_validate_parser"),
-    ("backend.demo", "add_demo_parser"),
-    ("backend.trainer.cli", "add_train_parser"),
-    ("backend.serve", "add_serve_parser"),
-    ("backend.client_cli", "add_client_parsers"),
+    ("backend.serve", "add_serve_parser", ("serve",)),
+    ("backend.config.cli", "add_validate_parser", ("validate",)),
+    ("backend.trainer.cli", "add_train_parser", ("train",)),
+    ("backend.demo", "add_demo_parser", ("demo-data",)),
+    (
+        "backend.client_cli",
+        "add_client_parsers",
+        ("runs", "show", "start", "stop", "resume", "watch", "replay", "export"),
+    ),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with a known `command`, only that command's module is imported."""
     parser = argparse.ArgumentParser(
         prog="trainboard",
         description="Configure, run, watch and replay PyTorch Connectomics training runs.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name, function_name in _REGISTRARS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
+    wanted = [r for r in _REGISTRARS if command in r[2]] or _REGISTRARS
+    for module_name, function_name, _ in wanted:
+        module = importlib.import_module(module_name)
         getattr(module, function_name)(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
