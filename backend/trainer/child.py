@@ -1,0 +1,150 @@
+"""The trainer child process: `main(job, conn, stop)` runs one attempt of one run.
+
+The parent spawns `backend.job.child_entry`, which calls `main` here. `main`:
+
+1. installs SIGTERM and SIGINT handlers that request the same graceful stop as the
+   `stop` flag;
+2. opens the emitter (pipe + `events.jsonl` + `train.log` in the log folder) and creates
+   the output folder;
+3. runs the training loop, which treats a stop flag, SIGTERM or a dead parent alike:
+   checkpoint, then `stopped`;
+4. guarantees exactly one final event (`completed`, `failed` or `stopped`), sent and
+   written, whatever happened (including errors outside the loop), then flushes, fsyncs
+   and closes the pipe;
+5. exits 0 after `completed` or `stopped`, 1 after `failed`.
+
+Options (`TrainJob.options`): `flush_interval` (seconds, default 0.25), `threads` (CPU
+threads for torch; default every CPU the process may use), `deterministic` (default:
+on for the CPU, off for CUDA).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as StopFlag
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from backend.events import FAILED
+from backend.job import TrainJob
+from backend.trainer.emitter import DEFAULT_FLUSH_INTERVAL, Emitter
+from backend.trainer.loop import Outcome, TrainingLoop
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """Whether to stop: the parent's flag, SIGTERM, or the parent gone. Cheap to ask:
+    a plain attribute test first, then the shared flag (a semaphore, ~1 µs)."""
+
+    def __init__(self, flag: StopFlag | None, emitter: Emitter | None = None) -> None:
+        self.flag = flag
+        self.emitter = emitter
+        self.signalled = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only set a flag: the handler runs between bytecodes, in the middle of anything.
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        if self.signalled:
+            return True
+        if self.flag is not None and self.flag.is_set():
+            return True
+        return self.emitter is not None and self.emitter.check_parent()
+
+
+def main(job: TrainJob, conn: Connection, stop: StopFlag) -> None:
+    """The spawned child's body; ends the process with exit code 0 or 1."""
+    # The handlers stay until the process exits: a late SIGTERM (the supervisor escalating
+    # just as training ends) must not turn a clean exit into death by signal.
+    raise SystemExit(run(job, conn, stop, restore_signals=False))
+
+
+def run(
+    job: TrainJob,
+    conn: Connection | None,
+    stop: StopFlag | None,
+    *,
+    restore_signals: bool = True,
+) -> int:
+    """Run one attempt and return the exit code (separate from `main` for in-process use)."""
+    request = StopRequest(stop)
+    # SIGINT too: a Ctrl-C in the server's terminal reaches the whole process group, and
+    # the child should then save a checkpoint rather than die mid-step.
+    previous = _install_handlers(request)
+    try:
+        return _attempt(job, conn, request)
+    finally:
+        if restore_signals:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _attempt(job: TrainJob, conn: Connection | None, request: StopRequest) -> int:
+    try:
+        emitter = _open_emitter(job, conn)
+    except Exception as exc:
+        return _fail_without_files(conn, job, exc)
+    request.emitter = emitter
+    try:
+        outcome = TrainingLoop(job, emitter, request).run()
+        emitter.finish(outcome.type, outcome.data)
+    except BaseException as exc:  # a bug outside the loop, KeyboardInterrupt, ...
+        emitter.finish(FAILED, _failed_data(exc, "the trainer crashed outside the loop"))
+        outcome = Outcome(FAILED, {})
+    finally:
+        emitter.close()
+    return outcome.exit_code
+
+
+def _install_handlers(request: StopRequest) -> dict[int, Any]:
+    # Python only lets the main thread set handlers (in-process callers may use another).
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, request.on_signal) for sig in _STOP_SIGNALS}
+
+
+def _open_emitter(job: TrainJob, conn: Connection | None) -> Emitter:
+    monitor = job.config.get("MONITOR", {})
+    log_every = int((monitor.get("ITERATION_NUM") or [20])[0])
+    Path(job.output_path).mkdir(parents=True, exist_ok=True)
+    return Emitter(
+        conn,
+        job.log_path,
+        attempt=job.attempt,
+        flush_interval=float(job.options.get("flush_interval", DEFAULT_FLUSH_INTERVAL)),
+        log_every=log_every,
+    )
+
+
+def _failed_data(exc: BaseException, hint: str) -> dict[str, Any]:
+    return {
+        "message": f"{type(exc).__name__}: {exc}",
+        "hint": hint,
+        "traceback": "".join(traceback.format_exception(exc)),
+        "iteration": None,
+    }
+
+
+def _fail_without_files(conn: Connection | None, job: TrainJob, exc: Exception) -> int:
+    """The log folder cannot be written: report over the pipe alone, then exit 1."""
+    hint = (
+        f"make the log folder {job.log_path} and DATASET.OUTPUT_PATH {job.output_path} "
+        "writable, or choose other paths"
+    )
+    data = _failed_data(exc, hint) | {"attempt": job.attempt, "n": 1}
+    if conn is not None:
+        try:
+            conn.send([(FAILED, data, time.time())])
+            conn.close()
+        except (OSError, EOFError, ValueError):
+            pass
+    print(f"trainer child {os.getpid()}: {data['message']}", flush=True)
+    return 1

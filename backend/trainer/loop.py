@@ -1,0 +1,538 @@
+"""The training loop of one attempt: build everything from the resolved config, train,
+validate, checkpoint, and report through the emitter.
+
+Iterations are counted as PyTC does: `iteration` in an event is the number of iterations
+done, and batch `i` (0-based, a function of (seed, i) alone, see `data.iteration_rng`)
+feeds iteration `i + 1`. Per iteration: forward (float16 autocast under CUDA AMP), loss,
+backward of `loss / ITERATION_STEP`; every ITERATION_STEP iterations the (unscaled,
+clipped) gradients step the optimizer; the LR schedule steps every iteration, as PyTC's.
+
+Reproducibility: model initialisation comes from the seed, batches from (seed, iteration),
+and a checkpoint holds model, optimizer, schedule, scaler and RNG state; on the CPU with
+deterministic algorithms a resumed run repeats the losses of an uninterrupted one. Stops
+are honoured at gradient-accumulation boundaries, so no partial gradient is ever lost.
+
+`TrainingLoop.run()` returns the final `Outcome` (completed, stopped or failed) instead
+of emitting it: `child.main` emits exactly one final event, whatever happened.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from backend.events import (
+    CHECKPOINT,
+    COMPLETED,
+    FAILED,
+    LOG,
+    METRIC,
+    PROGRESS,
+    STOPPED,
+    TRAINER_READY,
+    VALIDATION,
+)
+from backend.job import TrainJob
+from backend.trainer.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    best_path,
+    checkpoint_path,
+    load_pretrained,
+    restore,
+    save_checkpoint,
+)
+from backend.trainer.data import (
+    Batch,
+    DataError,
+    TrainingData,
+    ValBatch,
+    load_training_data,
+    make_loader,
+    validation_batches,
+)
+from backend.trainer.device import DeviceChoice, choose_device
+from backend.trainer.emitter import Emitter
+from backend.trainer.losses import Criterion, build_criterion, predict
+from backend.trainer.metrics import BinaryCounts
+from backend.trainer.models import build_model, count_parameters
+from backend.trainer.optim import build_optimizer, build_scheduler, clip_gradients
+from backend.volumes import VolumeError, preview_png
+
+Config = Mapping[str, Any]
+ShouldStop = Callable[[], bool]
+
+PROGRESS_INTERVAL = 0.25  # seconds between progress events (at most ~4 per second)
+RATE_SMOOTHING = 0.3  # weight of the newest interval in the its/s moving average
+PREVIEW_DIR = "previews"
+PREVIEW_NAME = "val_%05d.png"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the attempt ended: the final event's type and data, and the exit code."""
+
+    type: str
+    data: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.type == FAILED else 0
+
+
+class NonFiniteLoss(ArithmeticError):
+    """The loss became NaN or infinite: training diverged."""
+
+    def __init__(self, iteration: int, lr: float, value: float) -> None:
+        super().__init__(f"the loss is {value} at iteration {iteration} (learning rate {lr:g})")
+        self.iteration, self.lr, self.value = iteration, lr, value
+
+
+@dataclass
+class _Validation:
+    """The result of one validation pass."""
+
+    loss: float
+    dice: float
+    iou: float
+    preview: str | None
+
+
+@dataclass
+class _Rate:
+    """Smoothed iterations per second for progress events."""
+
+    t0: float
+    it0: int
+    last_t: float = 0.0
+    last_it: int = 0
+    value: float | None = None
+    next_at: float = 0.0
+
+    def update(self, now: float, iteration: int) -> float:
+        dt = now - (self.last_t or self.t0)
+        di = iteration - (self.last_it or self.it0)
+        if dt > 0 and di > 0:
+            rate = di / dt
+            old = self.value
+            self.value = rate if old is None else old + RATE_SMOOTHING * (rate - old)
+        self.last_t, self.last_it = now, iteration
+        return self.value or 0.0
+
+
+class TrainingLoop:
+    """One attempt of one run. `run()` never raises: failures become a `failed` Outcome."""
+
+    def __init__(self, job: TrainJob, emitter: Emitter, should_stop: ShouldStop) -> None:
+        self.job = job
+        self.cfg: Config = job.config
+        self.emitter = emitter
+        self.should_stop = should_stop
+        self.iteration = 0  # iterations done
+        # Wall and process CPU time inside the iteration loop (benchmarks read them).
+        self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
+        self.best_dice: float | None = None
+        self.last_validation: _Validation | None = None
+        self._validated_at = -1
+        self._saved: dict[int, str] = {}
+        solver = self.cfg["SOLVER"]
+        self.total = int(solver["ITERATION_TOTAL"])
+        self.step_every = max(1, int(solver.get("ITERATION_STEP", 1)))
+        self.save_every = max(1, int(solver["ITERATION_SAVE"]))
+        self.val_every = max(1, int(solver["ITERATION_VAL"]))
+        self.lr = float(solver["BASE_LR"])
+
+    # --- the whole attempt -----------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        try:
+            self.setup()
+            return self.train()
+        except Exception as exc:  # every failure becomes an event with a hint
+            return self.failure(exc)
+
+    def setup(self) -> None:
+        """Seeds, device, data, model, optimisation, resume or fine-tune; `trainer_ready`."""
+        seed_everything(self.job.seed)
+        self.device = choose_device(self.cfg, threads=self.job.options.get("threads"))
+        deterministic = self.job.options.get("deterministic", self.device.device.type == "cpu")
+        configure_determinism(bool(deterministic), self.device)
+        self.data = load_training_data(self.cfg)
+        # The model's initial weights depend on the seed alone, not on what ran before.
+        torch.manual_seed(self.job.seed)
+        model = build_model(self.cfg).to(self.device.device)
+        self.model: nn.Module = model
+        self.criterion: Criterion = build_criterion(self.cfg)
+        optimizer = build_optimizer(self.cfg, model)
+        self.state = TrainingState(
+            model=model,
+            optimizer=optimizer,
+            scheduler=build_scheduler(self.cfg, optimizer),
+            scaler=self.device.grad_scaler(),
+            meta={"run_id": self.job.run_id, "attempt": self.job.attempt, "seed": self.job.seed},
+        )
+        notes = list(self.device.notes) + self._load_weights()
+        self.emitter.emit(TRAINER_READY, self._ready_data())
+        for level, message in [*notes, ("info", self.data.describe())]:
+            self.emitter.emit(LOG, {"level": level, "message": message})
+
+    def _load_weights(self) -> list[tuple[str, str]]:
+        if self.job.resume_from:
+            restart = bool(self.cfg["SOLVER"].get("ITERATION_RESTART", False))
+            restored = restore(self.state, self.job.resume_from, restart=restart)
+            self.iteration, self.best_dice = restored.iteration, restored.best_dice
+            return restored.notes
+        pre_model = str(self.cfg["MODEL"].get("PRE_MODEL") or "")
+        if pre_model:
+            return load_pretrained(self.model, pre_model)
+        return []
+
+    def _ready_data(self) -> dict[str, Any]:
+        return {
+            "device": self.device.name,
+            "amp": self.device.amp,
+            "parameters": count_parameters(self.model),
+            "train_shapes": [list(p.shape) for p in self.data.train],
+            "val_shapes": [list(p.shape) for p in self.data.val],
+            "torch": torch.__version__,
+            "start_iteration": self.iteration,
+        }
+
+    # --- training --------------------------------------------------------------------------
+
+    def train(self) -> Outcome:
+        start = self.iteration
+        batches = self._batches(start)
+        self.model.train()
+        rate = _Rate(t0=time.monotonic(), it0=start)
+        rate.next_at = rate.t0 + PROGRESS_INTERVAL
+        began, began_cpu = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings():
+            # With accumulation or a skipped AMP step, the schedule steps before the
+            # optimizer's first step; intended (the schedule counts iterations), not a bug.
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
+            for index in range(start, self.total):
+                if index % self.step_every == 0 and self.should_stop():
+                    self._clock_out(began, began_cpu)
+                    return self.stop()
+                self._step(next(batches), index)
+                self._progress(rate)
+                self._periodic()
+        self._clock_out(began, began_cpu)
+        del batches  # shuts DataLoader workers down before validation
+        return self.complete()
+
+    def _clock_out(self, began: float, began_cpu: float) -> None:
+        self.train_seconds += time.perf_counter() - began
+        self.train_cpu_seconds += time.process_time() - began_cpu
+
+    def _batches(self, start: int) -> Iterator[Batch]:
+        loader = make_loader(self.cfg, self.data, self.job.seed, start, self.total)
+        if isinstance(loader, DataLoader) and loader.num_workers > 0:
+            loader.worker_init_fn = _ignore_stop_signals
+        return iter(loader)
+
+    def _step(self, batch: Batch, index: int) -> None:
+        device = self.device.device
+        batch = batch.to(device, non_blocking=device.type == "cuda")
+        state = self.state
+        with self.device.autocast():
+            output = self.model(batch.image)
+        loss, parts = self.criterion.compute(output, batch.targets, batch.weights)
+        scaled = loss / self.step_every if self.step_every > 1 else loss
+        torch.autograd.backward(state.scaler.scale(scaled))
+        done = index + 1
+        self.lr = float(state.optimizer.param_groups[0]["lr"])
+        if done % self.step_every == 0 or done == self.total:
+            self._optimizer_step()
+        state.scheduler.step()
+        # One host sync for the loss and all its components.
+        values = torch.stack([loss.detach(), *parts.values()]).tolist()
+        self.iteration = done
+        components = dict(zip(parts, values[1:], strict=True))
+        self.emitter.emit(
+            METRIC,
+            {"iteration": done, "loss": values[0], "lr": self.lr, "components": components},
+        )
+        if not math.isfinite(values[0]):
+            raise NonFiniteLoss(done, self.lr, values[0])
+
+    def _optimizer_step(self) -> None:
+        state = self.state
+        if self.cfg["SOLVER"]["CLIP_GRADIENTS"]["ENABLED"]:
+            state.scaler.unscale_(state.optimizer)  # clip true gradients, not scaled ones
+            clip_gradients(self.cfg, self.model)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.optimizer.zero_grad(set_to_none=True)
+
+    def _progress(self, rate: _Rate) -> None:
+        now = time.monotonic()
+        if now < rate.next_at and self.iteration != self.total:
+            return
+        rate.next_at = now + PROGRESS_INTERVAL
+        its = rate.update(now, self.iteration)
+        left = self.total - self.iteration
+        self.emitter.emit(
+            PROGRESS,
+            {
+                "iteration": self.iteration,
+                "total": self.total,
+                "its_per_s": its,
+                "eta_s": left / its if its > 0 else None,
+                "elapsed_s": now - rate.t0,
+            },
+        )
+
+    def _periodic(self) -> None:
+        # Validate first: the checkpoint then records whether this iteration was the best.
+        if self.iteration % self.val_every == 0:
+            self.validate()
+        if self.iteration % self.save_every == 0:
+            self.save()
+
+    # --- endings ---------------------------------------------------------------------------
+
+    def complete(self) -> Outcome:
+        if self._validated_at != self.iteration:
+            self.validate()
+        path = self._saved.get(self.iteration) or self.save()
+        result = self.last_validation
+        metrics = {} if result is None else {"loss": result.loss, "dice": result.dice}
+        if result is not None:
+            metrics["iou"] = result.iou
+        return Outcome(
+            COMPLETED, {"iteration": self.iteration, "metrics": metrics, "checkpoint": path}
+        )
+
+    def stop(self) -> Outcome:
+        path = self._saved.get(self.iteration) or self.save()
+        return Outcome(STOPPED, {"iteration": self.iteration, "checkpoint": path})
+
+    def failure(self, exc: BaseException) -> Outcome:
+        message, hint = describe_failure(exc, self.cfg, self.lr)
+        return Outcome(
+            FAILED,
+            {
+                "message": message,
+                "hint": hint,
+                "traceback": "".join(traceback.format_exception(exc)),
+                "iteration": self.iteration,
+            },
+        )
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def save(self, *, best: bool = False) -> str:
+        self.state.iteration = self.iteration
+        self.state.best_dice = self.best_dice
+        target = best_path(self.job.output_path) if best else None
+        target = target or checkpoint_path(self.job.output_path, self.iteration)
+        path = str(save_checkpoint(self.state, target))
+        if not best:
+            self._saved[self.iteration] = path
+        self.emitter.emit(CHECKPOINT, {"iteration": self.iteration, "path": path, "best": best})
+        return path
+
+    # --- validation ------------------------------------------------------------------------
+
+    def validate(self) -> _Validation | None:
+        """Loss, Dice and IoU over the validation volumes, a preview PNG, `validation`.
+        Returns None (and emits nothing) when a stop request interrupts it."""
+        self._validated_at = self.iteration
+        self.model.eval()
+        try:
+            result = self._evaluate()
+        finally:
+            self.model.train()
+        if result is None:
+            return None
+        improved = self.best_dice is None or result.dice > self.best_dice
+        if improved:
+            self.best_dice = result.dice
+        self.last_validation = result
+        self.emitter.emit(
+            VALIDATION,
+            {
+                "iteration": self.iteration,
+                "loss": result.loss,
+                "dice": result.dice,
+                "iou": result.iou,
+                "preview": result.preview,
+                "best": improved,
+            },
+        )
+        if improved:
+            self.save(best=True)
+        self.emitter.flush()  # validation is slow: show it now, not with the next metric
+        return result
+
+    def _evaluate(self) -> _Validation | None:
+        counts = BinaryCounts()
+        preview = _PreviewCanvas.for_data(self.data, self.cfg)
+        loss_sum, tiles = torch.zeros((), device=self.device.device), 0
+        with torch.no_grad():
+            for vb in validation_batches(self.cfg, self.data):
+                if self.should_stop():
+                    return None
+                loss, probs = self._evaluate_batch(vb)
+                loss_sum += loss * len(vb.tiles)
+                tiles += len(vb.tiles)
+                counts.add(probs, vb.targets[0].to(probs.device), vb.mask.to(probs.device))
+                if preview is not None:
+                    preview.paste(vb, probs)
+        path = None
+        if preview is not None:
+            target = Path(self.job.log_path) / PREVIEW_DIR / (PREVIEW_NAME % self.iteration)
+            path = preview.save(target)
+        val_loss = float(loss_sum) / max(tiles, 1)
+        return _Validation(val_loss, counts.dice, counts.iou, path)
+
+    def _evaluate_batch(self, vb: ValBatch) -> tuple[Tensor, Tensor]:
+        device = self.device.device
+        with self.device.autocast():
+            output = self.model(vb.image.to(device))
+        targets = [t.to(device) for t in vb.targets]
+        weights = [[None if w is None else w.to(device) for w in row] for row in vb.weights]
+        loss, _ = self.criterion.compute(output, targets, weights)
+        return loss, predict(self.cfg, output)[0]
+
+
+class _PreviewCanvas:
+    """The middle slice of the first validation volume: image | label | prediction."""
+
+    def __init__(self, image: np.ndarray, label: np.ndarray, z: int) -> None:
+        self.image, self.label, self.z = image, label, z
+        self.height, self.width = int(image.shape[0]), int(image.shape[1])
+        self.pred = np.zeros((self.height, self.width), dtype=np.float32)
+
+    @classmethod
+    def for_data(cls, data: TrainingData, cfg: Config) -> _PreviewCanvas | None:
+        if not data.val:
+            return None
+        pair = data.val[0]
+        z = pair.shape[0] // 2
+        label = np.asarray(pair.label[z])
+        if str(cfg["MODEL"]["TARGET_OPT"][0]) == "0":
+            label = (label > 0).astype(np.uint8)  # compare like with like: a mask
+        return cls(np.asarray(pair.image[z]), label, z)
+
+    def paste(self, vb: ValBatch, probs: Tensor) -> None:
+        height, width = self.height, self.width
+        for b, tile in enumerate(vb.tiles):
+            z0, y0, x0 = tile.origin
+            depth = 1 if probs.dim() == 4 else probs.shape[2]
+            if tile.volume != 0 or not z0 <= self.z < z0 + depth:
+                continue
+            plane = probs[b, 0] if probs.dim() == 4 else probs[b, 0, self.z - z0]
+            h, w = min(plane.shape[0], height - y0), min(plane.shape[1], width - x0)
+            self.pred[y0 : y0 + h, x0 : x0 + w] = plane[:h, :w].float().cpu().numpy()
+
+    def save(self, target: Path) -> str:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_bytes(preview_png(self.image, self.label, self.pred))
+        partial.replace(target)  # a reader never sees half a PNG
+        return str(target)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM/SIGINT. A signal sent to the process group (Ctrl-C
+    in the server's terminal, `timeout`, a supervisor killing the group) would otherwise
+    kill them mid-batch, and PyTorch would raise "worker killed" inside the step: a failed
+    run instead of the graceful stop the trainer is performing. The DataLoader still shuts
+    them down, and they exit by themselves when the trainer dies."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# --- setup helpers -------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(deterministic: bool, device: DeviceChoice) -> None:
+    """Deterministic kernels where they are cheap (the CPU); cuDNN autotuning on GPUs."""
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # Deterministic mode also NaN-fills every uninitialised allocation, a debugging aid
+    # that cost ~4% of a CPU iteration here; correct kernels never read that memory.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    if device.device.type == "cuda":
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+
+
+# --- failures and their hints --------------------------------------------------------------
+
+
+def describe_failure(exc: BaseException, cfg: Config, lr: float) -> tuple[str, str]:
+    """(message, hint) for a failure: what happened and what to change."""
+    solver, model, dataset = cfg["SOLVER"], cfg["MODEL"], cfg["DATASET"]
+    if isinstance(exc, NonFiniteLoss):
+        base = float(solver["BASE_LR"])
+        return str(exc), (
+            f"training diverged: lower SOLVER.BASE_LR (now {base:g}), e.g. to {base / 10:g}, "
+            "or enable SOLVER.CLIP_GRADIENTS"
+        )
+    if _is_out_of_memory(exc):
+        where = "GPU" if isinstance(exc, torch.cuda.OutOfMemoryError) else "memory"
+        return f"out of {where} memory: {_first_line(exc)}", (
+            f"lower SOLVER.SAMPLES_PER_BATCH (now {solver['SAMPLES_PER_BATCH']}) or "
+            f"MODEL.INPUT_SIZE (now {list(model['INPUT_SIZE'])}), or use smaller MODEL.FILTERS"
+        )
+    if isinstance(exc, DataError | VolumeError):
+        return f"cannot read the training data: {exc}", (
+            "check the file named in the message: it must exist, be readable and hold a "
+            f"(z, y, x) volume. Data comes from DATASET.INPUT_PATH {dataset.get('INPUT_PATH')!r} "
+            f"with IMAGE_NAME {dataset.get('IMAGE_NAME')!r}, LABEL_NAME "
+            f"{dataset.get('LABEL_NAME')!r}, VAL_IMAGE_NAME {dataset.get('VAL_IMAGE_NAME')!r}"
+        )
+    if isinstance(exc, OSError):
+        name = exc.filename or "the file named in the message"
+        return f"file error: {exc}", (
+            f"check {name}: inputs must exist and be readable, DATASET.OUTPUT_PATH and the "
+            "log folder writable, and the disk not full"
+        )
+    if isinstance(exc, CheckpointError):
+        return str(exc), (
+            f"check the checkpoint {exc.path}; to start without it clear MODEL.PRE_MODEL "
+            "or create a new run"
+        )
+    if isinstance(exc, ValueError):
+        return f"invalid configuration: {exc}", (
+            "fix the config key named in the message (the config validator lists every "
+            "problem) and start again"
+        )
+    return f"{type(exc).__name__}: {exc}", (
+        "an unexpected error stopped training; the traceback shows where. Resume from the "
+        "last checkpoint to retry, or report the traceback with your config"
+    )
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,267 @@
+"""The training loop, run in-process on tiny configs (the child tests spawn real processes)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+import torch
+
+from backend.job import TrainJob
+from backend.trainer.checkpoint import PYTC_KEYS, read_checkpoint
+from backend.trainer.child import run
+from backend.trainer.emitter import Emitter
+from backend.trainer.loop import TrainingLoop, describe_failure
+from tests.trainer.helpers import read_jsonl, tiny_job
+
+Event = tuple[str, dict[str, Any], float]
+
+
+class ListConn:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def send(self, batch: list[Event]) -> None:
+        self.events.extend(batch)
+
+    def close(self) -> None:
+        pass
+
+
+def train_until(job: TrainJob, stop_at: int) -> list[Event]:
+    """Run the loop as the child does, with a stop requested once `stop_at` iterations
+    are done (the real flag is polled too often to count calls)."""
+    conn = ListConn()
+    emitter = Emitter(cast(Connection, conn), job.log_path, attempt=job.attempt)
+    loop = TrainingLoop(job, emitter, lambda: loop.iteration >= stop_at)
+    outcome = loop.run()
+    emitter.finish(outcome.type, outcome.data)
+    emitter.close()
+    return conn.events
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
+
+
+def train(job: TrainJob, stop: Any = None) -> tuple[int, list[Event]]:
+    conn = ListConn()
+    code = run(job, cast(Connection, conn), stop)
+    return code, conn.events
+
+
+def of(events: list[Event], type_: str) -> list[dict[str, Any]]:
+    return [data for t, data, _ in events if t == type_]
+
+
+def losses(events: list[Event]) -> dict[int, float]:
+    return {d["iteration"]: d["loss"] for d in of(events, "metric")}
+
+
+def test_a_full_run_reports_everything(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path)
+    code, events = train(job)
+    assert code == 0
+    types = [t for t, _, _ in events]
+    assert types[0] == "trainer_ready" and types[-1] == "completed"
+    assert types.count("completed") == 1
+    ready = of(events, "trainer_ready")[0]
+    assert ready["device"].startswith("cpu") and ready["amp"] is False
+    assert ready["parameters"] > 0 and ready["start_iteration"] == 0
+    assert ready["train_shapes"] == [[6, 48, 48]] and ready["val_shapes"] == [[2, 48, 48]]
+    assert ready["torch"] == torch.__version__
+
+    metrics = of(events, "metric")
+    assert [m["iteration"] for m in metrics] == list(range(1, 25))
+    assert set(metrics[0]["components"]) == {"0/WeightedBCEWithLogitsLoss", "0/DiceLoss"}
+    assert math.isclose(metrics[0]["loss"], sum(metrics[0]["components"].values()), rel_tol=1e-5)
+    assert metrics[20]["lr"] == pytest.approx(0.001), "MultiStepLR at STEPS 15"
+
+    progress = of(events, "progress")
+    assert progress and progress[-1]["iteration"] == 24 and progress[-1]["total"] == 24
+    assert {"its_per_s", "eta_s", "elapsed_s"} <= set(progress[-1])
+
+    validations = of(events, "validation")
+    assert [v["iteration"] for v in validations] == [12, 24]
+    for v in validations:
+        assert 0.0 <= v["dice"] <= 1.0 and 0.0 <= v["iou"] <= v["dice"]
+        assert Path(v["preview"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert Path(v["preview"]).name == f"val_{v['iteration']:05d}.png"
+    assert validations[-1]["dice"] > 0.5, "the discs are easy: training must learn"
+
+    saved = [(c["iteration"], Path(c["path"]).name, c["best"]) for c in of(events, "checkpoint")]
+    regular = [(i, name) for i, name, best in saved if not best]
+    assert regular == [
+        (10, "checkpoint_00010.pth.tar"),
+        (20, "checkpoint_00020.pth.tar"),
+        (24, "checkpoint_00024.pth.tar"),
+    ]
+    assert any(best and name == "checkpoint_best.pth.tar" for _, name, best in saved)
+    checkpoint = read_checkpoint(Path(job.output_path) / "checkpoint_00024.pth.tar")
+    assert set(PYTC_KEYS) <= set(checkpoint) and checkpoint["iteration"] == 24
+
+    completed = of(events, "completed")[0]
+    assert completed["iteration"] == 24
+    assert completed["metrics"]["dice"] == validations[-1]["dice"]
+    assert completed["checkpoint"].endswith("checkpoint_00024.pth.tar")
+    # Every event carries attempt and a gapless counter; the file holds the same events.
+    assert [d["n"] for _, d, _ in events] == list(range(1, len(events) + 1))
+    assert [r["type"] for r in read_jsonl(job.log_path)] == types
+
+
+def test_stop_then_resume_repeats_the_uninterrupted_losses(tmp_path: Path) -> None:
+    _, full = train(tiny_job(tmp_path / "full"))
+    job = tiny_job(tmp_path / "split")
+    first = train_until(job, 13)
+    (stopped,) = of(first, "stopped")
+    assert stopped["iteration"] == 13
+    assert stopped["checkpoint"].endswith("checkpoint_00013.pth.tar")
+    assert first[-1][0] == "stopped" and "completed" not in [t for t, _, _ in first]
+
+    resumed_job = replace(job, attempt=2, resume_from=stopped["checkpoint"])
+    code, second = train(resumed_job)
+    assert code == 0
+    assert of(second, "trainer_ready")[0]["start_iteration"] == 13
+    expected, got = losses(full), losses(second)
+    assert sorted(got) == list(range(14, 25))
+    for iteration, loss in got.items():
+        assert abs(loss - expected[iteration]) <= 1e-5, iteration
+    assert of(second, "validation")[-1]["dice"] == pytest.approx(
+        of(full, "validation")[-1]["dice"], abs=1e-6
+    )
+    assert {d["attempt"] for _, d, _ in second} == {2}
+
+
+def test_gradient_accumulation_stops_on_a_step_boundary(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path, ITERATION_STEP=4, ITERATION_TOTAL=12)
+    events = train_until(job, 1)  # asked during the first window
+    assert of(events, "stopped")[0]["iteration"] == 4
+
+
+def test_non_finite_loss_fails_with_a_hint(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path, NAME="SGD", BASE_LR=1e6)
+    code, events = train(job)
+    assert code == 1
+    assert events[-1][0] == "failed"
+    failed = of(events, "failed")[0]
+    assert "at iteration" in failed["message"] and "1e+06" in failed["message"]
+    assert "lower SOLVER.BASE_LR (now 1e+06), e.g. to 100000" in failed["hint"]
+    assert "SOLVER.CLIP_GRADIENTS" in failed["hint"]
+    assert failed["iteration"] == of(events, "metric")[-1]["iteration"]
+    last = of(events, "metric")[-1]
+    assert last["loss"] is None and last["loss_repr"] in ("nan", "inf")
+
+
+def test_unreadable_data_fails_naming_the_file(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path)
+    broken = Path(job.config["DATASET"]["INPUT_PATH"]) / "train_image.npy"
+    broken.write_bytes(b"garbage")
+    code, events = train(job)
+    assert code == 1 and [t for t, _, _ in events] == ["failed"]
+    failed = of(events, "failed")[0]
+    assert "train_image.npy" in failed["message"]
+    assert "DATASET.INPUT_PATH" in failed["hint"]
+    assert failed["traceback"].startswith("Traceback")
+
+
+def test_pre_model_starts_from_given_weights(tmp_path: Path) -> None:
+    source = tiny_job(tmp_path / "source")
+    train(source)
+    weights = Path(source.output_path) / "checkpoint_00024.pth.tar"
+    job = tiny_job(tmp_path / "tuned", overrides=["MODEL.PRE_MODEL", str(weights)])
+    code, events = train(job)
+    assert code == 0
+    assert of(events, "trainer_ready")[0]["start_iteration"] == 0
+    assert any(str(weights) in d["message"] for d in of(events, "log"))
+    _, scratch = train(tiny_job(tmp_path / "scratch"))
+    assert of(events, "metric")[0]["loss"] < of(scratch, "metric")[0]["loss"], "fine-tuned"
+
+
+def test_pre_model_of_another_shape_fails_clearly(tmp_path: Path) -> None:
+    source = tiny_job(tmp_path / "source", ITERATION_TOTAL=2, ITERATION_VAL=100)
+    train(source)
+    weights = Path(source.output_path) / "checkpoint_00002.pth.tar"
+    job = tiny_job(
+        tmp_path / "other", overrides=["MODEL.PRE_MODEL", str(weights), "MODEL.FILTERS", "[4, 6]"]
+    )
+    code, events = train(job)
+    assert code == 1
+    failed = of(events, "failed")[0]
+    assert "does not fit this model" in failed["message"]
+    assert str(weights) in failed["hint"]
+
+
+def test_iteration_restart_resumes_weights_at_zero(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path, ITERATION_TOTAL=6, ITERATION_SAVE=6, ITERATION_VAL=100)
+    train(job)
+    checkpoint = str(Path(job.output_path) / "checkpoint_00006.pth.tar")
+    restart = tiny_job(tmp_path, ITERATION_TOTAL=4, ITERATION_VAL=100, ITERATION_RESTART=True)
+    code, events = train(replace(restart, attempt=2, resume_from=checkpoint))
+    assert code == 0
+    assert of(events, "trainer_ready")[0]["start_iteration"] == 0
+    assert [m["iteration"] for m in of(events, "metric")] == [1, 2, 3, 4]
+    assert of(events, "metric")[0]["lr"] == pytest.approx(0.01), "a fresh schedule"
+
+
+def test_held_out_validation_without_val_volumes(tmp_path: Path) -> None:
+    job = tiny_job(
+        tmp_path,
+        ITERATION_TOTAL=3,
+        overrides=["DATASET.VAL_IMAGE_NAME", "None", "DATASET.VAL_LABEL_NAME", "None"],
+    )
+    code, events = train(job)
+    assert code == 0, of(events, "failed")
+    assert of(events, "trainer_ready")[0]["val_shapes"] == [[1, 48, 48]]
+    assert Path(of(events, "validation")[0]["preview"]).exists()
+
+
+def test_float_volume_with_nan_is_strict_json(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path, ITERATION_TOTAL=2)
+    image = Path(job.config["DATASET"]["INPUT_PATH"]) / "train_image.npy"
+    array = np.load(image).astype(np.float32)
+    array[0, 0, 0] = np.nan
+    np.save(image, array)
+    code, _ = train(job)
+    assert code == 1
+    text = (Path(job.log_path) / "events.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+
+@pytest.mark.parametrize(
+    ("exc", "message", "hint"),
+    [
+        (MemoryError(), "out of memory", "lower SOLVER.SAMPLES_PER_BATCH (now 2)"),
+        (RuntimeError("CUDA out of memory. Tried"), "out of", "MODEL.INPUT_SIZE (now [1, 32, 32])"),
+        (FileNotFoundError(2, "No such file", "/x/y.h5"), "file error", "check /x/y.h5"),
+        (ValueError("MODEL.FILTERS must be"), "invalid configuration", "fix the config key"),
+        (KeyError("boom"), "KeyError", "traceback shows where"),
+    ],
+)
+def test_failure_hints(tmp_path: Path, exc: BaseException, message: str, hint: str) -> None:
+    cfg = tiny_job(tmp_path).config
+    got_message, got_hint = describe_failure(exc, cfg, lr=0.01)
+    assert message in got_message
+    assert hint in got_hint
+
+
+def test_an_unwritable_log_folder_fails_over_the_pipe(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, events = train(replace(job, log_path=str(blocker / "log")))
+    assert code == 1
+    assert [t for t, _, _ in events] == ["failed"]
+    assert str(blocker / "log") in of(events, "failed")[0]["hint"]
