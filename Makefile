@@ -52,7 +52,8 @@ frontend-check: frontend/node_modules/.installed
 	diff -r frontend/dist build/dist-check
 
 bench: $(STAMP)
-	$(BIN)/python bench/store.py
+	$(BIN)/pip install --quiet -e '.[bench]'
+	for script in store emit overhead fanout train_demo; do $(BIN)/python bench/$$script.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build frontend/node_modules .pytest_cache .mypy_cache .ruff_cache

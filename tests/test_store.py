@@ -182,6 +182,7 @@ async def main():
 asyncio.run(main())
 """
 
+
 async def check_gapless(path: Path, acknowledged: int) -> None:
     async with await EventStore.open(path) as store:
         events = await store.read_all(0, limit=1_000_000)
