@@ -77,6 +77,8 @@ def created_data(
     values = loaded.values
     _make_paths_absolute(values, root)
     output_path = str(values["DATASET"]["OUTPUT_PATH"])
+    if check_paths:
+        problems += _earlier_checkpoints(output_path)
     return {
         "name": name or _default_name(values),
         "config": loaded.to_yaml(),
@@ -191,6 +193,24 @@ def _make_paths_absolute(values: dict[str, Any], root: Path) -> None:
 
 def _absolute(root: Path, path: str) -> str:
     return os.path.normpath(os.path.join(root, path))
+
+
+def _earlier_checkpoints(output_path: str) -> list[Problem]:
+    """Warn when this run would write over another run's checkpoints (same file names)."""
+    folder = Path(output_path)
+    found = sorted(folder.glob("checkpoint_*.pth.tar")) if folder.is_dir() else []
+    if not found:
+        return []
+    return [
+        Problem(
+            "warning",
+            "DATASET.OUTPUT_PATH",
+            f"{output_path} already holds {len(found)} checkpoint file(s) of an earlier run; "
+            "this run will overwrite those with the same names",
+            expected="a new or empty folder",
+            suggestion="give this run its own OUTPUT_PATH (a new subfolder) to keep them",
+        )
+    ]
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

@@ -133,3 +133,15 @@ async def test_create_run_stores_valid_runs_only(tmp_path: Path) -> None:
         assert len(service.runs) == 1 and store.last_seq == 1
     finally:
         await store.close()
+
+
+def test_earlier_checkpoints_in_the_output_folder_are_a_warning(tmp_path: Path) -> None:
+    assert not any(
+        w["key"] == "DATASET.OUTPUT_PATH" for w in created_data(body(tmp_path), RUN)["warnings"]
+    )
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "checkpoint_00010.pth.tar").write_bytes(b"x")
+    warnings = created_data(body(tmp_path), RUN)["warnings"]
+    [warning] = [w for w in warnings if w["key"] == "DATASET.OUTPUT_PATH"]
+    assert "1 checkpoint file(s)" in warning["message"]
+    assert "own OUTPUT_PATH" in warning["suggestion"]
