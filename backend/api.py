@@ -122,7 +122,8 @@ async def config_schema(request: Request) -> Response:
 async def config_validate(request: Request) -> Response:
     body = await read_json(request, context(request).settings.max_json_bytes)
     config, base, overrides = _config_source(body)
-    answer = await files.in_thread(_validate, config, base, overrides)
+    root = context(request).settings.data_root.resolve()
+    answer = await files.in_thread(_validate, config, base, overrides, root)
     return JSONResponse(answer)
 
 
@@ -137,11 +138,12 @@ def _config_source(body: dict[str, Any]) -> tuple[str, str | None, list[str]]:
     return config, base, overrides
 
 
-def _validate(config: str, base: str | None, overrides: list[str]) -> dict[str, Any]:
+def _validate(config: str, base: str | None, overrides: list[str], root: Path) -> dict[str, Any]:
+    """Every problem; relative paths are read against the data root, as runs will be."""
     from backend.config import load_config, validate
 
     loaded = load_config(text=config, base_text=base, overrides=overrides)
-    problems = list(dict.fromkeys([*loaded.problems, *validate(loaded)]))
+    problems = validate(loaded, base_dir=root)
     return {
         "ok": not any(p.is_error for p in problems),
         "problems": [p.to_json() for p in problems],

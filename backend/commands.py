@@ -16,6 +16,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -55,11 +56,14 @@ class Commands:
         *,
         remember: int = 4096,
         check_paths: bool = True,
+        base_dir: Path | None = None,
     ) -> None:
         self.service = service
         self.supervisor = supervisor
         self.remember = remember
         self.check_paths = check_paths
+        # Relative paths in a config are relative to the data root, as the file browser's.
+        self.base_dir = base_dir
         self._answers: OrderedDict[str, tuple[str, str | None, asyncio.Task[Outcome]]] = (
             OrderedDict()
         )
@@ -153,7 +157,7 @@ class Commands:
         run_id = new_run_id()
         # Validation reads volume headers: keep the event loop free meanwhile.
         created = await anyio.to_thread.run_sync(
-            lambda: created_data(data, run_id, check_paths=self.check_paths)
+            lambda: created_data(data, run_id, check_paths=self.check_paths, base_dir=self.base_dir)
         )
         return await self.service.create(created, run_id)
 

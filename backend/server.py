@@ -116,7 +116,7 @@ async def _start(settings: Settings, store: EventStore) -> Context:
         service=service,
         supervisor=supervisor,
         hub=hub,
-        commands=Commands(service, supervisor),
+        commands=Commands(service, supervisor, base_dir=settings.data_root.resolve()),
         gpus=detect_gpus(),
     )
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from backend.events import Event
 from backend.export import MetricRows, csv_text
@@ -271,3 +272,19 @@ def test_the_browser_app_is_served_with_client_routes(server: LiveServer) -> Non
     status, script, _ = server.request("GET", "/assets/app.js")
     assert status == 200 and script == b"console.log(1)"
     assert server.request("GET", "/assets/missing.js")[0] == 404
+
+
+def test_relative_config_paths_are_read_against_the_data_root(server: LiveServer) -> None:
+    root = server.settings.data_root.resolve()
+    config = yaml.safe_load(tiny_yaml(root, "relative"))
+    config["DATASET"]["INPUT_PATH"] = "tiny"  # as the file browser shows it
+    config["DATASET"]["OUTPUT_PATH"] = "out/relative-run"
+    text = yaml.safe_dump(config)
+    status, checked, _ = server.request("POST", "/api/config/validate", {"config": text})
+    assert status == 200 and checked["ok"], checked["problems"]
+    status, body, _ = server.request("POST", "/api/runs", {"config": text})
+    assert status == 201, body
+    assert body["run"]["output_path"] == str(root / "out" / "relative-run")
+    _, shown, _ = server.request("GET", f"/api/runs/{body['run']['run_id']}")
+    values = yaml.safe_load(shown["created"]["config"])
+    assert values["DATASET"]["INPUT_PATH"] == str(root / "tiny")
