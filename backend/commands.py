@@ -4,6 +4,9 @@ A command may carry a client-chosen id. The answer to each id is remembered (the
 `remember` ids, across connections), so a client that lost its connection before the
 answer came can send the same command again and get the first answer: nothing is
 applied twice. A repeat that arrives while the first is still running waits for it.
+A create's id also fixes the new run's id (`run_id_for`), so a create repeated after a
+server restart finds its run instead of making a second one; a repeated start, stop or
+resume after a restart is refused by the state machine (409) rather than applied twice.
 
 A command, once received, runs to its end even if the client goes away meanwhile: half a
 start (the event stored, the child not yet spawned) must never be left behind.
@@ -12,6 +15,7 @@ start (the event stored, the child not yet spawned) must never be left behind.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -23,6 +27,7 @@ import anyio
 
 from backend import errors
 from backend.errors import ApiError
+from backend.events import Event
 from backend.fsm.machine import IllegalCommand
 from backend.runs import RunService, UnknownRun, new_run_id
 from backend.runspec import InvalidConfig, InvalidRequest, created_data
@@ -104,7 +109,7 @@ class Commands:
         self, command: str, run_id: str | None, data: Mapping[str, Any], command_id: str | None
     ) -> Outcome:
         try:
-            outcome = await self._execute(command, run_id, data)
+            outcome = await self._execute(command, run_id, data, command_id)
         except Exception as exc:
             log.exception("command %s of run %s failed", command, run_id)
             message = f"the server failed ({type(exc).__name__}: {exc}); see its log"
@@ -113,10 +118,12 @@ class Commands:
             self._answers.pop(command_id, None)  # not applied: a retry may try again
         return outcome
 
-    async def _execute(self, command: str, run_id: str | None, data: Mapping[str, Any]) -> Outcome:
+    async def _execute(
+        self, command: str, run_id: str | None, data: Mapping[str, Any], command_id: str | None
+    ) -> Outcome:
         try:
             if command == "create":
-                event = await self._create(data)
+                event = await self._create(data, command_id)
                 status = 201
             elif command in COMMANDS:
                 if not run_id:
@@ -153,13 +160,24 @@ class Commands:
         summary = self.service.get(event.run_id)
         return Outcome(status, {"run": summary.to_json(), "event": event.to_json()})
 
-    async def _create(self, data: Mapping[str, Any]) -> Any:
-        run_id = new_run_id()
+    async def _create(self, data: Mapping[str, Any], command_id: str | None) -> Event:
+        run_id = new_run_id() if command_id is None else run_id_for(command_id)
+        if run_id in self.service.runs:
+            # A create repeated after the server forgot its answers (a restart): the run
+            # its id made is the first answer.
+            [first] = await self.service.store.read_run(run_id, limit=1)
+            return first
         # Validation reads volume headers: keep the event loop free meanwhile.
         created = await anyio.to_thread.run_sync(
             lambda: created_data(data, run_id, check_paths=self.check_paths, base_dir=self.base_dir)
         )
         return await self.service.create(created, run_id)
+
+
+def run_id_for(command_id: str) -> str:
+    """The run a create command with this id makes: the same id always names the same run,
+    so a repeated create is recognised even after a restart emptied the answer cache."""
+    return hashlib.blake2b(command_id.encode(), digest_size=6).hexdigest()
 
 
 def _refused(exc: ApiError) -> Outcome:
