@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.settings import Settings
+from backend.store import add_durability_argument
 
 TOKEN_ENV = "TRAINBOARD_TOKEN"
 
@@ -52,6 +53,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         metavar="ORIGIN",
         help="another origin the browser app may be served from (a dev server)",
     )
+    add_durability_argument(parser)
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     parser.set_defaults(func=serve_command)
 
@@ -112,6 +114,7 @@ def serve_command(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         allowed_origins=frozenset(args.allow_origin),
         demo_on_first_run=True,
+        synchronous=args.durability.upper(),
     )
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:

@@ -10,6 +10,7 @@ Durability: WAL mode. `synchronous="NORMAL"` (default) survives a crash of this 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -42,6 +43,17 @@ CREATE TABLE IF NOT EXISTS events (
 _INSERT = "INSERT INTO events (seq, run_id, version, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)"
 _COLUMNS = "seq, run_id, version, type, ts, data"
 Row = tuple[int, str, int, str, float, str]
+
+
+def add_durability_argument(parser: argparse.ArgumentParser) -> None:
+    """`--durability normal|full` for every command that opens the store."""
+    parser.add_argument(
+        "--durability",
+        choices=("normal", "full"),
+        default="normal",
+        help="normal (default): nothing acknowledged is lost if Trainboard crashes; "
+        "full: nor if the machine loses power (an fsync per commit, slower)",
+    )
 
 
 class StoreError(Exception):

@@ -226,3 +226,15 @@ def test_sigkill_loses_no_acknowledged_event(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
+
+
+@pytest.mark.parametrize(("flag", "level"), [("normal", 1), ("full", 2)])
+async def test_durability_flag_sets_synchronous(tmp_path: Path, flag: str, level: int) -> None:
+    from backend.cli import build_parser
+
+    for command in (["serve"], ["train", "config.yaml"]):
+        args = build_parser(command[0]).parse_args([*command, "--durability", flag])
+        assert args.durability == flag
+    async with await EventStore.open(tmp_path / "e.db", synchronous=flag.upper()) as store:  # type: ignore[arg-type]
+        rows = await store._db.execute_fetchall("PRAGMA synchronous")
+        assert next(iter(rows))[0] == level

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from backend import events as ev
 from backend.events import Event
 from backend.fsm.machine import IllegalCommand, State
+from backend.store import add_durability_argument
 
 if TYPE_CHECKING:
     from backend.supervisor import Supervisor
@@ -50,6 +51,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--db", type=Path, default=Path("events.db"), help="event store (default: events.db)"
     )
+    add_durability_argument(parser)
     parser.add_argument("--name", help="the run's name (default: output folder and time)")
     parser.add_argument(
         "--log-path", help="folder for events.jsonl and train.log (default: OUTPUT_PATH/log/RUN)"
@@ -114,7 +116,7 @@ async def _train(args: argparse.Namespace, request: dict[str, Any]) -> int:
     for warning in created["warnings"]:
         print(_located_json(warning, args))
     try:
-        store = await EventStore.open(args.db)
+        store = await EventStore.open(args.db, synchronous=args.durability.upper())
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
