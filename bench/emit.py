@@ -18,43 +18,19 @@ is everything the emitter costs the calling thread per event (its flushes includ
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipe_reader import start_reader  # bench/ is on sys.path: the script's folder
+
 from backend.trainer.emitter import Emitter
-
-
-def _drain(conn: Connection, ready: Connection, sender: Connection) -> None:
-    sender.close()  # the fork's copy of the write end: EOF comes only once all are closed
-    ready.send(True)
-    try:
-        while True:
-            conn.recv()
-    except EOFError:
-        pass
-
-
-def _start_reader() -> tuple[mp.process.BaseProcess, Connection]:
-    """A process that reads (and unpickles) every batch, as the server would. Forked, so
-    it imports nothing: a spawned one would re-import this module, torch included, and
-    compete for the CPUs while the loop is being timed."""
-    ctx = mp.get_context("fork")
-    receiver, sender = ctx.Pipe(duplex=False)
-    ready_r, ready_w = ctx.Pipe(duplex=False)
-    reader = ctx.Process(target=_drain, args=(receiver, ready_w, sender), daemon=True)
-    reader.start()
-    receiver.close()
-    ready_r.recv()  # running before the clock starts
-    return reader, sender
 
 
 def _metric(i: int) -> dict[str, object]:
@@ -68,7 +44,7 @@ def _metric(i: int) -> dict[str, object]:
 
 def bench_emitter(n: int, directory: Path, hot_only: bool = False) -> float:
     """µs per emit, including the pipe sends and file writes of every flush."""
-    reader, sender = _start_reader()
+    reader, sender = start_reader()
     emitter = Emitter(sender, directory, attempt=1, flush_interval=1e9 if hot_only else 0.25)
     events = [_metric(i) for i in range(n)]  # built outside the timing, as the loop's own
     emit = emitter.emit

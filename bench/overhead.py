@@ -28,13 +28,13 @@ import sys
 import tempfile
 import time
 import timeit
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from pipe_reader import start_reader  # bench/ is on sys.path: the script's folder
 
 from backend.config import load_config
 from backend.demo import make_demo_dataset
@@ -56,30 +56,6 @@ DEFAULT_OVERRIDES = [
     "SOLVER.SAMPLES_PER_BATCH", "4",
     "SYSTEM.NUM_CPUS", "0",
 ]  # fmt: skip
-
-
-def _drain(conn: Connection, ready: Connection, sender: Connection) -> None:
-    sender.close()  # the fork's copy of the write end: EOF comes only once all are closed
-    ready.send(True)
-    try:
-        while True:
-            conn.recv()
-    except EOFError:
-        pass
-
-
-def _start_reader() -> tuple[mp.process.BaseProcess, Connection]:
-    """A process that reads (and unpickles) every batch, as the server would. Forked, so
-    it imports nothing: a spawned one would re-import this module, torch included, and
-    compete for the CPUs while the loop is being timed."""
-    ctx = mp.get_context("fork")
-    receiver, sender = ctx.Pipe(duplex=False)
-    ready_r, ready_w = ctx.Pipe(duplex=False)
-    reader = ctx.Process(target=_drain, args=(receiver, ready_w, sender), daemon=True)
-    reader.start()
-    receiver.close()
-    ready_r.recv()  # running before the clock starts
-    return reader, sender
 
 
 Timing = tuple[float, float]  # (wall seconds, process CPU seconds)
@@ -108,7 +84,7 @@ def bare(cfg: dict[str, Any], data: TrainingData, seed: int, n: int, threads: in
 
 
 def trainboard(job: TrainJob, log_dir: Path) -> Timing:
-    reader, sender = _start_reader()
+    reader, sender = start_reader()
     flag = mp.get_context("spawn").Event()  # the same kind of flag the supervisor passes
     emitter = Emitter(sender, log_dir, attempt=1)
     loop = TrainingLoop(replace_log(job, log_dir), emitter, StopRequest(flag, emitter))
