@@ -19,11 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-ifneq ($(wildcard frontend/package.json),)
 test: lint typecheck frontend-test pytest
-else
-test: lint typecheck pytest
-endif
 
 lint: $(STAMP)
 	$(BIN)/ruff check backend tests bench
