@@ -23,6 +23,8 @@ import numpy as np
 import yaml
 from scipy import ndimage
 
+from backend.config.schema import AUGMENTATIONS, CORE_AUGMENTATIONS
+
 # (z, y, x). Small enough that the 2D demo trains on two CPU cores in about a minute.
 TRAIN_SHAPE = (16, 256, 256)
 VAL_SHAPE = (4, 256, 256)
@@ -331,18 +333,7 @@ def _yaml(config: dict[str, Any]) -> str:
 def _disabled_augmentations() -> dict[str, Any]:
     # Trainboard implements FLIP and ROTATE; the demo switches the rest off explicitly
     # (PyTC enables them by default) so the config validates without warnings.
-    names = (
-        "RESCALE",
-        "ELASTIC",
-        "GRAYSCALE",
-        "MISSINGPARTS",
-        "MISSINGSECTION",
-        "MISALIGNMENT",
-        "MOTIONBLUR",
-        "CUTBLUR",
-        "CUTNOISE",
-    )
-    return {name: {"ENABLED": False} for name in names}
+    return {name: {"ENABLED": False} for name in AUGMENTATIONS if name not in CORE_AUGMENTATIONS}
 
 
 def demo_config(directory: Path, kind: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from backend.job import TrainJob
 from backend.trainer.checkpoint import PYTC_KEYS, read_checkpoint
@@ -22,17 +21,6 @@ pytestmark = pytest.mark.slow
 
 Spawn = Callable[[TrainJob], ChildRun]
 LONG: dict[str, Any] = {"ITERATION_TOTAL": 3000, "ITERATION_SAVE": 1000, "ITERATION_VAL": 1000}
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-    torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
 
 
 @pytest.fixture
