@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from mimetypes import guess_type
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
+from starlette.staticfiles import NotModifiedResponse, StaticFiles
 from starlette.types import Scope
 
 from backend import api
@@ -129,8 +133,21 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 # --- the browser app ---------------------------------------------------------------------
 
 
+# Encodings the build writes next to each asset (frontend/compress.js), best first.
+_ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
+# Vite names every asset by its content hash: a name never changes meaning.
+_IMMUTABLE = "public, max-age=31536000, immutable"
+# The page itself names the current assets, so it is revalidated on every load.
+_REVALIDATE = "no-cache"
+
+
 class AppFiles(StaticFiles):
-    """The built app; unknown page paths get index.html so client-side routes load."""
+    """The built app; unknown page paths get index.html so client-side routes load.
+
+    Assets are sent precompressed (brotli or gzip, as the request accepts, with `Vary`),
+    hashed names cached as immutable, and the HTML revalidated each time so a new build is
+    picked up at once.
+    """
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         try:
@@ -139,6 +156,60 @@ class AppFiles(StaticFiles):
             if exc.status_code != 404 or "." in path.rsplit("/", 1)[-1]:
                 raise
             return await super().get_response("index.html", scope)
+
+    def file_response(
+        self,
+        full_path: PathLike[str] | str,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        original = Path(full_path)
+        request_headers = Headers(scope=scope)
+        headers = {"cache-control": _cache_control(original), "vary": "Accept-Encoding"}
+        media_type = guess_type(original.name)[0]  # the original's type, not the .br's
+        served, stat_used = original, stat_result
+        accepted = _accepted_encodings(request_headers.get("accept-encoding", ""))
+        for encoding, suffix in _ENCODINGS:
+            variant = original.with_name(original.name + suffix)
+            if encoding in accepted and variant.is_file():
+                served, stat_used = variant, variant.stat()
+                headers["content-encoding"] = encoding
+                break
+        response = FileResponse(
+            served,
+            status_code=status_code,
+            stat_result=stat_used,
+            headers=headers,
+            media_type=media_type,
+        )
+        if self.is_not_modified(response.headers, request_headers):
+            return NotModifiedResponse(response.headers)
+        return response
+
+
+def _cache_control(path: Path) -> str:
+    return _IMMUTABLE if path.parent.name == "assets" else _REVALIDATE
+
+
+def _accepted_encodings(header: str) -> set[str]:
+    """The codings an Accept-Encoding header allows (`q=0` refuses one)."""
+    accepted = set()
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        q = params.strip()
+        if q.startswith("q=") and _quality(q[2:]) <= 0:
+            continue
+        if name:
+            accepted.add(name.strip().lower())
+    return accepted
+
+
+def _quality(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
 
 
 _NO_APP = """<!doctype html><meta charset="utf-8"><title>Trainboard</title>

@@ -1,5 +1,6 @@
 import { defineConfig } from 'vite';
 import { svelte } from '@sveltejs/vite-plugin-svelte';
+import { compressAssets } from './compress.js';
 
 // The server serves frontend/dist at `/`; relative asset paths keep it working behind a
 // path prefix too. `npm run dev` proxies the API and the WebSocket to a running
@@ -9,7 +10,7 @@ const target = process.env.TRAINBOARD_URL || 'http://127.0.0.1:8000';
 
 export default defineConfig({
   base: './',
-  plugins: [svelte()],
+  plugins: [svelte(), compressAssets()],
   build: {
     outDir: 'dist',
     emptyOutDir: true,
