@@ -34,6 +34,7 @@ class TrainJob:
     log_path: str  # events.jsonl, train.log, validation previews
     seed: int = 0
     resume_from: str | None = None  # checkpoint to resume from
+    own_checkpoints: tuple[str, ...] = ()  # this run's checkpoint paths, newest first
     options: dict[str, Any] = field(default_factory=dict)  # e.g. flush interval for tests
 
 
