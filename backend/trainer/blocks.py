@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 NORM_MODES = ("bn", "sync_bn", "in", "gn", "none")
-ACT_MODES = ("relu", "elu", "leaky_relu")
+ACT_MODES = ("relu", "leaky_relu", "elu", "gelu", "silu", "swish", "efficient_swish", "none")
 PAD_MODES = ("zeros", "circular", "reflect", "replicate")
 
 # An int means the same size on every axis, as torch's conv layers accept.
@@ -66,18 +66,23 @@ def make_norm(mode: str, channels: int, ndim: int) -> nn.Module:
     return nn.Identity()
 
 
-# In place, as PyTC: every use follows a freshly computed tensor.
+# In place where PyTC is: every use follows a freshly computed tensor. PyTC's `swish` and
+# its memory-saving `efficient_swish` compute x * sigmoid(x), which is torch's SiLU.
 _ACTS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),
     "elu": lambda: nn.ELU(alpha=1.0, inplace=True),
     "leaky_relu": lambda: nn.LeakyReLU(negative_slope=0.2, inplace=True),
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "efficient_swish": nn.SiLU,
     "none": nn.Identity,
 }
 
 
 def make_act(mode: str) -> nn.Module:
-    """An activation layer; `none` is for internal use (the last conv of a branch)."""
-    _check("MODEL.ACT_MODE", mode, (*ACT_MODES, "none"))
+    """An activation layer (`none`: the identity)."""
+    _check("MODEL.ACT_MODE", mode, ACT_MODES)
     return _ACTS[mode]()
 
 
@@ -97,6 +102,8 @@ def conv_norm_act(
     bias: bool = False,
     norm: bool = True,
     act: bool = True,
+    groups: int = 1,
+    dilation: Size = 1,
 ) -> nn.Sequential:
     """Conv, then norm, then activation: PyTC's `conv{2,3}d_norm_act` (indices 0, 1, 2)."""
     conv = make_conv(opts.ndim)(
@@ -107,12 +114,29 @@ def conv_norm_act(
         padding=padding,
         padding_mode=opts.pad,
         bias=bias,
+        groups=groups,
+        dilation=dilation,
     )
     return nn.Sequential(
         conv,
         make_norm(opts.norm if norm else "none", out_channels, opts.ndim),
         make_act(opts.act if act else "none"),
     )
+
+
+def norm_act_conv(
+    in_channels: int, out_channels: int, kernel_size: Size, opts: LayerOptions, padding: Size
+) -> nn.Sequential:
+    """Pre-activation order: norm, activation, then conv (PyTC's `norm_act_conv3d`)."""
+    conv = make_conv(opts.ndim)(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        padding=padding,
+        padding_mode=opts.pad,
+        bias=False,
+    )
+    return nn.Sequential(make_norm(opts.norm, in_channels, opts.ndim), make_act(opts.act), conv)
 
 
 def block_kernel(ndim: int) -> tuple[Size, Size]:
@@ -150,8 +174,8 @@ class SqueezeExcitation(nn.Module):
 
     def __init__(self, channels: int, opts: LayerOptions) -> None:
         super().__init__()
-        # At least one hidden unit: tiny test models have fewer channels than the reduction.
-        hidden = max(1, channels // _SE_REDUCTION[opts.ndim])
+        # As PyTC: fewer channels than the reduction give zero hidden units (a constant gate).
+        hidden = channels // _SE_REDUCTION[opts.ndim]
         self.avg_pool = nn.AdaptiveAvgPool3d(1) if opts.ndim == 3 else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Sequential(
             nn.Linear(channels, hidden, bias=False),
@@ -174,10 +198,41 @@ class SEResidualBlock(ResidualBlock):
         self.conv = nn.Sequential(self.conv, SqueezeExcitation(channels, opts))
 
 
-BLOCKS: dict[str, type[ResidualBlock]] = {
+class PreActResidualBlock(nn.Module):
+    """PyTC's `residual_pa` (3D): two norm-act-conv units plus the shortcut, no final act."""
+
+    def __init__(self, in_channels: int, channels: int, opts: LayerOptions) -> None:
+        super().__init__()
+        kernel, padding = block_kernel(opts.ndim)
+        self.conv: nn.Module = nn.Sequential(
+            norm_act_conv(in_channels, channels, kernel, opts, padding),
+            norm_act_conv(channels, channels, kernel, opts, padding),
+        )
+        self.projector: nn.Module = nn.Identity()
+        if in_channels != channels:
+            self.projector = conv_norm_act(in_channels, channels, 1, opts, act=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv(x) + self.projector(x)
+        return out
+
+
+class SEPreActResidualBlock(PreActResidualBlock):
+    """PyTC's `residual_se_pa`: the pre-activation branch ends in squeeze-excitation."""
+
+    def __init__(self, in_channels: int, channels: int, opts: LayerOptions) -> None:
+        super().__init__(in_channels, channels, opts)
+        self.conv = nn.Sequential(self.conv, SqueezeExcitation(channels, opts))
+
+
+BLOCKS: dict[str, type[nn.Module]] = {
     "residual": ResidualBlock,
     "residual_se": SEResidualBlock,
+    "residual_pa": PreActResidualBlock,
+    "residual_se_pa": SEPreActResidualBlock,
 }
+# The pre-activation blocks exist in PyTC's 3D U-Nets only.
+BLOCKS_2D = ("residual", "residual_se")
 
 
 class NonLocalBlock(nn.Module):
@@ -190,13 +245,14 @@ class NonLocalBlock(nn.Module):
         super().__init__()
         conv = make_conv(opts.ndim)
         self.inter_channels = max(1, channels // 2)
+        # Registered in PyTC's order (g, W, theta, phi): it fixes the parameter order.
         self.g = conv(channels, self.inter_channels, kernel_size=1)
-        self.theta = conv(channels, self.inter_channels, kernel_size=1)
-        self.phi = conv(channels, self.inter_channels, kernel_size=1)
         self.W = nn.Sequential(
             conv(self.inter_channels, channels, kernel_size=1),
             make_norm(opts.norm, channels, opts.ndim),
         )
+        self.theta = conv(channels, self.inter_channels, kernel_size=1)
+        self.phi = conv(channels, self.inter_channels, kernel_size=1)
         # Start as the identity so the pretrained U-Net path is undisturbed; zero the
         # norm's scale when it has one, otherwise the projection itself.
         for name in ("weight", "bias"):

@@ -50,9 +50,11 @@ class UNet(nn.Module):
         block_type: str = "residual",
         pooling: bool = False,
         io_isotropic: bool = False,
+        return_feats: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.ndim, self.depth, self.pooling = opts.ndim, len(filters), pooling
+        self.return_feats = list(return_feats) if return_feats is not None else None
         self.filters = list(filters)
         # 2D has no z axis, so every level is "isotropic" in the sense that matters here.
         iso = list(isotropy) if opts.ndim == 3 and isotropy is not None else [True] * self.depth
@@ -139,27 +141,39 @@ class UNet(nn.Module):
         out: Tensor = block(x)
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, dict[int, Tensor]]:
         bottom, skips = self._encode(x)
         bottom = self._bottleneck(bottom)
         x = bottom
+        # Stage 0 is the bottleneck, stage k the k-th decoder level (MODEL.RETURN_FEATS).
+        stages = [x]
         for i in reversed(range(self.depth - 1)):
             x = self._decode_level(i, x, skips[i], bottom)
+            stages.append(x)
         out: Tensor = self.conv_out(x)
-        return out
+        if self.return_feats is None:
+            return out
+        return out, {k: stages[k] for k in self.return_feats}
 
 
 class UNetPlus(UNet):
     """PyTC `UNetPlus3D` / `UNetPlus2D`: a non-local block at the bottleneck, and every decoder
     level also receives the bottleneck features (1x1 conv to that level's channels, upsampled
     and added), giving each level global context. Extra layers keep PyTorch's default
-    initialisation, as in PyTC (they are created after the base model is initialised)."""
+    initialisation, as in PyTC (they are created after the base model is initialised).
+
+    PyTC builds the 1x1 feature convs with its conv helper's default padding of 1 (in
+    MODEL.PAD_MODE), so each adds a one-voxel border before upsampling; kept, because the
+    outputs (and what a PyTC checkpoint computes) depend on it."""
 
     def __init__(self, opts: LayerOptions, **kwargs: Any) -> None:
         super().__init__(opts, **kwargs)
         filters = self.filters
         self.feat_layers = nn.ModuleList(
-            [conv_norm_act(filters[-1], filters[k - 1], 1, opts) for k in range(1, self.depth)]
+            [
+                conv_norm_act(filters[-1], filters[k - 1], 1, opts, padding=1)
+                for k in range(1, self.depth)
+            ]
         )
         self.non_local = NonLocalBlock(filters[-1], opts)
 
@@ -224,7 +238,16 @@ def build_model(cfg: Config) -> nn.Module:
         block_type=block_type,
         pooling=bool(model_cfg.get("POOLING_LAYER", False)),
         io_isotropic=io_isotropic,
+        return_feats=_return_feats(model_cfg, ndim),
     )
+
+
+def _return_feats(model_cfg: Config, ndim: int) -> list[int] | None:
+    """MODEL.RETURN_FEATS: stage indices whose features the 3D U-Nets also return."""
+    value = model_cfg.get("RETURN_FEATS")
+    if value is None or ndim == 2:
+        return None
+    return [int(k) for k in value]
 
 
 def count_parameters(model: nn.Module) -> int:

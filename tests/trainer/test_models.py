@@ -242,10 +242,10 @@ def test_outputs_are_raw_logits() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "supported"),
     [
-        ("ARCHITECTURE", "fpn_3d", "unet_3d, unet_2d, unet_plus_3d, unet_plus_2d"),
-        ("BLOCK_TYPE", "residual_pa", "residual, residual_se"),
+        ("ARCHITECTURE", "fpn_2d", "unet_3d, unet_2d, unet_plus_3d, unet_plus_2d"),
+        ("BLOCK_TYPE", "bottleneck", "residual, residual_se, residual_pa, residual_se_pa"),
         ("NORM_MODE", "batch", "bn, sync_bn, in, gn, none"),
-        ("ACT_MODE", "gelu", "relu, elu, leaky_relu"),
+        ("ACT_MODE", "prelu", "relu, leaky_relu, elu, gelu, silu, swish, efficient_swish, none"),
         ("PAD_MODE", "edge", "zeros, circular, reflect, replicate"),
     ],
 )
