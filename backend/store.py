@@ -4,6 +4,9 @@ Appends from many coroutines queue up; a single writer task drains the queue and
 everything that arrived within a short window in one transaction (group commit), then
 tells every caller its events' sequence numbers. Nothing is ever updated or deleted.
 
+Event data is encoded with orjson (`backend.jsontext`: strict, no NaN), once per event,
+in the writer task; reads decode it with orjson too.
+
 Durability: WAL mode. `synchronous="NORMAL"` (default) survives a crash of this process;
 `"FULL"` also survives a power cut or an OS crash, at the cost of an fsync per commit.
 """
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from backend.events import Event, NewEvent
+from backend.jsontext import dumps, loads
 
 SCHEMA_VERSION = 1
 Synchronous = Literal["NORMAL", "FULL"]
@@ -60,6 +63,10 @@ class StoreError(Exception):
     """The database cannot be used; the message says why and what to do."""
 
 
+class ReadOnlyStore(StoreError):
+    """The database file (or its folder, where SQLite keeps the WAL) cannot be written."""
+
+
 class ConcurrencyError(StoreError):
     """An append expected a run version that is no longer current. Nothing was written."""
 
@@ -89,7 +96,7 @@ def _rows(
             version + i,
             new.type,
             new.ts if new.ts is not None else now,
-            json.dumps(new.data, separators=(",", ":"), allow_nan=False),
+            dumps(new.data).decode(),
         )
         for i, new in enumerate(item.events, start=1)
     ]
@@ -97,7 +104,7 @@ def _rows(
 
 def _row_to_event(row: sqlite3.Row | tuple[Any, ...]) -> Event:
     seq, run_id, version, type_, ts, data = row
-    return Event(seq, run_id, version, type_, ts, json.loads(data))
+    return Event(seq, run_id, version, type_, ts, loads(data))
 
 
 class EventStore:
@@ -125,7 +132,8 @@ class EventStore:
         """Open (creating if needed) an event store; StoreError if the file is unusable.
 
         A file that is not SQLite, has a newer schema, or is held by another Trainboard
-        process is refused before anything is written to it.
+        process is refused before anything is written to it; one that cannot be written
+        (ReadOnlyStore) is refused at once, not at the first append.
         """
         if synchronous not in ("NORMAL", "FULL"):
             raise StoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
@@ -209,7 +217,7 @@ class EventStore:
                 continue
             try:
                 item_rows = _rows(item, seq, current, now)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
                 item.done.set_exception(StoreError(f"event data is not valid JSON: {exc}"))
                 continue
             rows.extend(item_rows)
@@ -326,6 +334,7 @@ async def _check_existing(db: aiosqlite.Connection, path: str) -> None:
     except sqlite3.DatabaseError as exc:
         if "locked" in str(exc):
             raise StoreError(_locked_message(path)) from exc
+        _raise_if_read_only(exc, path)
         raise StoreError(
             f"{path} is not a Trainboard event store ({exc}); "
             "choose another --db path or move that file away"
@@ -357,11 +366,23 @@ async def _prepare(db: aiosqlite.Connection, path: str, synchronous: Synchronous
         rows = await db.execute_fetchall("SELECT COUNT(*) FROM schema_version")
         if next(iter(rows))[0] == 0:
             await db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        # A write that changes nothing: SQLite opens a read-only file without a word
+        # and only refuses the first write, so make that happen now.
+        await db.execute("UPDATE schema_version SET version = version")
         await db.execute("COMMIT")
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc):
             raise StoreError(_locked_message(path)) from exc
+        _raise_if_read_only(exc, path)
         raise StoreError(f"cannot prepare {path}: {exc}") from exc
+
+
+def _raise_if_read_only(exc: sqlite3.Error, path: str) -> None:
+    if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY") or "readonly" in str(exc):
+        raise ReadOnlyStore(
+            f"{path} cannot be written ({exc}); make the file and its folder writable by "
+            "this user, or pass another --db path"
+        ) from exc
 
 
 def _locked_message(path: str) -> str:

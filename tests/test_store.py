@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import math
+import multiprocessing as mp
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from backend.events import NewEvent
-from backend.store import SCHEMA_VERSION, ConcurrencyError, EventStore, StoreError
+from backend.store import (
+    SCHEMA_VERSION,
+    ConcurrencyError,
+    EventStore,
+    ReadOnlyStore,
+    StoreError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -181,6 +191,48 @@ async def main():
     await asyncio.sleep(60)
 asyncio.run(main())
 """
+
+
+def _open_as(path: Path, uid: int | None, answer: mp.connection.Connection) -> None:
+    """Forked child: (as `uid`) open the store; send back the error's type and text."""
+    if uid is not None:
+        os.setgid(uid)
+        os.setuid(uid)
+    try:
+        asyncio.run(EventStore.open(path))
+        answer.send(("opened", ""))
+    except StoreError as exc:
+        answer.send((type(exc).__name__, str(exc)))
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_a_read_only_store_is_refused_at_open(what: str) -> None:
+    # Root writes anything: a read-only file is read-only to another user, so the open
+    # runs in a forked child that becomes `nobody` (uid 65534) first.
+    uid = 65534 if os.geteuid() == 0 else None
+    folder = Path(tempfile.mkdtemp())  # not tmp_path: its parents are closed to others
+    try:
+        path = folder / "events.db"
+        asyncio.run(_append_one(path))
+        before = path.read_bytes()
+        path.chmod(0o444 if what == "file" else 0o644)
+        folder.chmod(0o755 if what == "file" else 0o555)
+        receive, send = mp.get_context("fork").Pipe(duplex=False)
+        child = mp.get_context("fork").Process(target=_open_as, args=(path, uid, send))
+        child.start()
+        kind, message = receive.recv()
+        child.join(30)
+        assert kind == ReadOnlyStore.__name__, message
+        assert "cannot be written" in message and "--db" in message
+        assert path.read_bytes() == before
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+async def _append_one(path: Path) -> None:
+    async with await EventStore.open(path) as store:
+        await store.append("r", [metric(1)])
 
 
 async def check_gapless(path: Path, acknowledged: int) -> None:
