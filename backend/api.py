@@ -7,24 +7,26 @@ protocol's error shape by `api_error`.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import backend
-from backend import export, files
+from backend import export, files, wire
 from backend.commands import check_id
 from backend.errors import ApiError, bad_request, not_found, unknown_run
 from backend.fsm import to_mermaid
 from backend.projections import RunSummary
 from backend.runs import UnknownRun
-from backend.security import PathError, confine
+from backend.security import MalformedPath, PathError, confine
+from backend.wire import JSONResponse
 
 if TYPE_CHECKING:
     from backend.server import Context
@@ -42,7 +44,10 @@ def context(conn: HTTPConnection) -> Context:
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The JSON object body (an empty body is `{}`); 413 over `limit`, 400 if malformed."""
+    """The JSON object body (an empty body is `{}`); 413 over `limit`, 400 if malformed.
+
+    Parsed strictly (`wire.loads`): NaN, Infinity and deep nesting are 400 naming where.
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
@@ -54,12 +59,20 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        value = json.loads(body)
-    except ValueError as exc:
+        value = wire.loads(body)
+    except wire.WireError as exc:
         raise bad_request(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise bad_request("the body must be a JSON object")
+        raise bad_request(f"the body must be a JSON object, not {_json_kind(value)}")
     return value
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return "null" if value is None else f"'{value}'"
 
 
 def too_large(limit: int) -> ApiError:
@@ -162,8 +175,14 @@ def read_presets(folders: tuple[Path, ...], limit: int) -> list[dict[str, str]]:
     """YAML files of the preset folders, by name; a later folder's file wins a name clash."""
     found: dict[str, dict[str, str]] = {}
     for folder in folders:
-        if not folder.is_dir():
-            continue
+        with contextlib.suppress(OSError):  # an unreadable preset folder is no preset
+            found.update(_presets_in(folder, limit))
+    return [found[name] for name in sorted(found)]
+
+
+def _presets_in(folder: Path, limit: int) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    if folder.is_dir():
         for path in sorted(folder.glob("*.y*ml")):
             if not path.is_file() or path.stat().st_size > limit:
                 continue
@@ -171,7 +190,7 @@ def read_presets(folders: tuple[Path, ...], limit: int) -> list[dict[str, str]]:
             first = text.lstrip().splitlines()[0] if text.strip() else ""
             title = first.lstrip("#").strip() if first.startswith("#") else path.stem
             found[path.stem] = {"name": path.stem, "title": title, "yaml": text}
-    return [found[name] for name in sorted(found)]
+    return found
 
 
 # --- runs --------------------------------------------------------------------------------
@@ -266,8 +285,10 @@ async def artifact(request: Request) -> Response:
     wanted = request.query_params.get("path", "")
     if not wanted:
         raise bad_request("'path' is required")
-    path = _artifact_path(summary, wanted)
-    if not path.is_file():
+    with files.os_errors(wanted):
+        path = _artifact_path(summary, wanted)
+        is_file = path.is_file()
+    if not is_file:
         raise not_found(f"the run has no file '{wanted}'", path=wanted)
     media = _ARTIFACT_TYPES.get(path.suffix.lower(), "application/octet-stream")
     headers = {"content-security-policy": "default-src 'none'; sandbox"}
@@ -277,17 +298,28 @@ async def artifact(request: Request) -> Response:
 
 
 def _artifact_path(summary: RunSummary, wanted: str) -> Path:
-    """`wanted` inside the run's log or output folder (absolute, or relative to either)."""
-    inside = []
+    """`wanted` inside the run's log or output folder (absolute, or relative to either).
+
+    An existing file wins; a name that exists but leads out of both folders (a symlink,
+    an absolute path elsewhere) is 403, like one that names no place inside them.
+    """
+    inside: list[Path] = []
+    leads_out = False
     for folder in (summary.log_path, summary.output_path):
-        if folder:
-            try:
-                inside.append(confine(Path(folder), wanted))
-            except PathError:
-                continue
-    if not inside:
+        if not folder:
+            continue
+        try:
+            inside.append(confine(Path(folder), wanted))
+        except MalformedPath as exc:
+            raise files.bad_path(str(exc)) from None
+        except PathError:
+            leads_out = leads_out or os.path.lexists(Path(folder) / wanted)
+    found = next((path for path in inside if path.exists()), None)
+    if found is not None:
+        return found
+    if leads_out or not inside:
         raise ApiError(403, "forbidden", "artifacts must be inside the run's output or log folder")
-    return next((path for path in inside if path.exists()), inside[0])
+    return inside[0]
 
 
 async def diagram(request: Request) -> Response:

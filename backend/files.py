@@ -8,9 +8,11 @@ network share, a thumbnail of a big TIFF) so the event loop keeps serving others
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,13 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from backend.errors import ApiError, bad_request, not_found
-from backend.security import PathError, confine, relative_to_root, sanitize_filename
+from backend.security import (
+    MalformedPath,
+    PathError,
+    confine,
+    relative_to_root,
+    sanitize_filename,
+)
 
 # What a browser may put into the data root: volumes and configs, nothing executable.
 VOLUME_SUFFIXES = (".h5", ".hdf5", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
@@ -29,7 +37,13 @@ _PARTIAL_PREFIX = ".upload-"
 
 
 def forbidden(exc: PathError) -> ApiError:
+    if isinstance(exc, MalformedPath):
+        return bad_path(str(exc))
     return ApiError(403, "outside_data_root", f"{exc}; paths must stay inside the data root")
+
+
+def bad_path(message: str, **details: Any) -> ApiError:
+    return ApiError(400, "bad_path", message, details)
 
 
 def resolve(root: Path, path: str) -> Path:
@@ -39,11 +53,43 @@ def resolve(root: Path, path: str) -> Path:
         raise forbidden(exc) from None
 
 
+def os_error(exc: OSError, path: str) -> ApiError:
+    """What the client is told when the filesystem refuses `path`: never a 500."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return not_found(f"'{path}' does not exist in the data root", path=path)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ApiError(
+            403,
+            "permission_denied",
+            f"the server may not use '{path}' ({reason}); change its permissions or pick "
+            "another path",
+            {"path": path},
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError(507, "no_space", f"no space left for '{path}'; free some space", {})
+    return bad_path(f"'{path}' cannot be used ({reason}); pick another path", path=path)
+
+
+@contextlib.contextmanager
+def os_errors(path: str) -> Iterator[None]:
+    """Turn an OSError while working on the client's `path` into its `ApiError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise os_error(exc, path) from None
+
+
 # --- reading ---------------------------------------------------------------------------
 
 
 def list_dir(root: Path, rel: str) -> dict[str, Any]:
     """One folder of the data root: folders first, then files, by name; no hidden files."""
+    with os_errors(rel):
+        return _list_dir(root, rel)
+
+
+def _list_dir(root: Path, rel: str) -> dict[str, Any]:
     folder = resolve(root, rel)
     if not folder.is_dir():
         raise not_found(f"'{rel}' is not a folder in the data root", path=rel)
@@ -99,9 +145,10 @@ def volume_path(root: Path, rel: str) -> tuple[Path, str | None]:
 def file_info(root: Path, rel: str) -> dict[str, Any]:
     from backend.volumes import VolumeError, volume_info
 
-    path, dataset = volume_path(root, rel)
     try:
-        info = volume_info(path, dataset)
+        with os_errors(rel):
+            path, dataset = volume_path(root, rel)
+            info = volume_info(path, dataset)
     except VolumeError as exc:
         raise ApiError(422, "invalid_volume", str(exc), {"path": rel}) from None
     return {
@@ -116,15 +163,21 @@ def file_info(root: Path, rel: str) -> dict[str, Any]:
 def thumbnail(root: Path, rel: str, z: int | None, size: int) -> bytes:
     from backend.volumes import VolumeError, thumbnail_png
 
-    path, dataset = volume_path(root, rel)
     try:
-        return thumbnail_png(path, z, max_size=size, dataset=dataset)
+        with os_errors(rel):
+            path, dataset = volume_path(root, rel)
+            return thumbnail_png(path, z, max_size=size, dataset=dataset)
     except VolumeError as exc:
         raise ApiError(422, "invalid_volume", str(exc), {"path": rel}) from None
 
 
 def check_path(root: Path, text: str) -> dict[str, Any]:
     """Whether a folder exists, is writable, or could be created (an output path, say)."""
+    with os_errors(text):
+        return _check_path(root, text)
+
+
+def _check_path(root: Path, text: str) -> dict[str, Any]:
     path = resolve(root, text)
     answer: dict[str, Any] = {"path": str(path), "exists": path.exists()}
     if path.exists():
@@ -272,7 +325,9 @@ async def save_upload(
 ) -> str:
     """Store the request's multipart `file` in `rel_dir`; returns its path in the root."""
     folder = resolve(root, rel_dir)
-    if not folder.is_dir():
+    with os_errors(rel_dir):
+        is_folder = folder.is_dir()
+    if not is_folder:
         raise not_found(f"'{rel_dir}' is not a folder in the data root", path=rel_dir)
     content_type, options = parse_options_header(request.headers.get("content-type"))
     boundary = options.get(b"boundary")
@@ -301,6 +356,9 @@ async def save_upload(
     except ApiError:
         upload.discard()
         raise
+    except OSError as exc:  # the disk is full, the folder went away...
+        upload.discard()
+        raise os_error(exc, rel_dir) from None
     except Exception as exc:  # the multipart parser's errors: a malformed body
         upload.discard()
         raise bad_request(f"malformed multipart body: {exc}") from None

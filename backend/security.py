@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -38,6 +39,14 @@ _SECURITY_HEADERS = [
 
 class PathError(ValueError):
     """A path the client may not use: outside the data root, `..`, or malformed."""
+
+
+class MalformedPath(PathError):
+    """A path no filesystem could take: a NUL byte, a name over 255 bytes, over 4096 bytes."""
+
+
+NAME_MAX = 255  # bytes in one path component (Linux, macOS, Windows alike)
+PATH_MAX = 4096
 
 
 def token_matches(given: str | None, token: str) -> bool:
@@ -199,13 +208,12 @@ async def _deny(scope: Scope, send: Send, status: int, code: str, message: str) 
 def confine(root: Path, path: str | Path) -> Path:
     """`path` (relative to `root`, or absolute) resolved, if it stays inside `root`.
 
-    Refuses NUL bytes and `..` outright, then resolves symlinks and checks the result is
-    still under the resolved root, so neither `../../etc` nor a symlink pointing out of the
-    root gets through. The path need not exist.
+    Refuses malformed paths (`MalformedPath`) and `..` outright, then resolves symlinks
+    and checks the result is still under the resolved root, so neither `../../etc` nor a
+    symlink pointing out of the root gets through. The path need not exist.
     """
     text = str(path)
-    if "\x00" in text:
-        raise PathError("the path contains a NUL byte")
+    check_well_formed(text)
     parts = PurePosixPath(text.replace("\\", "/")).parts
     if ".." in parts:
         raise PathError("'..' is not allowed in paths")
@@ -215,6 +223,25 @@ def confine(root: Path, path: str | Path) -> Path:
     if not resolved.is_relative_to(base):
         raise PathError(f"'{text}' is outside the data root")
     return resolved
+
+
+def check_well_formed(text: str) -> None:
+    """Refuse, before the filesystem sees it, a path it would fail on with an OSError."""
+    if "\x00" in text:
+        raise MalformedPath("the path contains a NUL byte: remove it")
+    try:
+        encoded = os.fsencode(text)
+    except UnicodeError:
+        raise MalformedPath("the path is not valid text: send it as UTF-8") from None
+    if len(encoded) > PATH_MAX:
+        raise MalformedPath(f"the path is longer than {PATH_MAX} bytes: shorten it")
+    longest = max(encoded.replace(b"\\", b"/").split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        shown = longest[:40].decode(errors="replace")
+        raise MalformedPath(
+            f"the name '{shown}...' is {len(longest)} bytes long; a file or folder name may "
+            f"have at most {NAME_MAX}: shorten it"
+        )
 
 
 def relative_to_root(root: Path, path: Path) -> str:

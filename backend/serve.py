@@ -4,6 +4,11 @@ The token is generated on first start and kept next to the event store (mode 060
 the printed URL stays valid across restarts; `--token` (or TRAINBOARD_TOKEN) sets one.
 Binding to anything but a loopback address needs a token given explicitly: a server
 reachable from the network should not run on a secret only its console has seen.
+
+Every start-up refusal (no token for a public address, a data root that is a file, an
+event store in a missing folder or one that cannot be used) is one line on stderr and
+exit status 2, before anything is written. SIGTERM, like Ctrl-C, stops the server
+gracefully (trainer children stopped, the store closed) and exits 0.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import ipaddress
 import os
 import secrets
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -104,7 +110,19 @@ def serve_command(args: argparse.Namespace) -> int:
     if given is not None and len(given) < 8:
         print("error: the token must be at least 8 characters long", file=sys.stderr)
         return 2
-    token = given or load_or_create_token(token_file(args.db))
+    refusal = check_places(args.db, args.data_root)
+    if refusal is not None:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    try:
+        token = given or load_or_create_token(token_file(args.db))
+    except OSError as exc:
+        print(
+            f"error: cannot keep the access token in {token_file(args.db)} ({exc.strerror}): "
+            "make that folder writable, or pass --token",
+            file=sys.stderr,
+        )
+        return 2
     settings = Settings(
         token=token,
         db_path=args.db,
@@ -116,11 +134,47 @@ def serve_command(args: argparse.Namespace) -> int:
         demo_on_first_run=True,
         synchronous=args.durability.upper(),
     )
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             return runner.run(run(settings, args.log_level))
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+    except (KeyboardInterrupt, Terminated):  # re-raised by uvicorn after a clean shutdown
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived. A SystemExit, so that asyncio lets it through to `serve_command`
+    from wherever it is raised, as it does KeyboardInterrupt."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # While serving, uvicorn has its own handler (a graceful shutdown); it re-raises the
+    # signal to this one when done. Left to the default, the process would die of it
+    # (status -15) after having shut down cleanly.
+    raise Terminated
+
+
+def check_places(db: Path, data_root: Path) -> str | None:
+    """Why the event store or the data root cannot be used, or None; writes nothing."""
+    if str(db) != ":memory:":
+        folder = db.parent
+        if folder.exists() and not folder.is_dir():
+            return f"--db {db} is inside {folder}, which is a file: pass another --db"
+        if not folder.exists():
+            return (
+                f"the folder of the event store, {folder}, does not exist: create it "
+                f"(mkdir -p {folder}) or pass another --db"
+            )
+        if db.is_dir():
+            return f"--db {db} is a folder: pass the path of a file, e.g. {db / 'events.db'}"
+    if data_root.exists() and not data_root.is_dir():
+        return (
+            f"the data root {data_root} is a file, not a folder: pass --data-root a folder "
+            "(it is created when missing)"
+        )
+    return None
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -162,7 +216,7 @@ async def run(settings: Settings, log_level: str = "warning") -> int:
         await (await EventStore.open(settings.db_path)).close()
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level))
     announce = asyncio.create_task(_announce(server, settings))
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket
 
 import backend
+from backend import wire
 from backend.commands import COMMANDS, MAX_ID_LENGTH
 from backend.hub import Outbox, Subscription
 
@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 
 CLOSE_TOO_SLOW = 4408
 CLOSE_SILENT = 4000
+CLOSE_INTERNAL = 1011
 TOO_SLOW_REASON = "too slow: reconnect and resubscribe from your last seq"
 SILENT_REASON = "heartbeat timeout: nothing heard from the client"
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return wire.dumps_text(value)
 
 
 def error_frame(code: str, message: str, **details: Any) -> str:
@@ -139,11 +140,12 @@ class Connection:
                 if text is None:
                     self.send_raw(error_frame("bad_frame", "send JSON text frames, not binary"))
                     continue
-                self._handle(text)
+                self._handle_safely(text)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("websocket receive failed")
+            self.close_soon(CLOSE_INTERNAL, "internal error: reconnect and resubscribe")
         self._done.set()
 
     async def _heartbeat_loop(self) -> None:
@@ -157,10 +159,18 @@ class Connection:
 
     # --- frames from the client ----------------------------------------------------------
 
+    def _handle_safely(self, text: str) -> None:
+        """One frame; a fault handling it is an `internal` error frame, and the socket stays."""
+        try:
+            self._handle(text)
+        except Exception:
+            log.exception("handling a websocket frame failed")
+            self.send_raw(error_frame("internal", "the server failed on this frame; see its log"))
+
     def _handle(self, text: str) -> None:
         try:
-            frame = json.loads(text)
-        except ValueError as exc:
+            frame = wire.loads(text)
+        except wire.WireError as exc:
             self.send_raw(error_frame("bad_frame", f"not valid JSON: {exc}"))
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):

@@ -1,16 +1,24 @@
-"""`trainboard serve`: the token, loopback-only without one, the demo, and no torch."""
+"""`trainboard serve`: the token, loopback-only without one, start-up refusals, SIGTERM,
+the demo, and no torch."""
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing as mp
 import os
+import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from backend.events import NewEvent
 from backend.serve import is_loopback, load_or_create_token, token_file
+from backend.store import EventStore
 from tests.server.live import ROOT, ServeProcess, wait_for
 
 
@@ -48,9 +56,104 @@ def test_an_unusable_store_is_reported_without_a_traceback(tmp_path: Path) -> No
         "--token",
         "0123456789",
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "not a Trainboard event store" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _places(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """Start-up refusals: (arguments, what the message must say)."""
+    (tmp / "a_file").write_text("x")
+    (tmp / "a_folder").mkdir()
+    db, root = str(tmp / "events.db"), str(tmp / "data")
+    return {
+        "data root is a file": (["--db", db, "--data-root", str(tmp / "a_file")], "is a file"),
+        "db folder missing": (
+            ["--db", str(tmp / "missing" / "events.db"), "--data-root", root],
+            "mkdir -p",
+        ),
+        "db inside a file": (
+            ["--db", str(tmp / "a_file" / "events.db"), "--data-root", root],
+            "which is a file",
+        ),
+        "db is a folder": (["--db", str(tmp / "a_folder"), "--data-root", root], "is a folder"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["data root is a file", "db folder missing", "db inside a file", "db is a folder"]
+)
+@pytest.mark.parametrize("token", [["--token", "0123456789"], []])
+def test_start_up_refusals_are_one_clear_line_and_write_nothing(
+    tmp_path: Path, case: str, token: list[str]
+) -> None:
+    args, says = _places(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = run_cli("serve", "--port", "0", *args, *token)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and says in result.stderr
+    assert "Traceback" not in result.stderr and "Event loop" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no db, token or folder
+
+
+def _serve_as_nobody(db: Path, root: Path, errors: Path) -> None:
+    """`trainboard serve` as uid 65534 (root writes read-only files), stderr to `errors`."""
+    from backend.cli import main
+
+    sys.stderr = open(errors, "w", encoding="utf-8")  # noqa: SIM115 (closed at exit)
+    if os.geteuid() == 0:
+        os.setgid(65534)
+        os.setuid(65534)
+    code = main(
+        ["serve", "--port", "0", "--db", str(db), "--data-root", str(root), "--token", "0123456789"]
+    )
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def test_a_read_only_store_is_refused_at_start(tmp_path: Path) -> None:
+    folder = Path(tempfile.mkdtemp())  # not tmp_path: its parents are closed to others
+    try:
+        db = folder / "events.db"
+        asyncio.run(_append_one(db))
+        before = db.read_bytes()
+        db.chmod(0o444)
+        folder.chmod(0o755)
+        errors = folder / "stderr.txt"
+        errors.write_text("")
+        child = mp.get_context("fork").Process(
+            target=_serve_as_nobody, args=(db, folder / "data", errors)
+        )
+        child.start()
+        child.join(60)
+        message = errors.read_text()
+        assert child.exitcode == 2, message
+        assert message.startswith("error: ") and "cannot be written" in message
+        assert "Traceback" not in message
+        assert db.read_bytes() == before
+    finally:
+        shutil.rmtree(folder)
+
+
+async def _append_one(path: Path) -> None:
+    async with await EventStore.open(path) as store:
+        await store.append("r", [NewEvent("log", {"level": "info", "message": "kept"})])
+
+
+def test_sigterm_shuts_down_cleanly_and_exits_0(tmp_path: Path) -> None:
+    server = ServeProcess(tmp_path).start()
+    assert server.request("GET", "/api/health")[0] == 200
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0
+    assert "Traceback" not in "".join(server.output)
+
+    async def reopen() -> int:  # the exclusive lock is released, the store intact
+        async with await EventStore.open(tmp_path / "events.db") as store:
+            return store.last_seq
+
+    assert asyncio.run(reopen()) == 0
 
 
 def test_token_is_generated_once_and_kept_private(tmp_path: Path) -> None:

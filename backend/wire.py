@@ -1,0 +1,98 @@
+"""JSON as the server reads it from clients and writes it to them (REST bodies, WebSocket frames).
+
+Reading is strict and bounded: UTF-8 JSON with finite numbers only (no `NaN`, no
+`Infinity`, no number that overflows to infinity) and at most `MAX_DEPTH` levels of
+nesting, checked by orjson while it parses and then on the parsed value; anything else is
+a `WireError` whose message says what is wrong and where. Writing never fails on a value
+the server holds: a non-finite float becomes `null`, and what orjson cannot write (an
+integer beyond 64 bits, very deep nesting) falls back to the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import orjson
+from starlette.responses import JSONResponse as StarletteJSONResponse
+
+# Deeper than any request the protocol defines (a create body is two levels deep), and
+# shallow enough that echoing or storing a value can never hit a recursion limit.
+MAX_DEPTH = 32
+_NON_FINITE = ("NaN", "-NaN", "Infinity", "-Infinity")
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+class WireError(ValueError):
+    """Text that is not JSON the server accepts; the message says what and where."""
+
+
+def loads(data: bytes | bytearray | str) -> Any:
+    """The JSON value of `data`, or `WireError`."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(_explain(exc)) from None
+    _check_depth(value)
+    return value
+
+
+def _explain(exc: orjson.JSONDecodeError) -> str:
+    where = f"line {exc.lineno} column {exc.colno}"
+    literal = next((t for t in _NON_FINITE if exc.doc.startswith(t, exc.pos)), None)
+    if literal is not None:
+        return f"{literal} at {where} is not JSON: send a finite number, or null"
+    if exc.msg.startswith("depth limit"):
+        return f"nested deeper than {MAX_DEPTH} levels at {where}"
+    if "infinity" in exc.msg:
+        return f"the number at {where} is too large (it would be infinite): send a finite number"
+    return f"{exc.msg} at {where}"
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse more than `MAX_DEPTH` levels of arrays and objects, naming the first too deep."""
+    if not isinstance(value, dict | list):
+        return
+    stack: list[tuple[dict[Any, Any] | list[Any], int, str]] = [(value, 1, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > MAX_DEPTH:
+            shown = path if len(path) <= 60 else path[:57] + "..."
+            raise WireError(f"nested deeper than {MAX_DEPTH} levels (at {shown or 'the top'})")
+        children = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, child in children:
+            if isinstance(child, dict | list):
+                step = f".{key}" if isinstance(key, str) else f"[{key}]"
+                stack.append((child, depth + 1, path + step))
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON of `value`; never fails on non-finite floats (written as null)."""
+    try:
+        return orjson.dumps(value, option=_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError: a huge integer, nesting past its limit
+        text = json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), default=str)
+        return text.encode()
+
+
+def dumps_text(value: Any) -> str:
+    """`dumps` as text, for WebSocket text frames."""
+    return dumps(value).decode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+class JSONResponse(StarletteJSONResponse):
+    """Starlette's JSONResponse, written with `dumps`: a non-finite float is null, not a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
