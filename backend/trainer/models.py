@@ -12,7 +12,7 @@ PyTC checkpoint loads into these models.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from backend.trainer.blocks import (
     BLOCKS,
+    BLOCKS_2D,
     LayerOptions,
     NonLocalBlock,
     Size,
@@ -29,7 +30,16 @@ from backend.trainer.blocks import (
 
 Config = Mapping[str, Any]
 
-SUPPORTED_ARCHITECTURES = ("unet_3d", "unet_2d", "unet_plus_3d", "unet_plus_2d")
+SUPPORTED_ARCHITECTURES = (
+    "unet_3d",
+    "unet_2d",
+    "unet_plus_3d",
+    "unet_plus_2d",
+    "unetr",
+    "deeplabv3a",
+    "deeplabv3b",
+    "deeplabv3c",
+)
 SUPPORTED_BLOCK_TYPES = tuple(BLOCKS)
 
 
@@ -212,18 +222,12 @@ def _isotropy(model_cfg: Config, depth: int, ndim: int) -> list[bool]:
     return isotropy
 
 
-def build_model(cfg: Config) -> nn.Module:
-    """The U-Net named by MODEL.ARCHITECTURE, configured from MODEL.* (see docs/models.md)."""
+def _unet(cfg: Config, arch: str) -> nn.Module:
     model_cfg = cfg["MODEL"]
-    arch = _choice("MODEL.ARCHITECTURE", model_cfg["ARCHITECTURE"], SUPPORTED_ARCHITECTURES)
-    block_type = _choice("MODEL.BLOCK_TYPE", model_cfg["BLOCK_TYPE"], SUPPORTED_BLOCK_TYPES)
     ndim = 2 if arch.endswith("_2d") else 3
-    opts = LayerOptions(
-        ndim=ndim,
-        norm=model_cfg["NORM_MODE"],
-        act=model_cfg["ACT_MODE"],
-        pad=model_cfg["PAD_MODE"],
-    )
+    blocks = SUPPORTED_BLOCK_TYPES if ndim == 3 else BLOCKS_2D
+    block_type = _choice("MODEL.BLOCK_TYPE", model_cfg["BLOCK_TYPE"], blocks)
+    opts = layer_options(cfg, ndim)
     filters = _filters(model_cfg)
     # DATASET.IS_ISOTROPIC makes every level isotropic, the I/O convs included (as PyTC).
     io_isotropic = bool(cfg.get("DATASET", {}).get("IS_ISOTROPIC", False))
@@ -240,6 +244,71 @@ def build_model(cfg: Config) -> nn.Module:
         io_isotropic=io_isotropic,
         return_feats=_return_feats(model_cfg, ndim),
     )
+
+
+def layer_options(cfg: Config, ndim: int) -> LayerOptions:
+    """MODEL.NORM_MODE / ACT_MODE / PAD_MODE, checked, for the conv-based models."""
+    model_cfg = cfg["MODEL"]
+    return LayerOptions(
+        ndim=ndim,
+        norm=model_cfg["NORM_MODE"],
+        act=model_cfg["ACT_MODE"],
+        pad=model_cfg["PAD_MODE"],
+    )
+
+
+def _unetr(cfg: Config, arch: str) -> nn.Module:
+    # MONAI is imported only when a transformer model is asked for (it takes seconds).
+    from backend.trainer.arch.unetr import POS_EMBEDS, UNETR
+
+    m = cfg["MODEL"]
+    return UNETR(
+        in_channels=int(m["IN_PLANES"]),
+        out_channels=int(m["OUT_PLANES"]),
+        img_size=[int(s) for s in m["INPUT_SIZE"]],
+        feature_size=int(m["UNETR_FEATURE_SIZE"]),
+        hidden_size=int(m["HIDDEN_SIZE"]),
+        mlp_dim=int(m["MLP_DIM"]),
+        num_heads=int(m["UNETR_NUM_HEADS"]),
+        pos_embed=_choice("MODEL.POS_EMBED", m["POS_EMBED"], POS_EMBEDS),
+        norm_name=str(m["NORM_NAME"]),
+        is_isotropic=bool(cfg["DATASET"]["IS_ISOTROPIC"]),
+        conv_block=bool(m["CONV_BLOCK"]),
+        res_block=bool(m["RES_BLOCK"]),
+        dropout_rate=float(m["UNETR_DROPOUT_RATE"]),
+    )
+
+
+def _deeplab(cfg: Config, arch: str) -> nn.Module:
+    from backend.trainer.arch.deeplab import BACKBONES, DeepLabV3
+
+    m = cfg["MODEL"]
+    return DeepLabV3(
+        arch,
+        _choice("MODEL.BACKBONE", m["BACKBONE"], tuple(BACKBONES)),
+        layer_options(cfg, 2),
+        in_channels=int(m["IN_PLANES"]),
+        out_channels=int(m["OUT_PLANES"]),
+        aux_out=bool(m["AUX_OUT"]),
+    )
+
+
+_BUILDERS: dict[str, Callable[[Config, str], nn.Module]] = {
+    "unet_3d": _unet,
+    "unet_2d": _unet,
+    "unet_plus_3d": _unet,
+    "unet_plus_2d": _unet,
+    "unetr": _unetr,
+    "deeplabv3a": _deeplab,
+    "deeplabv3b": _deeplab,
+    "deeplabv3c": _deeplab,
+}
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The model named by MODEL.ARCHITECTURE, configured from MODEL.* (see docs/models.md)."""
+    arch = _choice("MODEL.ARCHITECTURE", cfg["MODEL"]["ARCHITECTURE"], SUPPORTED_ARCHITECTURES)
+    return _BUILDERS[arch](cfg, arch)
 
 
 def _return_feats(model_cfg: Config, ndim: int) -> list[int] | None:
