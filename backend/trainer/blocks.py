@@ -139,28 +139,40 @@ def norm_act_conv(
     return nn.Sequential(make_norm(opts.norm, in_channels, opts.ndim), make_act(opts.act), conv)
 
 
-def block_kernel(ndim: int) -> tuple[Size, Size]:
+def block_kernel(ndim: int, isotropic: bool = False) -> tuple[Size, Size]:
     """Kernel and padding of the convs inside a residual block.
 
-    PyTC builds its 3D residual blocks with (1, 3, 3) kernels at every level, isotropic or
-    not (only the level's downsampling and decoder convs follow ISOTROPY). Kept so that
-    PyTC checkpoints load with matching shapes."""
-    return ((1, 3, 3), (0, 1, 1)) if ndim == 3 else (3, 1)
+    PyTC's U-Nets build their 3D residual blocks with (1, 3, 3) kernels at every level,
+    isotropic or not (only the level's downsampling and decoder convs follow ISOTROPY); its
+    FPN backbones pass the stage's isotropy (3x3x3 when isotropic)."""
+    if ndim == 2 or isotropic:
+        return 3, 1
+    return (1, 3, 3), (0, 1, 1)
 
 
 class ResidualBlock(nn.Module):
-    """Two convs and an identity (or 1x1 projection) shortcut, then the activation."""
+    """Two convs and an identity (or 1x1 projection) shortcut, then the activation.
 
-    def __init__(self, in_channels: int, channels: int, opts: LayerOptions) -> None:
+    `stride` downsamples in the first conv and the projection (FPN backbones)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        opts: LayerOptions,
+        *,
+        stride: Size = 1,
+        isotropic: bool = False,
+    ) -> None:
         super().__init__()
-        kernel, padding = block_kernel(opts.ndim)
+        kernel, padding = block_kernel(opts.ndim, isotropic)
         self.conv: nn.Module = nn.Sequential(
-            conv_norm_act(in_channels, channels, kernel, opts, padding=padding),
+            conv_norm_act(in_channels, channels, kernel, opts, stride=stride, padding=padding),
             conv_norm_act(channels, channels, kernel, opts, padding=padding, act=False),
         )
         self.projector: nn.Module = nn.Identity()
-        if in_channels != channels:
-            self.projector = conv_norm_act(in_channels, channels, 1, opts, act=False)
+        if in_channels != channels or stride != 1:
+            self.projector = conv_norm_act(in_channels, channels, 1, opts, stride=stride, act=False)
         self.act = make_act(opts.act)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -170,16 +182,25 @@ class ResidualBlock(nn.Module):
 
 
 class SqueezeExcitation(nn.Module):
-    """Channel attention: global average pool, bottleneck MLP, sigmoid gate."""
+    """Channel attention: global average pool, bottleneck MLP, sigmoid gate.
 
-    def __init__(self, channels: int, opts: LayerOptions) -> None:
+    The reduction is PyTC's per dimension (16 in 2D, 4 in 3D) unless given; the hidden
+    activation is MODEL.ACT_MODE unless given (PyTC's EfficientNet uses ReLU)."""
+
+    def __init__(
+        self,
+        channels: int,
+        opts: LayerOptions,
+        reduction: int | None = None,
+        act: str | None = None,
+    ) -> None:
         super().__init__()
         # As PyTC: fewer channels than the reduction give zero hidden units (a constant gate).
-        hidden = channels // _SE_REDUCTION[opts.ndim]
+        hidden = channels // (reduction or _SE_REDUCTION[opts.ndim])
         self.avg_pool = nn.AdaptiveAvgPool3d(1) if opts.ndim == 3 else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Sequential(
             nn.Linear(channels, hidden, bias=False),
-            make_act(opts.act),
+            make_act(act or opts.act),
             nn.Linear(hidden, channels, bias=False),
             nn.Sigmoid(),
         )
@@ -193,8 +214,16 @@ class SqueezeExcitation(nn.Module):
 class SEResidualBlock(ResidualBlock):
     """PyTC's `residual_se`: the residual branch ends in squeeze-excitation."""
 
-    def __init__(self, in_channels: int, channels: int, opts: LayerOptions) -> None:
-        super().__init__(in_channels, channels, opts)
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        opts: LayerOptions,
+        *,
+        stride: Size = 1,
+        isotropic: bool = False,
+    ) -> None:
+        super().__init__(in_channels, channels, opts, stride=stride, isotropic=isotropic)
         self.conv = nn.Sequential(self.conv, SqueezeExcitation(channels, opts))
 
 

@@ -35,12 +35,15 @@ SUPPORTED_ARCHITECTURES = (
     "unet_2d",
     "unet_plus_3d",
     "unet_plus_2d",
+    "fpn_3d",
     "unetr",
     "deeplabv3a",
     "deeplabv3b",
     "deeplabv3c",
 )
 SUPPORTED_BLOCK_TYPES = tuple(BLOCKS)
+FPN_BACKBONES = ("resnet", "repvgg", "botnet", "efficientnet")
+EFFICIENTNET_BLOCKS = ("inverted_res", "inverted_res_dilated")
 
 
 class UNet(nn.Module):
@@ -293,12 +296,56 @@ def _deeplab(cfg: Config, arch: str) -> nn.Module:
     )
 
 
+def _fpn(cfg: Config, arch: str) -> nn.Module:
+    from backend.trainer.arch import backbones as bb
+    from backend.trainer.arch.fpn import FPN3D
+
+    m = cfg["MODEL"]
+    opts = layer_options(cfg, 3)
+    name = _choice("MODEL.BACKBONE", m["BACKBONE"], FPN_BACKBONES)
+    filters = _filters(m)
+    if len(filters) != bb.NUM_STAGES:
+        raise ValueError(f"MODEL.FILTERS must have 5 entries for fpn_3d, got {filters}")
+    isotropy = [True] * 5 if cfg["DATASET"]["IS_ISOTROPIC"] else _isotropy(m, 5, 3)
+    blocks = [int(b) for b in m["BLOCKS"]]
+    common: dict[str, Any] = {
+        "in_channels": int(m["IN_PLANES"]),
+        "filters": filters,
+        "isotropy": isotropy,
+    }
+    backbone: nn.Module
+    if name == "repvgg":
+        backbone = bb.RepVGG3D(opts, blocks=blocks, deploy=bool(m["DEPLOY_MODE"]), **common)
+    elif name == "efficientnet":
+        backbone = bb.EfficientNet3D(
+            opts,
+            block_type=_choice("MODEL.BLOCK_TYPE", m["BLOCK_TYPE"], EFFICIENTNET_BLOCKS),
+            blocks=blocks,
+            kernel_sizes=[int(k) for k in m["KERNEL_SIZES"]],
+            attention=str(m["ATTENTION"]),
+            **common,
+        )
+    else:
+        block_type = _choice("MODEL.BLOCK_TYPE", m["BLOCK_TYPE"], ("residual", "residual_se"))
+        if name == "botnet":
+            size = [int(s) for s in m["INPUT_SIZE"]]
+            backbone = bb.BotNet3D(
+                opts, block_type=block_type, blocks=blocks, input_size=size, **common
+            )
+        else:
+            backbone = bb.ResNet3D(opts, block_type=block_type, blocks=blocks, **common)
+    return FPN3D(
+        backbone, opts, filters=filters, isotropy=isotropy, out_channels=int(m["OUT_PLANES"])
+    )
+
+
 _BUILDERS: dict[str, Callable[[Config, str], nn.Module]] = {
     "unet_3d": _unet,
     "unet_2d": _unet,
     "unet_plus_3d": _unet,
     "unet_plus_2d": _unet,
     "unetr": _unetr,
+    "fpn_3d": _fpn,
     "deeplabv3a": _deeplab,
     "deeplabv3b": _deeplab,
     "deeplabv3c": _deeplab,
