@@ -10,8 +10,10 @@ sends the buffered live events it has not already sent and goes live. Registerin
 reading means no event can fall between the two; skipping seq <= last sent means none is
 sent twice.
 
-Events are encoded to JSON once per event, not once per subscriber, and queued as shared
-chunks; frames are built by joining the encoded events.
+Events are encoded to JSON (orjson, strict: `backend.jsontext`) once per event, not once
+per subscriber, and queued as shared chunks; frames are built by joining the encoded
+events, and a frame that is exactly one chunk (the usual live case) is built once and
+shared by every subscriber that sends it.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import asyncio
 import bisect
 import functools
 import itertools
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
 from backend.events import Event
+from backend.jsontext import dumps_text
 from backend.runs import RunService
 from backend.store import EventStore, Row
 
@@ -44,7 +46,7 @@ class Encoded(NamedTuple):
     text: str
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_dumps = dumps_text
 
 
 @functools.lru_cache(maxsize=4096)
@@ -83,13 +85,20 @@ class Chunk:
     same whether it holds one event or a thousand.
     """
 
-    __slots__ = ("_ends", "items", "size", "texts")
+    __slots__ = ("_ends", "_frame", "items", "size", "texts")
 
     def __init__(self, items: list[Encoded]) -> None:
         self.items = items
         self.texts = [e.text for e in items]
         self.size = sum(map(len, self.texts))
         self._ends: list[int] | None = None
+        self._frame: str | None = None
+
+    def frame(self) -> str:
+        """This chunk alone as an `events` frame, built once for all its subscribers."""
+        if self._frame is None:
+            self._frame = events_frame(self.texts)
+        return self._frame
 
     def ends(self) -> list[int]:
         """Where each event ends, in characters from the chunk's start (made on first use)."""
@@ -168,31 +177,32 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         frames: list[str] = []
-        batch: list[str] = []
-        size = 0
+        batch: list[Chunk] = []  # whole chunks for the next frame
+        size = count = 0
         while self._items and len(frames) < max_frames:
             head = self._items[0]
             if isinstance(head, str):
                 if batch:
-                    frames.append(events_frame(batch))
-                    batch, size = [], 0
+                    frames.append(_pack(batch))
+                    batch, size, count = [], 0, 0
                     continue
                 self._items.popleft()
                 self.frames -= 1
                 frames.append(head)
                 continue
-            if self._offset == 0 and self._fits(len(batch), size, head):
-                batch += head.texts  # the usual case: whole chunks, no per-event work
+            if self._offset == 0 and self._fits(count, size, head):
+                batch.append(head)  # the usual case: whole chunks, no per-event work
                 size += head.size
+                count += len(head)
                 self.events -= len(head)
                 self._items.popleft()
             elif batch:
-                frames.append(events_frame(batch))
-                batch, size = [], 0
+                frames.append(_pack(batch))
+                batch, size, count = [], 0, 0
             else:
                 frames.append(events_frame(self._split(head)))
         if batch:
-            frames.append(events_frame(batch))
+            frames.append(_pack(batch))
         self._drained.set()
         return frames
 
@@ -215,6 +225,12 @@ class Outbox:
         else:
             self._offset = end
         return texts[start:end]
+
+
+def _pack(chunks: list[Chunk]) -> str:
+    if len(chunks) == 1:
+        return chunks[0].frame()
+    return events_frame([text for chunk in chunks for text in chunk.texts])
 
 
 class Subscription:

@@ -3,19 +3,31 @@
 This module is torch-free: the parent process imports it to spawn the child, and only
 the child, inside `child_entry`, imports `backend.trainer` (and with it torch).
 
-Wire format, child -> parent over a `multiprocessing.Connection`: each message is a
-list of `(type, data, ts)` tuples (a batch of events; the child sends a few batches per
-second at most). The child's last batch holds its final event (`completed`, `failed` or
-`stopped`); then it closes its end. Parent -> child: the shared `stop` Event (a graceful
-stop: checkpoint, report `stopped`, exit 0); SIGTERM does the same.
+Wire format, child -> parent over a `multiprocessing.Connection`: each message
+(`send_bytes`) is a batch of events as JSON lines, byte for byte the lines the child has
+just appended to its spool, `<log_path>/events.jsonl`: one `{"type", "ts", "data"}`
+object per line, strict JSON (orjson), each line ending in a newline. No pickle crosses
+the pipe, so a batch can neither run code in the server nor import torch into it, and
+what the server stores can be compared with the spool line for line. The child sends a
+few batches per second at most; its last batch holds its final event (`completed`,
+`failed` or `stopped`); then it closes its end. `decode_batch` turns a message back into
+`(type, data, ts)` tuples. Parent -> child: the shared `stop` Event (a graceful stop:
+checkpoint, report `stopped`, exit 0); SIGTERM does the same.
+
+`TrainJob.options["synthetic"]` (a dict: `rate`, `seconds`; see
+`backend.trainer.synthetic`) makes the child emit metric events at a chosen rate through
+the same emitter, pipe and spool instead of training: it never imports torch.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as StopFlag
 from typing import Any
+
+import orjson
 
 WireEvent = tuple[str, dict[str, Any], float]
 
@@ -43,3 +55,25 @@ def child_entry(job: TrainJob, conn: Connection, stop: StopFlag) -> None:
     from backend.trainer.child import main
 
     main(job, conn, stop)
+
+
+def decode_batch(message: bytes) -> list[WireEvent]:
+    """The `(type, data, ts)` events of one wire message. A line that is not a JSON
+    object with a string `type`, an object `data` and a numeric `ts` becomes an error
+    `log` event saying so (the rest of the batch is kept)."""
+    events: list[WireEvent] = []
+    for line in message.splitlines():
+        try:
+            record = orjson.loads(line)
+            type_, data, ts = record["type"], record["data"], record["ts"]
+        except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+            text = f"the trainer sent a line that is not an event ({exc}): {line[:200]!r}"
+            events.append(("log", {"level": "error", "message": text}, time.time()))
+            continue
+        events.append((type_, data, ts))
+    return events
+
+
+def receive_batch(conn: Connection) -> list[WireEvent]:
+    """Block for the next wire message and decode it (EOFError once the child is gone)."""
+    return decode_batch(conn.recv_bytes())

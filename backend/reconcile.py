@@ -75,6 +75,19 @@ async def reconcile_run(service: RunService, run_id: str, *, kill_grace_s: float
     current = await _current_attempt(service, run_id)
     if current.pid is not None and current.pid_started is not None:
         await _end_orphan(current.pid, current.pid_started, kill_grace_s)
+    recovered = await recover_spool(service, run_id, current)
+    if service.get(run_id).state is State.TRAINING:
+        await service.record(run_id, [NewEvent(ev.FAILED, dict(INTERRUPTED), time.time())])
+    log.info("run %s: reconciled, %d event(s) recovered from the log folder", run_id, recovered)
+    return recovered
+
+
+async def recover_spool(service: RunService, run_id: str, current: _Attempt | None = None) -> int:
+    """Append the current attempt's events that its spool (`events.jsonl`) holds and the
+    store lacks, in file order; returns how many. Also used by the supervisor when a
+    child dies: it may have written a batch to its spool and died before sending it."""
+    if current is None:
+        current = await _current_attempt(service, run_id)
     recovered = 0
     log_path = service.get(run_id).log_path
     if log_path and current.attempt is not None:
@@ -85,9 +98,6 @@ async def reconcile_run(service: RunService, run_id: str, *, kill_grace_s: float
                 recovered += len(await service.record(run_id, chunk))
                 chunk = []
         recovered += len(await service.record(run_id, chunk))
-    if service.get(run_id).state is State.TRAINING:
-        await service.record(run_id, [NewEvent(ev.FAILED, dict(INTERRUPTED), time.time())])
-    log.info("run %s: reconciled, %d event(s) recovered from the log folder", run_id, recovered)
     return recovered
 
 

@@ -1,4 +1,4 @@
-"""The far end of a trainer pipe for benchmarks: a process that reads and unpickles every
+"""The far end of a trainer pipe for benchmarks: a process that reads and decodes every
 batch, as the server would."""
 
 from __future__ import annotations
@@ -6,13 +6,15 @@ from __future__ import annotations
 import multiprocessing as mp
 from multiprocessing.connection import Connection
 
+from backend.job import receive_batch
+
 
 def _drain(conn: Connection, ready: Connection, sender: Connection) -> None:
     sender.close()  # the fork's copy of the write end: EOF comes only once all are closed
     ready.send(True)
     try:
         while True:
-            conn.recv()
+            receive_batch(conn)
     except EOFError:
         pass
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.config import load_config
 from backend.demo import make_demo_dataset
-from backend.job import TrainJob, child_entry
+from backend.job import TrainJob, child_entry, receive_batch
 
 
 def train(directory: Path, overrides: list[str], seed: int) -> tuple[float, float]:
@@ -62,7 +62,7 @@ def train(directory: Path, overrides: list[str], seed: int) -> tuple[float, floa
     final: tuple[str, dict[str, Any]] | None = None
     while True:
         try:
-            batch = receiver.recv()
+            batch = receive_batch(receiver)
         except EOFError:
             break
         for type_, data, _ts in batch:

@@ -6,35 +6,40 @@ The parent spawns `backend.job.child_entry`, which calls `main` here. `main`:
    `stop` flag;
 2. opens the emitter (pipe + `events.jsonl` + `train.log` in the log folder) and creates
    the output folder;
-3. runs the training loop, which treats a stop flag, SIGTERM or a dead parent alike:
+3. routes Python `warnings` and `logging` records (WARNING and up, or whatever level a
+   library set for its logger) to `log` events with `source: "trainer"`;
+4. runs the training loop (or, with the `synthetic` option, `backend.trainer.synthetic`,
+   which never imports torch), which treats a stop flag, SIGTERM or a dead parent alike:
    checkpoint, then `stopped`;
-4. guarantees exactly one final event (`completed`, `failed` or `stopped`), sent and
+5. guarantees exactly one final event (`completed`, `failed` or `stopped`), sent and
    written, whatever happened (including errors outside the loop), then flushes, fsyncs
    and closes the pipe;
-5. exits 0 after `completed` or `stopped`, 1 after `failed`.
+6. exits 0 after `completed` or `stopped`, 1 after `failed`.
 
 Options (`TrainJob.options`): `flush_interval` (seconds, default 0.25), `threads` (CPU
 threads for torch; default every CPU the process may use), `deterministic` (default:
-on for the CPU, off for CUDA).
+on for the CPU, off for CUDA), `synthetic` (see `backend.trainer.synthetic`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as StopFlag
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from backend.events import FAILED
+from backend.events import FAILED, LOG
 from backend.job import TrainJob
-from backend.trainer.emitter import DEFAULT_FLUSH_INTERVAL, Emitter
-from backend.trainer.loop import Outcome, TrainingLoop
+from backend.trainer.emitter import DEFAULT_FLUSH_INTERVAL, SOURCE, Emitter, json_line
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -93,15 +98,67 @@ def _attempt(job: TrainJob, conn: Connection | None, request: StopRequest) -> in
     except Exception as exc:
         return _fail_without_files(conn, job, exc)
     request.emitter = emitter
+    exit_code = 1
     try:
-        outcome = TrainingLoop(job, emitter, request).run()
+        write_resolved_config(job)
+        with _logs_to(emitter):
+            outcome = _loop(job, emitter, request).run()
         emitter.finish(outcome.type, outcome.data)
+        exit_code = outcome.exit_code
     except BaseException as exc:  # a bug outside the loop, KeyboardInterrupt, ...
         emitter.finish(FAILED, _failed_data(exc, "the trainer crashed outside the loop"))
-        outcome = Outcome(FAILED, {})
     finally:
         emitter.close()
-    return outcome.exit_code
+    return exit_code
+
+
+def _loop(job: TrainJob, emitter: Emitter, request: StopRequest) -> Any:
+    """The training loop, or the synthetic one (imported without torch)."""
+    if job.options.get("synthetic"):
+        from backend.trainer.synthetic import SyntheticLoop
+
+        return SyntheticLoop(job, emitter, request)
+    from backend.trainer.loop import TrainingLoop
+
+    return TrainingLoop(job, emitter, request)
+
+
+class _LogEvents(logging.Handler):
+    """`logging` records (and, through `captureWarnings`, `warnings`) as `log` events."""
+
+    def __init__(self, emitter: Emitter) -> None:
+        super().__init__(logging.DEBUG)
+        self.emitter = emitter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = {"level": _level(record.levelno), "message": record.getMessage().strip()}
+            data |= {"source": SOURCE, "logger": record.name}
+            self.emitter.emit_threadsafe(LOG, data)
+        except Exception:
+            self.handleError(record)
+
+
+def _level(levelno: int) -> str:
+    if levelno >= logging.ERROR:
+        return "error"
+    if levelno >= logging.WARNING:
+        return "warning"
+    return "info" if levelno >= logging.INFO else "debug"
+
+
+@contextlib.contextmanager
+def _logs_to(emitter: Emitter) -> Iterator[None]:
+    """Route the child's `logging` records and `warnings` to log events meanwhile."""
+    handler = _LogEvents(emitter)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
 
 
 def _install_handlers(request: StopRequest) -> dict[int, Any]:
@@ -124,6 +181,22 @@ def _open_emitter(job: TrainJob, conn: Connection | None) -> Emitter:
     )
 
 
+RESOLVED_CONFIG = "config.yaml"
+
+
+def write_resolved_config(job: TrainJob) -> Path:
+    """The resolved config (every default filled) as `config.yaml` next to the run's logs,
+    so the folder explains itself; `trainboard train config.yaml` repeats the run."""
+    import yaml
+
+    path = Path(job.log_path) / RESOLVED_CONFIG
+    partial = path.with_name(f".{RESOLVED_CONFIG}.partial")
+    header = f"# Resolved config of run {job.run_id}, attempt {job.attempt}, seed {job.seed}\n"
+    partial.write_text(header + yaml.safe_dump(job.config, sort_keys=False), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
 def _failed_data(exc: BaseException, hint: str) -> dict[str, Any]:
     return {
         "message": f"{type(exc).__name__}: {exc}",
@@ -142,7 +215,7 @@ def _fail_without_files(conn: Connection | None, job: TrainJob, exc: Exception) 
     data = _failed_data(exc, hint) | {"attempt": job.attempt, "n": 1}
     if conn is not None:
         try:
-            conn.send([(FAILED, data, time.time())])
+            conn.send_bytes(json_line(FAILED, data, time.time()))
             conn.close()
         except (OSError, EOFError, ValueError):
             pass

@@ -1,36 +1,52 @@
 """The trainer child's event emitter: cheap to call in the training loop, durable on disk.
 
-`emit(type, data)` only appends `(type, data, ts)` to a list (well under a microsecond).
+`emit(type, data)` only appends `(type, data, ts)` to a list (about a microsecond).
 Every `flush_interval` seconds (checked against the timestamp `emit` takes anyway) the
-pending events become ONE `conn.send(batch)` message to the parent (the wire format of
-`backend.job`) and are appended to two files in the log folder:
+pending events are handed, as one batch, to the emitter's writer thread; the training
+thread goes straight back to work. The writer thread, in batch order:
 
-- `events.jsonl`: one `{"type", "ts", "data"}` object per line, strict JSON. Every event's
-  data carries `attempt` and `n` (this child's counter, from 1) so the parent can recover
-  events from the file after a crash and skip the ones it already has.
-- `train.log`: PyTC-style human lines: one per logging interval (MONITOR.ITERATION_NUM[0])
-  with iteration, loss, learning rate and time left, plus validation, checkpoint, log
-  and final lines.
+1. stamps every event's data with `attempt` and `n` (this child's counter, from 1) so
+   the parent can recover events from the spool after a crash and skip those it has;
+2. encodes each event as one strict JSON line with orjson (a non-finite float becomes
+   null plus a `<key>_repr` string; numpy and torch scalars become numbers);
+3. appends the lines to the spool, `events.jsonl`, in one write (a write-ahead log: an
+   event reaches the parent only once it is on disk, so the spool always holds at least
+   what the server stored, and recovery from it closes any gap);
+4. sends the same bytes as ONE pipe message (the wire format of `backend.job`);
+5. appends PyTC-style human lines to `train.log`: one per logging interval
+   (MONITOR.ITERATION_NUM[0]) with iteration, loss, learning rate and time left, plus
+   validation, checkpoint, log, warning and final lines. Every such line also becomes a
+   `log` event `{"level", "message", "source": "trainer"}` in the same batch (before a
+   final event, after any other), so the Log panel shows what `train.log` shows; the
+   loss line comes every `log_every` iterations, never per iteration.
 
-Both files are written through ordinary buffered appends that are flushed to the OS at
-every flush (so a killed child loses at most the last `flush_interval`) and fsynced at
-the final flush. A failed `conn.send` means the parent is gone: `parent_gone` becomes true,
-the files keep being written, and the loop treats it as a stop request.
+The files are flushed to the OS at every batch (a killed child loses at most the batch
+being written, and a torn last line is skipped by recovery and closed off by the next
+open) and fsynced at the final flush. A failed send means the parent is gone:
+`parent_gone` becomes true, the files keep being written, and the loop treats it as a
+stop request. `emit` and `flush` belong to the training thread; other threads (logging
+and `warnings` handlers) use `emit_threadsafe`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import math
 import os
+import queue
+import threading
 import time
+import traceback
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
+from backend import jsontext
 from backend.events import (
     CHECKPOINT,
     COMPLETED,
@@ -46,12 +62,15 @@ from backend.job import EVENTS_FILE, LOG_FILE
 
 FINAL_TYPES = (COMPLETED, FAILED, STOPPED)
 DEFAULT_FLUSH_INTERVAL = 0.25
+SOURCE = "trainer"  # the `source` of the log events the trainer writes
 
 Pending = tuple[str, dict[str, Any], float]
+# A batch for the writer thread: the events, fsync afterwards?, set once done.
+_Job = tuple[list[Pending], bool, threading.Event | None]
 
 
 class Emitter:
-    """Batches events for the parent pipe and the run's log files. Single-threaded."""
+    """Batches events for the parent pipe and the run's log files."""
 
     def __init__(
         self,
@@ -68,22 +87,25 @@ class Emitter:
         self.log_every = max(1, int(log_every))
         self.parent_gone = False
         self.finished = False
-        self.count = 0  # events flushed so far; the next one gets n = count + 1
+        self.count = 0  # events written so far; the next one gets n = count + 1
         self._interval = flush_interval
         self._clock = clock
         self._pending: list[Pending] = []
+        self._foreign: deque[Pending] = deque()  # from other threads (thread-safe appends)
         self._last = clock()
         self._next = self._last + flush_interval
         self._ppid = os.getppid()
         self._eta: float | None = None
         self._files_ok = True
-        self._metrics = _MetricLines()
         log_dir = Path(log_path)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.events_path = log_dir / EVENTS_FILE
         self.log_file_path = log_dir / LOG_FILE
-        self._jsonl = _open_append(self.events_path)
-        self._text = _open_append(self.log_file_path)
+        self._jsonl = _open_spool(self.events_path)
+        self._text = open(self.log_file_path, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="emitter", daemon=True)
+        self._writer.start()
 
     # --- the hot path ----------------------------------------------------------------------
 
@@ -95,23 +117,37 @@ class Emitter:
         if not self._last <= ts < self._next:
             self.flush()
 
+    def emit_threadsafe(self, type_: str, data: dict[str, Any]) -> None:
+        """`emit` for any thread: the event goes out with the training thread's next flush."""
+        self._foreign.append((type_, data, self._clock()))
+
     # --- flushing --------------------------------------------------------------------------
 
     def flush(self, *, sync: bool = False) -> None:
-        """Send the pending events as one batch and append them to the files."""
+        """Hand the pending events to the writer thread as one batch. With `sync`, wait
+        until they (and everything before) are written, sent and fsynced."""
         now = self._clock()
         self._last, self._next = now, now + self._interval
         if os.getppid() != self._ppid:  # re-parented: the process that spawned us died
             self.parent_gone = True
         batch, self._pending = self._pending, []
-        if batch:
-            # Encoding first stamps `attempt`/`n` and cleans non-finite floats in place, so
-            # the parent gets strict JSON too; then the pipe (latency matters), the files.
-            lines, text = self._encode(batch)
-            self._send(batch)
-            self._write(lines, text, batch[-1][2])
-        if sync:
-            self._sync()
+        while self._foreign:
+            batch.append(self._foreign.popleft())
+        if not (batch or sync):
+            return
+        done = threading.Event() if sync else None
+        self._jobs.put((batch, sync, done))
+        if done is not None:
+            while not done.wait(1.0):
+                if not self._writer.is_alive():
+                    break  # cannot happen short of a bug; never hang the child's exit
+
+    def drain(self) -> None:
+        """Wait until everything emitted so far is written and sent (no fsync)."""
+        done = threading.Event()
+        self.flush()
+        self._jobs.put(([], False, done))
+        done.wait()
 
     def finish(self, type_: str, data: dict[str, Any]) -> bool:
         """Emit the final event (completed, failed or stopped) and flush durably. Only the
@@ -126,10 +162,13 @@ class Emitter:
         return True
 
     def close(self) -> None:
-        """Flush what is left, fsync, close the files and the connection (idempotent)."""
+        """Flush what is left, fsync, stop the writer, close the files and the connection
+        (idempotent)."""
         if self._jsonl.closed:
             return
         self.flush(sync=True)
+        self._jobs.put(None)
+        self._writer.join()
         for handle in (self._jsonl, self._text):
             with contextlib.suppress(OSError):
                 handle.close()
@@ -143,62 +182,104 @@ class Emitter:
             self.parent_gone = True
         return self.parent_gone
 
-    # --- internals -------------------------------------------------------------------------
+    # --- the writer thread -----------------------------------------------------------------
 
-    def _send(self, batch: list[Pending]) -> None:
-        if self.conn is None or self.parent_gone:
-            return
-        try:
-            self.conn.send(batch)
-        except (OSError, EOFError, ValueError):
-            # BrokenPipe / closed handle: the parent died or closed its end. Keep the files.
-            self.parent_gone = True
+    def _write_loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            batch, sync, done = job
+            try:
+                if batch:
+                    payload, text = self._encode(batch)
+                    self._write_spool(payload, batch[-1][2])
+                    self._send(payload)
+                    self._write_log(text)
+                if sync:
+                    self._sync()
+            except Exception:  # a bug here must not end the thread and hang every flush
+                traceback.print_exc()
+            finally:
+                if done is not None:
+                    done.set()
 
-    def _encode(self, batch: list[Pending]) -> tuple[list[str], list[str]]:
-        """JSON lines and train.log lines of a batch. The hottest code of the emitter:
-        metric events, nearly all of the traffic, take a fast path."""
-        lines: list[str] = []
+    def _encode(self, batch: list[Pending]) -> tuple[bytes, list[str]]:
+        """The spool lines and train.log lines of a batch (the emitter's hottest code)."""
+        lines: list[bytes] = []
         text: list[str] = []
         attempt, n, every = self.attempt, self.count, self.log_every
         for type_, data, ts in batch:
             n += 1
             data["attempt"] = attempt
             data["n"] = n
-            if type_ == METRIC:
-                line = self._metrics.line(data, ts)
-                lines.append(line if line is not None else _json_line(type_, data, ts))
-                iteration = data.get("iteration")
-                if type(iteration) is int and iteration % every and line is not None:
-                    continue  # not a logging iteration (a fast line means a finite loss)
-            else:
-                lines.append(_json_line(type_, data, ts))
+            if type_ == LOG:
+                data.setdefault("source", SOURCE)
+            line = json_line(type_, data, ts)  # may clean non-finite values in place
+            it = data.get("iteration")
+            if type_ == METRIC and type(it) is int and it % every and b"null" not in line:
+                lines.append(line)  # not a logging iteration, a finite loss: no human line
+                continue
             human = self._human(type_, data, ts)
-            if human is not None:
-                text.append(human)
+            if human is None:
+                lines.append(line)
+                continue
+            text.append(human)
+            if type_ == LOG:
+                lines.append(line)
+                continue
+            message = human.split(" ", 2)[2].rstrip("\n")  # without the timestamp
+            said: dict[str, Any] = {"level": _level(type_, data), "message": message}
+            said["source"] = SOURCE
+            said |= {"attempt": attempt, "n": n}
+            if type_ in FINAL_TYPES:  # the final event stays last
+                n += 1
+                data["n"] = n
+                lines += [json_line(LOG, said, ts), json_line(type_, data, ts)]
+            else:
+                n += 1
+                said["n"] = n
+                lines += [line, json_line(LOG, said, ts)]
         self.count = n
-        return lines, text
+        return b"".join(lines), text
 
-    def _write(self, lines: list[str], text: list[str], ts: float) -> None:
+    def _write_spool(self, payload: bytes, ts: float) -> None:
         if not self._files_ok:
             return
         try:
-            self._jsonl.write("".join(lines))
-            self._jsonl.flush()
-            if text:
-                self._text.write("".join(text))
-                self._text.flush()
+            view = memoryview(payload)
+            while view:
+                view = view[self._jsonl.write(view) or 0 :]
         except OSError as exc:
-            # A full or vanished disk must not kill training: the pipe still carries events.
-            self._files_ok = False
-            self._pending.append(
-                (LOG, {"level": "error", "message": f"cannot write the log files: {exc}"}, ts)
-            )
+            self._file_error(exc, ts)
+
+    def _send(self, payload: bytes) -> None:
+        if self.conn is None or self.parent_gone:
+            return
+        try:
+            self.conn.send_bytes(payload)
+        except (OSError, EOFError, ValueError):
+            # BrokenPipe / closed handle: the parent died or closed its end. Keep the files.
+            self.parent_gone = True
+
+    def _write_log(self, text: list[str]) -> None:
+        if not (text and self._files_ok):
+            return
+        try:
+            self._text.write("".join(text))
+            self._text.flush()
+        except OSError as exc:
+            self._file_error(exc, time.time())
+
+    def _file_error(self, exc: OSError, ts: float) -> None:
+        # A full or vanished disk must not kill training: the pipe still carries events.
+        self._files_ok = False
+        message = f"cannot write the log files: {exc}"
+        self._foreign.append((LOG, {"level": "error", "message": message}, ts))
 
     def _sync(self) -> None:
         if not self._files_ok:
             return
         for handle in (self._jsonl, self._text):
             with contextlib.suppress(OSError, ValueError):
+                handle.flush()
                 os.fsync(handle.fileno())
 
     def _human(self, type_: str, data: dict[str, Any], ts: float) -> str | None:
@@ -213,66 +294,49 @@ class Emitter:
         return f"{stamp} {line}\n"
 
 
-def _open_append(path: Path) -> IO[str]:
-    # A large buffer: writes reach the OS only at each flush, in one system call.
-    return open(path, "a", encoding="utf-8", buffering=1 << 16)
+def _open_spool(path: Path) -> IO[bytes]:
+    """The spool, unbuffered: each batch is one write. A line torn by an earlier crash is
+    closed with a newline first, so it cannot swallow this attempt's first event."""
+    handle = open(path, "ab", buffering=0)  # noqa: SIM115
+    if handle.tell() > 0:
+        with open(path, "rb") as reader:
+            reader.seek(-1, os.SEEK_END)
+            if reader.read(1) != b"\n":
+                handle.write(b"\n")
+    return handle
+
+
+def _level(type_: str, data: dict[str, Any]) -> str:
+    if type_ == FAILED:
+        return "error"
+    if type_ == METRIC and data.get("loss") is None:
+        return "warning"  # a non-finite loss
+    return "info"
 
 
 # --- strict JSON ---------------------------------------------------------------------------
 
+_LINE = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
-def _json_line(type_: str, data: dict[str, Any], ts: float) -> str:
+
+def json_line(type_: str, data: dict[str, Any], ts: float) -> bytes:
+    """One spool line: `{"type", "ts", "data"}` as strict JSON, ending in a newline.
+
+    orjson writes NaN and Infinity as null, so a line holding null (rare) has its data
+    cleaned in place with `strict_json`, which records the original as `<key>_repr`; the
+    same happens to what orjson cannot write (numpy or torch scalars, paths).
+    """
     record = {"type": type_, "ts": ts, "data": data}
     try:
-        return json.dumps(record, allow_nan=False) + "\n"
-    except (ValueError, TypeError):
-        # Rare path: a NaN loss or a numpy scalar. Clean the data in place, so the
-        # batch sent to the parent afterwards is strict JSON too.
-        cleaned = strict_json(data)
-        data.clear()
-        data.update(cleaned)
-        return json.dumps(record, allow_nan=False) + "\n"
-
-
-class _MetricLines:
-    """JSON lines of metric events without the generic encoder (about twice as fast: most
-    of the cost is float formatting, done once per value here). Returns None, and the
-    caller falls back to `json`, whenever the data is not exactly the usual shape."""
-
-    _KEYS = frozenset(("iteration", "loss", "lr", "components", "attempt", "n"))
-
-    def __init__(self) -> None:
-        self._keys: dict[str, str] = {}  # component name -> its JSON string, cached
-        self._lr, self._lr_text = math.nan, "NaN"  # the LR changes rarely: format it once
-
-    def line(self, data: dict[str, Any], ts: float) -> str | None:
-        if data.keys() != self._KEYS:
-            return None
-        it, loss, lr, components = data["iteration"], data["loss"], data["lr"], data["components"]
-        if not (type(it) is int and _finite(loss) and _finite(lr) and type(ts) is float):
-            return None
-        if type(components) is not dict:
-            return None
-        parts = []
-        for key, value in components.items():
-            if not _finite(value) or type(key) is not str:
-                return None
-            name = self._keys.get(key)
-            if name is None:
-                name = self._keys[key] = json.dumps(key)
-            parts.append(f"{name}:{value!r}")
-        if lr != self._lr:
-            self._lr, self._lr_text = lr, repr(lr)
-        return (
-            f'{{"type":"metric","ts":{ts!r},"data":{{"iteration":{it},"loss":{loss!r},'
-            f'"lr":{self._lr_text},"components":{{{",".join(parts)}}},'
-            f'"attempt":{data["attempt"]},"n":{data["n"]}}}}}\n'
-        )
-
-
-def _finite(value: Any) -> bool:
-    # Exactly float: bool and numpy scalars must go through the generic encoder.
-    return type(value) is float and -math.inf < value < math.inf
+        line = orjson.dumps(record, option=_LINE)
+        if b"null" not in line:
+            return line
+    except TypeError:
+        pass
+    cleaned = strict_json(data)
+    data.clear()
+    data.update(cleaned)
+    return jsontext.dumps(record) + b"\n"
 
 
 def strict_json(value: Any) -> Any:

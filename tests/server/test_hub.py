@@ -81,6 +81,20 @@ async def test_outbox_batches_by_count_and_bytes_and_keeps_order() -> None:
     assert outbox.events == 0 and outbox.frames == 0
 
 
+async def test_a_chunk_sent_whole_is_one_frame_shared_by_every_subscriber() -> None:
+    shared = chunk("1", "2", "3")
+    outboxes = [Outbox(max_events=100) for _ in range(3)]
+    for outbox in outboxes:
+        assert outbox.put_events(shared)
+    frames = [(await outbox.take())[0] for outbox in outboxes]
+    assert frames[0] is frames[1] is frames[2], "built once, not once per subscriber"
+    assert json.loads(frames[0]) == {"type": "events", "events": [1, 2, 3]}
+    # Two chunks in one frame are joined for that subscriber alone.
+    outboxes[0].put_events(chunk("4"))
+    outboxes[0].put_events(chunk("5"))
+    assert json.loads((await outboxes[0].take())[0])["events"] == [4, 5]
+
+
 async def test_outbox_refuses_past_its_bound() -> None:
     outbox = Outbox(max_events=5)
     assert outbox.put_events(chunk(*["1"] * 5))

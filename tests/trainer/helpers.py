@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from backend.config import load_config
-from backend.job import EVENTS_FILE, TrainJob, WireEvent, child_entry
+from backend.job import EVENTS_FILE, TrainJob, WireEvent, child_entry, receive_batch
 
 SPAWN = mp.get_context("spawn")
 
@@ -147,7 +147,7 @@ class ChildRun:
             if not self.conn.poll(timeout):
                 raise TimeoutError(f"no event for {timeout}s; got {self.types()}")
             try:
-                self.batches.append(self.conn.recv())
+                self.batches.append(receive_batch(self.conn))
             except EOFError:
                 return
 
