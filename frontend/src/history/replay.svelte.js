@@ -3,7 +3,7 @@
 // at 1x to 100x; long idle stretches (a run stopped overnight, then resumed) are skipped.
 
 import { fetchRunEvents } from '../lib/api.js';
-import { newRun, applyEvent, snapshot } from '../lib/fold.js';
+import { newRun, applyEvent, snapshot, runDuration as trainedFor } from '../lib/fold.js';
 
 export const SPEEDS = [1, 2, 5, 10, 25, 50, 100];
 export const MAX_GAP_S = 2; // replay time: a longer silence between events is cut to this
@@ -18,6 +18,8 @@ export class Replay {
   playing = $state(false);
   speed = $state(10);
   view = $state.raw(null);
+  /** How long the replayed run trained, by its own timestamps. */
+  runDuration = $state(null);
 
   #runId;
   #run = null;
@@ -37,6 +39,7 @@ export class Replay {
     this.error = null;
     try {
       this.events = await fetchRunEvents(this.#runId, { onPage: (n) => (this.loaded = n) });
+      this.runDuration = trainedFor(this.events);
       this.seek(0);
     } catch (e) {
       this.error = e.message;

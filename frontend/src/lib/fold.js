@@ -92,6 +92,8 @@ export function newRun(runId) {
     firstTs: null,
     lastTs: null,
     attempts: 0,
+    attemptStartedAt: null, // the current attempt's `started`/`resumed`
+    pace: [], // [ts, iteration] of the current attempt's latest metrics: its speed
     error: null,
     stop: null,
     trainer: null,
@@ -106,9 +108,25 @@ export function newRun(runId) {
 }
 
 export const LOG_CAP = 5000;
+// The speed is measured over the latest metrics of the current attempt only: a resumed
+// attempt's start-up (loading the checkpoint) and earlier attempts do not drag it down.
+const PACE_POINTS = 30;
 
-function log(run, event, level, message) {
-  run.logs.push({ seq: event.seq, ts: event.ts, level, message });
+function pace(run, ts, iteration) {
+  const p = run.pace;
+  if (p.length && iteration <= p[p.length - 1][1]) p.length = 0; // a cut: start again
+  p.push([ts, iteration]);
+  if (p.length > PACE_POINTS) p.shift();
+  if (p.length < 2) return;
+  const [t0, i0] = p[0];
+  const dt = ts - t0;
+  if (dt <= 0) return;
+  run.itsPerS = (iteration - i0) / dt;
+  run.etaS = run.total > iteration && run.itsPerS > 0 ? (run.total - iteration) / run.itsPerS : null;
+}
+
+function log(run, event, level, message, source = null) {
+  run.logs.push({ seq: event.seq, ts: event.ts, level, message, source });
   if (run.logs.length > LOG_CAP) run.logs.splice(0, run.logs.length - LOG_CAP);
 }
 
@@ -187,7 +205,10 @@ function update(run, event) {
       run.endedAt = null;
       run.error = null;
       run.etaS = null;
+      run.itsPerS = null;
       run.stop = null;
+      run.attemptStartedAt = event.ts;
+      run.pace = [];
       log(
         run,
         event,
@@ -227,13 +248,17 @@ function update(run, event) {
       }
       run.iteration = d.iteration ?? run.iteration;
       run.lastLoss = d.loss ?? run.lastLoss;
+      if (typeof it === 'number') pace(run, event.ts, it);
       break;
     }
     case 'progress':
       run.iteration = d.iteration ?? run.iteration;
       run.total = d.total ?? run.total;
-      run.itsPerS = d.its_per_s ?? null;
-      run.etaS = d.eta_s ?? null;
+      if (run.pace.length < 2) {
+        // Until this attempt has its own pace, the trainer's figures.
+        run.itsPerS = d.its_per_s ?? null;
+        run.etaS = d.eta_s ?? null;
+      }
       run.elapsedS = d.elapsed_s ?? run.elapsedS;
       break;
     case 'validation': {
@@ -257,7 +282,7 @@ function update(run, event) {
       run.checkpoints.push({ iteration: d.iteration, path: d.path, best: !!d.best, ts: event.ts });
       break;
     case 'log':
-      log(run, event, d.level || 'info', String(d.message ?? ''));
+      log(run, event, d.level || 'info', String(d.message ?? ''), d.source ?? null);
       break;
     case 'completed':
     case 'stopped':
@@ -275,6 +300,9 @@ function update(run, event) {
           exitCode: d.exit_code ?? null,
           interrupted: !!d.interrupted,
           iteration: d.iteration ?? null,
+          cause: d.cause ?? null, // config | data | resources | code
+          key: d.key ?? null, // the config key to change, for a config-caused failure
+          suggested: d.suggested ?? null, // a value for it
         };
         log(run, event, 'error', `Failed: ${run.error.message}`);
       } else if (event.type === 'completed') {
@@ -306,6 +334,7 @@ export function snapshot(run) {
     checkpoints: run.checkpoints.slice(),
     logs: run.logs.slice(),
     problems: run.problems.slice(),
+    pace: run.pace.slice(),
   };
 }
 
@@ -322,4 +351,10 @@ export function duration(run, now) {
   if (start == null) return null;
   const end = run.endedAt ?? (run.state === TRAINING ? now : run.lastTs);
   return end == null ? null : Math.max(0, end - start);
+}
+
+/** How long a stored run trained, from its own events (a replay's header, not the clock). */
+export function runDuration(events) {
+  const run = foldEvents(events);
+  return duration(run, run.lastTs);
 }

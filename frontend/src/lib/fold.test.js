@@ -215,3 +215,32 @@ describe('logs', () => {
     expect(run.logs[run.logs.length - 1].message).toBe(`line ${LOG_CAP + 9}`);
   });
 });
+
+describe('speed and duration', () => {
+  it('rate and ETA come from the current attempt, not its start-up or earlier attempts', () => {
+    const { events, add } = history();
+    created(add, 100);
+    add('started', { attempt: 1 });
+    for (let i = 1; i <= 10; i++) add('metric', { iteration: i, loss: 1 });
+    add('stopped', { iteration: 10, checkpoint: '/out/c10' });
+    add('resumed', { attempt: 2, checkpoint: '/out/c10' });
+    // The trainer's first figure after a resume counts the checkpoint loading in.
+    add('progress', { iteration: 10, total: 100, its_per_s: 0.24, eta_s: 375 });
+    for (let i = 11; i <= 20; i++) add('metric', { iteration: i, loss: 1 });
+    add('progress', { iteration: 20, total: 100, its_per_s: 0.3, eta_s: 266 });
+    const run = foldEvents(events);
+    expect(run.itsPerS).toBeCloseTo(1, 6); // one iteration per event, one second apart
+    expect(run.etaS).toBeCloseTo(80, 6);
+  });
+
+  it("a replayed run's duration is its own, whatever the clock says", async () => {
+    const { runDuration } = await import('./fold.js');
+    const { events, add } = history();
+    created(add, 100);
+    add('started', { attempt: 1 }); // ts 1002
+    for (let i = 1; i <= 5; i++) add('metric', { iteration: i, loss: 1 });
+    add('completed', { iteration: 5 }); // ts 1008
+    expect(runDuration(events)).toBe(6);
+    expect(runDuration(events.slice(0, 4))).toBe(2); // still training: up to its last event
+  });
+});

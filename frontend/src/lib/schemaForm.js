@@ -225,3 +225,18 @@ export function parseFieldValue(field, text) {
     return { error: `must be at most ${field.maximum}` };
   return { value: v };
 }
+
+/**
+ * A warning for a value the schema accepts but that lies outside the control's usual range
+ * (the slider's ends): a learning rate of 5 is legal YAML and a sure divergence.
+ */
+export function plausibility(field, value) {
+  if (typeof value !== 'number' || !Number.isFinite(value)) return null;
+  if (field.widget !== 'slider' && field.widget !== 'log-slider') return null;
+  const { min, max } = field;
+  if (typeof max === 'number' && value > max)
+    return `${value} is above the usual range (${min} – ${max}); check it is what you mean.`;
+  if (typeof min === 'number' && value < min && !(field.widget === 'slider' && value === 0))
+    return `${value} is below the usual range (${min} – ${max}); check it is what you mean.`;
+  return null;
+}

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { buildForm, fieldFrom, leaves, toLogPosition, fromLogPosition, parseFieldValue, typesOf, humanize } from './schemaForm.js';
+import { buildForm, fieldFrom, leaves, toLogPosition, fromLogPosition, parseFieldValue, plausibility, typesOf, humanize } from './schemaForm.js';
 
 // The shape backend/config/schema.py produces: sections as objects, leaves with
 // type/minimum/enum/default/description and an `x-trainboard` widget hint.
@@ -134,6 +134,14 @@ describe('log slider and number parsing', () => {
     expect(parseFieldValue(gpus, '1.5').error).toMatch(/whole/);
     const mom = fieldFrom('SOLVER.MOMENTUM', schema.properties.SOLVER.properties.MOMENTUM);
     expect(parseFieldValue(mom, '1.5').error).toMatch(/at most 1/);
+  });
+  it('warns about legal values far outside the usual range', () => {
+    const lr = fieldFrom('SOLVER.BASE_LR', schema.properties.SOLVER.properties.BASE_LR);
+    expect(plausibility(lr, 5)).toMatch(/above the usual range/);
+    expect(plausibility(lr, 1e6)).toMatch(/above the usual range/);
+    expect(plausibility(lr, 0.002)).toBeNull();
+    const gpus = fieldFrom('SYSTEM.NUM_GPUS', schema.properties.SYSTEM.properties.NUM_GPUS);
+    expect(plausibility(gpus, 0)).toBeNull();
   });
 });
 

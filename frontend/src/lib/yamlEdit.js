@@ -236,3 +236,11 @@ export function getPath(values, path) {
   }
   return cur;
 }
+
+/** The indentation of a new line typed after `before`: its line's own, one more after `KEY:`. */
+export function newlineIndent(before) {
+  const line = before.slice(before.lastIndexOf('\n') + 1);
+  const indent = /^ */.exec(line)[0];
+  const code = splitComment(line)[0].trimEnd();
+  return indent + (/:$/.test(code) ? '  ' : '');
+}

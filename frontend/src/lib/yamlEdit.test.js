@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { setKey, formatValue, formatFloat, applyEdits, getPath } from './yamlEdit.js';
+import { setKey, formatValue, formatFloat, applyEdits, getPath, newlineIndent } from './yamlEdit.js';
 
 const doc = `# Demo config
 SYSTEM:
@@ -108,5 +108,19 @@ describe('setKey keeps the rest of the file byte for byte', () => {
   it('getPath reads resolved values', () => {
     expect(getPath({ A: { B: { C: 3 } } }, 'A.B.C')).toBe(3);
     expect(getPath({ A: {} }, 'A.B.C')).toBeUndefined();
+  });
+});
+
+describe('Enter in the editor', () => {
+  it.each([
+    ['SOLVER:\n  BASE_LR: 0.01', '  '],
+    ['SOLVER:', '  '],
+    ['SOLVER:\n  LR: 1  # a: comment', '  '],
+    ['MODEL:\n  FILTERS:', '    '],
+    ['MODEL:\n  FILTERS:  # widths', '    '],
+    ['NAME: x', ''],
+    ['', ''],
+  ])('after %j the new line is indented %j', (before, indent) => {
+    expect(newlineIndent(before)).toBe(indent);
   });
 });

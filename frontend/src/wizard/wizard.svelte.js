@@ -5,6 +5,7 @@
 
 import { post } from '../lib/api.js';
 import { setKey, formatValue, getPath } from '../lib/yamlEdit.js';
+import { suggestedEdit } from '../lib/suggest.js';
 
 const STORAGE_KEY = 'trainboard.wizard.v1';
 const VALIDATE_DEBOUNCE_MS = 300;
@@ -43,6 +44,7 @@ const PERSISTED = [
   'seed',
   'browseDir',
   'retryOf',
+  'reuseOutput',
 ];
 
 function emptyState() {
@@ -62,6 +64,7 @@ function emptyState() {
     seed: 0,
     browseDir: '',
     retryOf: null, // {runId, name, error} when fixing a failed run
+    reuseOutput: false, // the user chose to write into a folder another run owns
   };
 }
 
@@ -81,6 +84,7 @@ export class Wizard {
   seed = $state(0);
   browseDir = $state('');
   retryOf = $state(null);
+  reuseOutput = $state(false);
 
   // validation (not persisted)
   validating = $state(false);
@@ -89,6 +93,10 @@ export class Wizard {
   validateError = $state(null);
   /** Keys set locally since the last answer, so controls follow the hand at once. */
   recent = $state({});
+  /** Values typed in a control that were refused (key -> message): they block Next. */
+  localErrors = $state({});
+  /** A line the editor should show when it opens ({line, n}); not persisted. */
+  jump = $state(null);
 
   #timer = null;
   #seq = 0;
@@ -124,6 +132,25 @@ export class Wizard {
     return this.problems.filter((p) => p.level !== 'error');
   }
 
+  /** The YAML syntax error of the last answer ({line, message}), or null when it parses. */
+  get parseError() {
+    const p = this.errors.find((e) => !e.key && (!e.file || e.file === 'config'));
+    return p ? { line: p.line ?? null, message: p.message } : null;
+  }
+
+  /** A control refused what was typed (message) or accepted it again (null). */
+  setLocalError(key, message) {
+    const next = { ...this.localErrors };
+    if (message) next[key] = message;
+    else delete next[key];
+    this.localErrors = next;
+  }
+
+  /** Open the editor at a line (a "fix" link). */
+  showLine(line) {
+    this.jump = line ? { line, n: (this.jump?.n ?? 0) + 1 } : null;
+  }
+
   /** Whether the last answer is about the text as it is now. */
   get fresh() {
     return this.validatedText === this.#fingerprint() && !this.validating;
@@ -144,8 +171,13 @@ export class Wizard {
     this.#loadDocument(preset.yaml, null, '');
   }
 
-  /** An uploaded YAML: the whole config, or an overlay over the current base. */
-  loadUpload(fileName, text, { overlay = false } = {}) {
+  /**
+   * An uploaded YAML: the whole config, or an overlay over the current base. `data` says
+   * whose data selection wins when the file names its own volumes: 'mine' keeps the whole
+   * selection (folder and names together), 'file' drops it; never a mix of the two.
+   */
+  loadUpload(fileName, text, { overlay = false, data = 'mine' } = {}) {
+    this.#chooseData(data);
     if (overlay) {
       const base = this.baseYaml ?? this.originalYaml;
       const baseLabel = this.baseYaml !== null ? this.baseLabel : this.sourceLabel;
@@ -158,6 +190,31 @@ export class Wizard {
       this.sourceLabel = fileName;
       this.#loadDocument(text, null, '');
     }
+  }
+
+  /** The data keys whose chosen value differs from what `fileValues` (resolved) holds. */
+  dataConflicts(text, fileValues) {
+    if (!DATA_KEYS.some((k) => k in this.dataEdits)) return [];
+    return DATA_KEYS.filter((key) => {
+      const leaf = key.split('.').pop();
+      if (!new RegExp(`(^|[\\s{,])${leaf}\\s*:`, 'm').test(text)) return false;
+      const file = getPath(fileValues, key);
+      return file !== undefined && String(file ?? '') !== String(this.value(key) ?? '');
+    }).map((key) => ({ key, mine: this.value(key), file: getPath(fileValues, key) }));
+  }
+
+  #chooseData(data) {
+    const edits = { ...this.dataEdits };
+    if (data === 'file') {
+      for (const k of DATA_KEYS) delete edits[k];
+    } else if (DATA_KEYS.some((k) => k in edits)) {
+      // The selection as a whole: a name chosen in step 1 keeps its folder.
+      for (const k of DATA_KEYS) {
+        const v = this.value(k);
+        if (v !== undefined && v !== null && v !== '') edits[k] = v;
+      }
+    }
+    this.dataEdits = edits;
   }
 
   /** Drop the overlay and edit the base alone again. */
@@ -183,7 +240,13 @@ export class Wizard {
     this.originalYaml = source.config ?? created?.config ?? '';
     this.configYaml = this.originalYaml;
     this.overrides = Array.isArray(source.overrides) ? [...source.overrides] : [];
-    this.retryOf = { runId, name: created?.name ?? runId, error: summary?.error ?? null, state: summary?.state ?? null };
+    this.retryOf = {
+      runId,
+      name: created?.name ?? runId,
+      error: summary?.error ?? null,
+      state: summary?.state ?? null,
+      outputPath: created?.output_path ?? summary?.output_path ?? null,
+    };
     this.step = 4;
     this.#changed();
   }
@@ -193,6 +256,8 @@ export class Wizard {
     this.validated = null;
     this.validatedText = null;
     this.recent = {};
+    this.localErrors = {};
+    this.jump = null;
     this.#storage?.removeItem(STORAGE_KEY);
   }
 
@@ -234,9 +299,19 @@ export class Wizard {
     this.#changed();
   }
 
+  /** Apply what a problem suggests (lib/suggest.js); false when it names no value. */
+  applySuggestion(problem) {
+    const edit = suggestedEdit(problem);
+    if (!edit) return false;
+    if (DATA_KEYS.includes(edit.key) || OUTPUT_KEYS.includes(edit.key)) this.setData(edit.key, edit.value);
+    else this.setParam(edit.key, edit.value);
+    return true;
+  }
+
   /** Set a data or output key: also remembered across preset changes. */
   setData(key, value) {
     this.dataEdits = { ...this.dataEdits, [key]: value };
+    if (key === 'DATASET.OUTPUT_PATH') this.reuseOutput = false;
     this.setParam(key, value);
   }
 
@@ -320,6 +395,7 @@ export class Wizard {
     if (this.baseYaml !== null) body.base = this.baseYaml;
     if (this.overrides.length) body.overrides = [...this.overrides];
     if (this.logPath.trim()) body.log_path = this.logPath.trim();
+    if (this.reuseOutput) body.reuse_output = true;
     return body;
   }
 
