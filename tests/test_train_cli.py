@@ -125,6 +125,30 @@ def test_an_invalid_config_lists_every_problem_and_stores_nothing(
     assert not db.exists()
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["CONFIG", "--base", "BASE", "--db", "DB", "SOLVER.BASE_LR", ".inf", "SOLVER.NAME", "X"],
+        ["--db", "DB", "CONFIG", "SOLVER.BASE_LR", ".inf", "--base", "BASE", "SOLVER.NAME", "X"],
+        ["CONFIG", "SOLVER.BASE_LR", ".inf", "--db", "DB", "SOLVER.NAME", "X", "--base", "BASE"],
+    ],
+)
+def test_overrides_are_read_anywhere_on_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], order: list[str]
+) -> None:
+    config = write_config(tmp_path)
+    base = tmp_path / "base.yaml"
+    base.write_text("SOLVER:\n  MOMENTUM: 2.0\n")  # an error only the base can bring
+    db = tmp_path / "events.db"
+    names = {"CONFIG": str(config), "BASE": str(base), "DB": str(db)}
+    assert main(["train", *[names.get(arg, arg) for arg in order]]) == 1
+    out = capsys.readouterr().out
+    errors = [line for line in out.splitlines() if ": error: " in line]
+    for key in ("SOLVER.BASE_LR", "SOLVER.NAME", "SOLVER.MOMENTUM"):
+        assert any(key in line for line in errors), (key, out)
+    assert not db.exists()
+
+
 def test_an_unreadable_config_file_is_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

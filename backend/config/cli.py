@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,14 +28,7 @@ def add_validate_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "optional KEY VALUE overrides such as SOLVER.BASE_LR 0.01) and report every problem "
         "at once. Exit status 1 when there is an error.",
     )
-    parser.add_argument(
-        "config",
-        nargs=argparse.PARSER,
-        action=_ConfigThenRest,
-        metavar="CONFIG",
-        help="the config (overlay) YAML file, then KEY VALUE overrides and options",
-    )
-    _add_options(parser)
+    add_config_argument(parser, _add_options)
     parser.set_defaults(func=run_validate)
 
 
@@ -50,27 +43,43 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class _ConfigThenRest(argparse.Action):
-    """CONFIG and everything after it, parsed with options and KEY VALUE pairs intermixed.
+Options = Callable[[argparse.ArgumentParser], None]
 
-    Plain argparse cannot take a `*` positional that comes after an option
-    (`validate c.yaml --base b.yaml SOLVER.BASE_LR 0.01`): it matches the overrides as
-    empty at the first positional and rejects the rest. So the rest is parsed here.
-    """
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        config, *rest = list(values or [])
-        namespace.config = Path(config)
-        inner = argparse.ArgumentParser(prog=parser.prog, add_help=False)
-        _add_options(inner)
-        inner.add_argument("overrides", nargs="*", metavar="KEY VALUE")
-        inner.parse_intermixed_args(rest, namespace)
+def add_config_argument(parser: argparse.ArgumentParser, add_options: Options) -> None:
+    """CONFIG, then its options (`add_options`) and KEY VALUE overrides in any order:
+    `c.yaml --base b.yaml SOLVER.BASE_LR 0.01` and `--base b.yaml c.yaml K V --json` alike.
+
+    Plain argparse cannot take a `*` positional that comes after an option: it matches the
+    overrides as empty at the first positional and rejects the rest. So CONFIG takes the
+    rest of the line, which a second parser with the same options reads, intermixed."""
+    add_options(parser)
+
+    class ConfigThenRest(argparse.Action):
+        def __call__(
+            self,
+            parser: argparse.ArgumentParser,
+            namespace: argparse.Namespace,
+            values: str | Sequence[Any] | None,
+            option_string: str | None = None,
+        ) -> None:
+            config, *rest = list(values or [])
+            namespace.config = Path(config)
+            inner = argparse.ArgumentParser(prog=parser.prog, add_help=False)
+            add_options(inner)
+            inner.add_argument("overrides", nargs="*", metavar="KEY VALUE")
+            # argparse fills only missing defaults: options given before CONFIG stay.
+            inner.parse_intermixed_args(rest, namespace)
+            namespace.overrides = list(namespace.overrides or [])
+
+    parser.add_argument(
+        "config",
+        nargs=argparse.PARSER,
+        action=ConfigThenRest,
+        metavar="CONFIG",
+        help="the config (overlay) YAML file, then KEY VALUE overrides (e.g. SOLVER.BASE_LR "
+        "0.01) and options, in any order",
+    )
 
 
 def run_validate(args: argparse.Namespace, out: TextIO | None = None) -> int:

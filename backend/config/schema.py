@@ -56,8 +56,25 @@ PYTC_ONLY_LOSSES = (
     "FocalLoss",
 )
 SUPPORTED_OPTIMIZERS = ("SGD", "Adam", "AdamW")
-SUPPORTED_SCHEDULERS = ("MultiStepLR", "WarmupMultiStepLR", "WarmupCosineLR")
-PYTC_ONLY_SCHEDULERS = ("ReduceLROnPlateau", "OneCycle")
+SUPPORTED_SCHEDULERS = (
+    "MultiStepLR",
+    "WarmupMultiStepLR",
+    "WarmupCosineLR",
+    "ReduceLROnPlateau",
+)
+PYTC_ONLY_SCHEDULERS = ("OneCycle",)
+WARMUP_METHODS = ("linear", "constant")
+CLIP_TYPES = ("value", "norm")
+# Values PyTC v1.0.0 lists but cannot run: (key, value) -> why, and what works instead.
+PYTC_CANNOT_RUN: dict[tuple[str, str], tuple[str, str]] = {
+    ("SOLVER.LR_SCHEDULER_NAME", "OneCycle"): (
+        "PyTC v1.0.0 lists 'OneCycle' but cannot build it (its builder reads SOLVER.MAX_ITER, "
+        "which does not exist)",
+        "WarmupCosineLR",
+    ),
+}
+# Float keys where an infinite value means something (every other key must be finite).
+INFINITE_ALLOWED = ("SOLVER.CLIP_GRADIENTS.NORM_TYPE",)
 MULTISTEP_SCHEDULERS = ("MultiStepLR", "WarmupMultiStepLR")
 WARMUP_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 OUTPUT_ACTIVATIONS = ("none", "sigmoid", "softmax", "tanh")
@@ -271,10 +288,12 @@ _key("MODEL.REGU_WEIGHT", None, "any", "weights of the regularisation terms")
 _key("MODEL.FINETUNE", "", "str", "suffix for fine-tuned checkpoints")
 _key("MODEL.EXACT", True, "bool", "pretrained weights must match exactly")
 _key("MODEL.SIZE_MATCH", True, "bool", "load only weights whose shapes match")
-_key("MODEL.PRE_MODEL", "", "str", "start from these weights (fine-tune); '' for none",
+_key("MODEL.PRE_MODEL", "", "str",
+     "checkpoint to start from; resumed unless SOLVER.ITERATION_RESTART (PyTC); '' for none",
      core=True)
 _key("MODEL.PRE_MODEL_LAYER", "", "str|list[str]", "layers to take from the pretrained model")
-_key("MODEL.PRE_MODEL_ITER", 0, "int", "iteration of the pretrained model", minimum=0)
+_key("MODEL.PRE_MODEL_ITER", 0, "int", "iteration to start at with SOLVER.ITERATION_RESTART",
+     core=True, minimum=0)
 _key("MODEL.PRE_MODEL_LAYER_SELECT", -1, "int|list[int]", "older PyTC: layer selection")
 _key("MODEL.RETURN_FEATS", None, "any", "return these feature maps (3D U-Net)")
 _key("MODEL.AUX_OUT", False, "bool", "auxiliary output (2D DeepLabV3)")
@@ -436,7 +455,7 @@ _key("SOLVER.ITERATION_TOTAL", 40000, "int", "training length in iterations", co
 _key("SOLVER.ITERATION_VAL", 5000, "int", "validate every N iterations", core=True,
      minimum=1, ui=Ui("log-slider", 1, 1_000_000, 1))
 _key("SOLVER.ITERATION_RESTART", False, "bool",
-     "when resuming, restart the iteration count at 0", core=True)
+     "load only a checkpoint's weights; start at MODEL.PRE_MODEL_ITER", core=True)
 _key("SOLVER.BASE_LR", 0.001, "float", "base learning rate", core=True, minimum=0.0,
      exclusive_minimum=True, ui=Ui("log-slider", 1e-5, 1.0, None))
 _key("SOLVER.BIAS_LR_FACTOR", 1.0, "float", "learning-rate factor for biases", core=True,
@@ -459,21 +478,23 @@ _key("SOLVER.WARMUP_FACTOR", 0.001, "float", "starting fraction of the rate duri
      core=True, minimum=0.0, maximum=1.0)
 _key("SOLVER.WARMUP_ITERS", 1000, "int", "warm-up length in iterations", core=True, minimum=0)
 _key("SOLVER.WARMUP_METHOD", "linear", "str", "warm-up shape", core=True,
-     choices=("linear", "constant"))
+     choices=WARMUP_METHODS)
 _key("SOLVER.SAMPLES_PER_BATCH", 2, "int", "patches per batch per device", core=True,
      minimum=1, ui=Ui("slider", 1, 64, 1))
 _key("SOLVER.CLIP_GRADIENTS.ENABLED", False, "bool", "clip gradients", core=True)
 _key("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "value", "str", "clip each value or the norm",
-     core=True, choices=("value", "norm"))
+     core=True, choices=CLIP_TYPES)
 _key("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0, "float", "clipping threshold", core=True,
      minimum=0.0, exclusive_minimum=True)
 _key("SOLVER.CLIP_GRADIENTS.NORM_TYPE", 2.0, "float", "p of the L-p norm (.inf for max)",
      core=True, minimum=0.0, exclusive_minimum=True)
-_key("SOLVER.SWA.ENABLED", False, "bool", "stochastic weight averaging")
-_key("SOLVER.SWA.LR_FACTOR", 0.05, "float", "SWA learning-rate factor", minimum=0.0)
-_key("SOLVER.SWA.START_ITER", 90000, "int", "iteration SWA starts", minimum=0)
-_key("SOLVER.SWA.MERGE_ITER", 10, "int", "average every N iterations", minimum=1)
-_key("SOLVER.SWA.BN_UPDATE_ITER", 2000, "int", "batch-norm update iterations", minimum=0)
+_key("SOLVER.SWA.ENABLED", False, "bool", "stochastic weight averaging", core=True)
+_key("SOLVER.SWA.LR_FACTOR", 0.05, "float", "SWA learning rate, as a factor of BASE_LR",
+     core=True, minimum=0.0)
+_key("SOLVER.SWA.START_ITER", 90000, "int", "iteration SWA starts", core=True, minimum=0)
+_key("SOLVER.SWA.MERGE_ITER", 10, "int", "average every N iterations", core=True, minimum=1)
+_key("SOLVER.SWA.BN_UPDATE_ITER", 2000, "int", "batch-norm update iterations at the end",
+     core=True, minimum=0)
 
 # --- MONITOR ------------------------------------------------------------------------------
 _key("MONITOR.LOG_OPT", [1, 1, 0], "list[int]", "print, TensorBoard, text log (1 on)",

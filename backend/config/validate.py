@@ -20,8 +20,10 @@ from backend.config.paths import check_machine
 from backend.config.problems import ERROR, WARNING, Problem
 from backend.config.schema import (
     ARCHITECTURES_2D,
+    INFINITE_ALLOWED,
     KEYS,
     MULTISTEP_SCHEDULERS,
+    PYTC_CANNOT_RUN,
     PYTC_ONLY_TARGETS,
     SUPPORTED_ARCHITECTURES,
     SWITCHABLE_SECTIONS,
@@ -76,6 +78,8 @@ def _check_key(checks: Checks, key: Key) -> None:
             suggestion=f"e.g. {key.leaf}: {show(key.default)}",
         )
         return
+    if _check_finite(checks, key, value):
+        return
     if key.length is not None and isinstance(value, list) and len(value) != key.length:
         checks.report(
             ERROR,
@@ -88,6 +92,25 @@ def _check_key(checks: Checks, key: Key) -> None:
     _check_choices(checks, key, value)
     if len(checks.problems) == count:
         checks.valid.add(key.name)
+
+
+def _check_finite(checks: Checks, key: Key, value: Any) -> bool:
+    """NaN anywhere, or an infinity where it means nothing (`1e400`, `.inf`): an error,
+    before training turns it into a diverged run or a NaN input. True when reported."""
+    for number in leaves(value):
+        if not isinstance(number, float) or math.isfinite(number):
+            continue
+        if math.isinf(number) and key.name in INFINITE_ALLOWED:
+            continue
+        checks.report(
+            ERROR,
+            key.name,
+            f"{number!r} is not a finite number",
+            expected="a finite number" + (f" ({range_words(key)})" if range_words(key) else ""),
+            suggestion=f"{key.leaf}: {show(key.default)}",
+        )
+        return True
+    return False
 
 
 def _length_words(key: Key) -> str:
@@ -146,7 +169,10 @@ def _check_choices(checks: Checks, key: Key, value: Any) -> None:
         if not isinstance(item, str) or item in key.choices:
             continue
         allowed = ", ".join(key.choices)
-        if item in key.pytc_only:
+        if (key.name, item) in PYTC_CANNOT_RUN:
+            message, instead = PYTC_CANNOT_RUN[(key.name, item)]
+            suggestion = f"{key.leaf}: {show(instead)}"
+        elif item in key.pytc_only:
             message = f"{item!r} is a PyTC option Trainboard does not support"
             suggestion = f"use one of the supported values, e.g. {key.choices[0]!r}"
         else:
@@ -462,6 +488,7 @@ def _check_solver(checks: Checks) -> None:
                     expected=f"steps below {total}",
                     near=("SOLVER.ITERATION_TOTAL",),
                 )
+    _check_pre_model(checks)
     if total is None:
         return
     for name, what in (
@@ -487,6 +514,22 @@ def _check_solver(checks: Checks) -> None:
                 expected=f"less than {total}",
                 suggestion=f"WARMUP_ITERS: {max(total // 10, 0)}",
             )
+
+
+def _check_pre_model(checks: Checks) -> None:
+    """PyTC resumes from MODEL.PRE_MODEL unless ITERATION_RESTART: say so, it changes training."""
+    if not checks.ok("MODEL.PRE_MODEL", "SOLVER.ITERATION_RESTART"):
+        return
+    if checks.value("MODEL.PRE_MODEL") and not checks.value("SOLVER.ITERATION_RESTART"):
+        checks.report(
+            WARNING,
+            "MODEL.PRE_MODEL",
+            "without SOLVER.ITERATION_RESTART this checkpoint is resumed as PyTC does: its "
+            "optimizer, schedule and iteration count load too, when it has them",
+            expected="SOLVER.ITERATION_RESTART: True to fine-tune from the weights only",
+            suggestion="ITERATION_RESTART: True",
+            near=("SOLVER.ITERATION_RESTART",),
+        )
 
 
 # --- dataset ------------------------------------------------------------------------------

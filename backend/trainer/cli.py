@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from backend import events as ev
+from backend.config.cli import add_config_argument
 from backend.events import Event
 from backend.fsm.machine import IllegalCommand, State
 from backend.store import add_durability_argument
@@ -43,11 +44,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "store and train it here, with a progress bar. Ctrl-C stops it gracefully "
         "(a second Ctrl-C forces it). Exit status: 0 complete, 1 error, 130 stopped.",
     )
-    parser.add_argument("config", type=Path, help="the config (overlay) YAML file")
+    add_config_argument(parser, _add_options)
+    parser.set_defaults(func=run_train)
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", type=Path, help="base config the file is merged over")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY VALUE", help="overrides, e.g. SOLVER.BASE_LR 0.01"
-    )
     parser.add_argument(
         "--db", type=Path, default=Path("events.db"), help="event store (default: events.db)"
     )
@@ -64,7 +66,6 @@ def add_train_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="SECONDS",
         help="after a stop request, seconds before the trainer is terminated (default 30)",
     )
-    parser.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:

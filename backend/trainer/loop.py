@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import signal
 import time
 import traceback
@@ -47,13 +48,16 @@ from backend.events import (
 )
 from backend.job import TrainJob
 from backend.trainer.checkpoint import (
+    CHECKPOINT_NAME,
     CheckpointError,
     TrainingState,
     best_path,
     checkpoint_path,
-    load_pretrained,
-    restore,
+    load_pre_model,
+    resume_own,
     save_checkpoint,
+    save_dict,
+    swa_path,
 )
 from backend.trainer.data import (
     Batch,
@@ -69,7 +73,13 @@ from backend.trainer.emitter import Emitter
 from backend.trainer.losses import Criterion, build_criterion, predict
 from backend.trainer.metrics import BinaryCounts
 from backend.trainer.models import build_model, count_parameters
-from backend.trainer.optim import build_optimizer, build_scheduler, clip_gradients
+from backend.trainer.optim import (
+    Schedule,
+    build_averaging,
+    build_optimizer,
+    build_schedule,
+    clip_gradients,
+)
 from backend.volumes import VolumeError, preview_png
 
 Config = Mapping[str, Any]
@@ -178,12 +188,14 @@ class TrainingLoop:
         self.model: nn.Module = model
         self.criterion: Criterion = build_criterion(self.cfg)
         optimizer = build_optimizer(self.cfg, model)
+        self.schedule: Schedule = build_schedule(self.cfg, optimizer)
         self.state = TrainingState(
             model=model,
             optimizer=optimizer,
-            scheduler=build_scheduler(self.cfg, optimizer),
+            scheduler=self.schedule,
             scaler=self.device.grad_scaler(),
             meta={"run_id": self.job.run_id, "attempt": self.job.attempt, "seed": self.job.seed},
+            averaging=build_averaging(self.cfg, model),
         )
         notes = list(self.device.notes) + self._load_weights()
         self.emitter.emit(TRAINER_READY, self._ready_data())
@@ -191,15 +203,31 @@ class TrainingLoop:
             self.emitter.emit(LOG, {"level": level, "message": message})
 
     def _load_weights(self) -> list[tuple[str, str]]:
-        if self.job.resume_from:
-            restart = bool(self.cfg["SOLVER"].get("ITERATION_RESTART", False))
-            restored = restore(self.state, self.job.resume_from, restart=restart)
-            self.iteration, self.best_dice = restored.iteration, restored.best_dice
-            return restored.notes
+        restart = bool(self.cfg["SOLVER"].get("ITERATION_RESTART", False))
+        start = int(self.cfg["MODEL"].get("PRE_MODEL_ITER") or 0)
         pre_model = str(self.cfg["MODEL"].get("PRE_MODEL") or "")
-        if pre_model:
-            return load_pretrained(self.model, pre_model)
-        return []
+        if self.job.resume_from:
+            candidates = [self.job.resume_from, *self._own_checkpoints()]
+            restored = resume_own(
+                self.state, candidates, self.job.run_id, restart=restart, start_iteration=start
+            )
+        elif pre_model:
+            restored = load_pre_model(self.state, pre_model, restart=restart, start_iteration=start)
+        else:
+            return []
+        self.iteration, self.best_dice = restored.iteration, restored.best_dice
+        return restored.notes
+
+    def _own_checkpoints(self) -> list[str]:
+        """Fallbacks for a resume, newest first: the run's own paths when the job lists them,
+        else every numbered checkpoint in the output folder (`resume_own` checks the owner)."""
+        listed = getattr(self.job, "checkpoints", None)
+        if listed:
+            return [str(p) for p in listed]
+        folder = Path(self.job.output_path)
+        found = folder.glob(CHECKPOINT_NAME.replace("%05d", "*")) if folder.is_dir() else []
+        numbered = [(p.name[len("checkpoint_") : -len(".pth.tar")], p) for p in found]
+        return [str(p) for n, p in sorted(numbered, reverse=True) if n.isdigit()]
 
     def _ready_data(self) -> dict[str, Any]:
         return {
@@ -259,9 +287,11 @@ class TrainingLoop:
         self.lr = float(state.optimizer.param_groups[0]["lr"])
         if done % self.step_every == 0 or done == self.total:
             self._optimizer_step()
-        state.scheduler.step()
         # One host sync for the loss and all its components.
         values = torch.stack([loss.detach(), *parts.values()]).tolist()
+        self.schedule.step(index, values[0])  # ReduceLROnPlateau steps on the training loss
+        if state.averaging is not None:
+            state.averaging.maybe_update(index, self.model)
         self.iteration = done
         components = dict(zip(parts, values[1:], strict=True))
         self.emitter.emit(
@@ -311,6 +341,7 @@ class TrainingLoop:
         if self._validated_at != self.iteration:
             self.validate()
         path = self._saved.get(self.iteration) or self.save()
+        self.save_average()
         result = self.last_validation
         metrics = {} if result is None else {"loss": result.loss, "dice": result.dice}
         if result is not None:
@@ -324,12 +355,11 @@ class TrainingLoop:
         return Outcome(STOPPED, {"iteration": self.iteration, "checkpoint": path})
 
     def failure(self, exc: BaseException) -> Outcome:
-        message, hint = describe_failure(exc, self.cfg, self.lr)
+        failure = describe_failure(exc, self.cfg, self.lr)
         return Outcome(
             FAILED,
             {
-                "message": message,
-                "hint": hint,
+                **failure.to_event(),
                 "traceback": "".join(traceback.format_exception(exc)),
                 "iteration": self.iteration,
             },
@@ -346,6 +376,25 @@ class TrainingLoop:
         if not best:
             self._saved[self.iteration] = path
         self.emitter.emit(CHECKPOINT, {"iteration": self.iteration, "path": path, "best": best})
+        return path
+
+    def save_average(self) -> str | None:
+        """SOLVER.SWA: refresh batch-norm statistics of the averaged model on training batches
+        (BN_UPDATE_ITER, with NORM_MODE bn / sync_bn, as PyTC), then `checkpoint_swa.pth.tar`."""
+        averaging = self.state.averaging
+        if averaging is None or averaging.updates == 0:
+            return None
+        if str(self.cfg["MODEL"].get("NORM_MODE")) in ("bn", "sync_bn"):
+            batches = self._batches(0)
+            averaging.model.train()
+            with torch.no_grad():
+                for _ in range(averaging.bn_update_iters):
+                    averaging.model(next(batches).image.to(self.device.device))
+            del batches
+        weights = {"state_dict": averaging.model.module.state_dict()}
+        path = str(save_dict(weights, swa_path(self.job.output_path)))
+        message = f"SWA: {averaging.updates} averaged models saved to {path}"
+        self.emitter.emit(LOG, {"level": "info", "message": message})
         return path
 
     # --- validation ------------------------------------------------------------------------
@@ -483,48 +532,109 @@ def configure_determinism(deterministic: bool, device: DeviceChoice) -> None:
 # --- failures and their hints --------------------------------------------------------------
 
 
-def describe_failure(exc: BaseException, cfg: Config, lr: float) -> tuple[str, str]:
-    """(message, hint) for a failure: what happened and what to change."""
+@dataclass(frozen=True)
+class Failure:
+    """What a `failed` event says: what happened, what to change, and, for the browser's
+    "Fix configuration and retry", the cause ("config", "data", "resources" or "code"),
+    the key to change and a value for it that validates (None when there is none)."""
+
+    message: str
+    hint: str
+    cause: str
+    key: str | None = None
+    suggested: Any = None
+
+    def to_event(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "hint": self.hint,
+            "cause": self.cause,
+            "key": self.key,
+            "suggested": self.suggested,
+        }
+
+
+def describe_failure(exc: BaseException, cfg: Config, lr: float) -> Failure:
+    """What happened and what to change; config-caused failures name the key and a value."""
     solver, model, dataset = cfg["SOLVER"], cfg["MODEL"], cfg["DATASET"]
     if isinstance(exc, NonFiniteLoss):
         base = float(solver["BASE_LR"])
-        return str(exc), (
-            f"training diverged: lower SOLVER.BASE_LR (now {base:g}), e.g. to {base / 10:g}, "
-            "or enable SOLVER.CLIP_GRADIENTS"
+        lower = lower_learning_rate(base)
+        return Failure(
+            str(exc),
+            f"training diverged: lower SOLVER.BASE_LR (now {base:g}), e.g. to {lower:g}, "
+            "or enable SOLVER.CLIP_GRADIENTS",
+            "config",
+            "SOLVER.BASE_LR",
+            lower,
         )
     if _is_out_of_memory(exc):
         where = "GPU" if isinstance(exc, torch.cuda.OutOfMemoryError) else "memory"
-        return f"out of {where} memory: {_first_line(exc)}", (
-            f"lower SOLVER.SAMPLES_PER_BATCH (now {solver['SAMPLES_PER_BATCH']}) or "
-            f"MODEL.INPUT_SIZE (now {list(model['INPUT_SIZE'])}), or use smaller MODEL.FILTERS"
+        batch = int(solver["SAMPLES_PER_BATCH"])
+        key, value = ("SOLVER.SAMPLES_PER_BATCH", batch // 2) if batch > 1 else (None, None)
+        return Failure(
+            f"out of {where} memory: {_first_line(exc)}",
+            f"lower SOLVER.SAMPLES_PER_BATCH (now {batch}) or "
+            f"MODEL.INPUT_SIZE (now {list(model['INPUT_SIZE'])}), or use smaller MODEL.FILTERS",
+            "resources",
+            key,
+            value,
         )
     if isinstance(exc, DataError | VolumeError):
-        return f"cannot read the training data: {exc}", (
+        return Failure(
+            f"cannot read the training data: {exc}",
             "check the file named in the message: it must exist, be readable and hold a "
             f"(z, y, x) volume. Data comes from DATASET.INPUT_PATH {dataset.get('INPUT_PATH')!r} "
             f"with IMAGE_NAME {dataset.get('IMAGE_NAME')!r}, LABEL_NAME "
-            f"{dataset.get('LABEL_NAME')!r}, VAL_IMAGE_NAME {dataset.get('VAL_IMAGE_NAME')!r}"
+            f"{dataset.get('LABEL_NAME')!r}, VAL_IMAGE_NAME {dataset.get('VAL_IMAGE_NAME')!r}",
+            "data",
         )
     if isinstance(exc, OSError):
         name = exc.filename or "the file named in the message"
-        return f"file error: {exc}", (
+        return Failure(
+            f"file error: {exc}",
             f"check {name}: inputs must exist and be readable, DATASET.OUTPUT_PATH and the "
-            "log folder writable, and the disk not full"
+            "log folder writable, and the disk not full",
+            "resources",
         )
     if isinstance(exc, CheckpointError):
-        return str(exc), (
+        pre_model = str(model.get("PRE_MODEL") or "")
+        is_pre_model = bool(pre_model) and exc.path == pre_model
+        return Failure(
+            str(exc),
             f"check the checkpoint {exc.path}; to start without it clear MODEL.PRE_MODEL "
-            "or create a new run"
+            "or create a new run",
+            "config" if is_pre_model else "data",
+            "MODEL.PRE_MODEL" if is_pre_model else None,
+            "" if is_pre_model else None,
         )
     if isinstance(exc, ValueError):
-        return f"invalid configuration: {exc}", (
+        named = _CONFIG_KEY.search(str(exc))
+        return Failure(
+            f"invalid configuration: {exc}",
             "fix the config key named in the message (the config validator lists every "
-            "problem) and start again"
+            "problem) and start again",
+            "config",
+            named.group(0) if named else None,
         )
-    return f"{type(exc).__name__}: {exc}", (
+    return Failure(
+        f"{type(exc).__name__}: {exc}",
         "an unexpected error stopped training; the traceback shows where. Resume from the "
-        "last checkpoint to retry, or report the traceback with your config"
+        "last checkpoint to retry, or report the traceback with your config",
+        "code",
     )
+
+
+_CONFIG_KEY = re.compile(r"\b(?:SYSTEM|MODEL|DATASET|AUGMENTOR|SOLVER|MONITOR)(?:\.[A-Z0-9_]+)+")
+DEFAULT_LR = 0.001  # PyTC's SOLVER.BASE_LR
+
+
+def lower_learning_rate(lr: float) -> float:
+    """A tenth of `lr` in 3 significant digits: positive, finite, never above `lr`."""
+    if not math.isfinite(lr) or lr <= 0:
+        return DEFAULT_LR
+    lower = float(f"{lr / 10:.3g}")
+    return lower if 0 < lower <= lr else lr
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -1,7 +1,12 @@
-"""Optimiser, learning-rate schedule and gradient clipping from SOLVER.*, as PyTC does them.
+"""Optimiser, learning-rate schedule, SWA and gradient clipping from SOLVER.*, as PyTC does them.
 
-Schedules count iterations, not epochs: the loop calls `scheduler.step()` once after each
-optimiser step, so after k steps `get_last_lr()` is the rate for iteration k.
+Guarantees, checked against PyTC v1.0.0's own output (`shared/reference/pytc-golden/solver`):
+- `build_optimizer` makes PyTC's param groups: one per parameter, in `model.modules()` order,
+  so an optimizer `state_dict` saved here loads into PyTC's optimizer and back.
+- `Schedule.step(index, loss)` after each 0-based iteration `index` does what PyTC's
+  `Trainer.scheduler_step` does: the SWA schedule from SOLVER.SWA.START_ITER on, else the
+  LR scheduler (ReduceLROnPlateau stepped with the training loss). After k steps a group's
+  `lr` is the rate of iteration k, exactly PyTC's.
 """
 
 from __future__ import annotations
@@ -9,19 +14,29 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
-from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
+from torch.optim.lr_scheduler import LRScheduler, MultiStepLR, ReduceLROnPlateau
+from torch.optim.swa_utils import SWALR, AveragedModel
+
+from backend.config.schema import (
+    CLIP_TYPES,
+    SUPPORTED_OPTIMIZERS,
+    SUPPORTED_SCHEDULERS,
+    WARMUP_METHODS,
+)
 
 Config = Mapping[str, Any]
 
-SUPPORTED_OPTIMIZERS = ("SGD", "Adam", "AdamW")
-SUPPORTED_SCHEDULERS = ("MultiStepLR", "WarmupMultiStepLR", "WarmupCosineLR")
-SUPPORTED_WARMUP_METHODS = ("linear", "constant")
-SUPPORTED_CLIP_TYPES = ("value", "norm")
+# One table for the trainer and the validator (backend.config.schema): what one accepts
+# the other builds.
+SUPPORTED_CLIP_TYPES = CLIP_TYPES
+SUPPORTED_WARMUP_METHODS = WARMUP_METHODS
+SWA_ANNEAL_STEPS = 10  # PyTC builds SWALR with torch's default cosine anneal over 10 steps
 
 # Parameters of these layers get SOLVER.WEIGHT_DECAY_NORM (PyTC's list, less its own types).
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -46,17 +61,17 @@ def _unsupported(key: str, value: Any, supported: Sequence[str]) -> ValueError:
 
 
 def param_groups(cfg: Config, model: nn.Module) -> list[dict[str, Any]]:
-    """PyTC's per-parameter settings: norm-layer parameters decay by WEIGHT_DECAY_NORM, biases
-    learn at BASE_LR * BIAS_LR_FACTOR and decay by WEIGHT_DECAY_BIAS, the rest use BASE_LR and
-    WEIGHT_DECAY. PyTC makes one group per parameter; parameters with equal settings share a
-    group here (same update, and the fused/foreach kernels see whole groups)."""
+    """PyTC's groups: one per trainable parameter, in `model.modules()` order. Norm-layer
+    parameters decay by WEIGHT_DECAY_NORM at BASE_LR; other biases learn at
+    BASE_LR * BIAS_LR_FACTOR and decay by WEIGHT_DECAY_BIAS; the rest use BASE_LR and
+    WEIGHT_DECAY. The layout is what makes optimizer state portable to and from PyTC."""
     solver = cfg["SOLVER"]
     base_lr, decay = float(solver["BASE_LR"]), float(solver["WEIGHT_DECAY"])
     norm_decay = float(solver.get("WEIGHT_DECAY_NORM", 0.0))
     bias_lr = base_lr * float(solver.get("BIAS_LR_FACTOR", 1.0))
     bias_decay = float(solver.get("WEIGHT_DECAY_BIAS", 0.0))
 
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    groups: list[dict[str, Any]] = []
     seen: set[int] = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -64,13 +79,13 @@ def param_groups(cfg: Config, model: nn.Module) -> list[dict[str, Any]]:
                 continue
             seen.add(id(param))
             if isinstance(module, _NORM_TYPES):
-                setting = (base_lr, norm_decay)
+                lr, wd = base_lr, norm_decay
             elif name == "bias":
-                setting = (bias_lr, bias_decay)
+                lr, wd = bias_lr, bias_decay
             else:
-                setting = (base_lr, decay)
-            groups.setdefault(setting, []).append(param)
-    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+                lr, wd = base_lr, decay
+            groups.append({"params": [param], "lr": lr, "weight_decay": wd})
+    return groups
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> Optimizer:
@@ -107,7 +122,8 @@ def warmup_factor(method: str, iteration: int, warmup_iters: int, factor: float)
 
 class _WarmupScheduler(LRScheduler):
     """A schedule in closed form of the iteration: resuming from `state_dict` only needs the
-    iteration count, and no rounding error accumulates step by step."""
+    iteration count, and no rounding error accumulates step by step. Attribute names are
+    PyTC's, so the `state_dict` of either loads into the other."""
 
     def __init__(
         self, optimizer: Optimizer, *, warmup_iters: int, warmup_factor: float, warmup_method: str
@@ -151,12 +167,12 @@ class WarmupMultiStepLR(_WarmupScheduler):
         )
 
     def _factor(self, iteration: int) -> float:
-        return float(self.gamma ** bisect_right(self.milestones, iteration))
+        return float(self.gamma ** bisect_right(list(self.milestones), iteration))
 
 
 class WarmupCosineLR(_WarmupScheduler):
     """Warm-up times a half cosine from the base rate at 0 to 0 at `max_iters` (PyTC: the two
-    factors multiply; the cosine does not restart after warm-up). Held at 0 past the end."""
+    factors multiply; the cosine does not restart after warm-up)."""
 
     def __init__(
         self,
@@ -178,8 +194,8 @@ class WarmupCosineLR(_WarmupScheduler):
         )
 
     def _factor(self, iteration: int) -> float:
-        progress = min(iteration, self.max_iters) / self.max_iters
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        # PyTC does not clamp: past max_iters the cosine rises again, as PyTC's would.
+        return 0.5 * (1.0 + math.cos(math.pi * iteration / self.max_iters))
 
 
 def _milestones(steps: Iterable[Any]) -> list[int]:
@@ -195,14 +211,15 @@ def build_scheduler(cfg: Config, optimizer: Optimizer) -> LRScheduler:
     name = solver["LR_SCHEDULER_NAME"]
     iters, factor = int(solver["WARMUP_ITERS"]), float(solver["WARMUP_FACTOR"])
     method = str(solver["WARMUP_METHOD"])
+    gamma = float(solver["GAMMA"])
     if name == "MultiStepLR":
-        return MultiStepLR(optimizer, _milestones(solver["STEPS"]), gamma=float(solver["GAMMA"]))
+        return MultiStepLR(optimizer, _milestones(solver["STEPS"]), gamma=gamma)
     if name == "WarmupMultiStepLR":
         milestones = _milestones(solver["STEPS"])
         return WarmupMultiStepLR(
             optimizer,
             milestones,
-            float(solver["GAMMA"]),
+            gamma,
             warmup_iters=iters,
             warmup_factor=factor,
             warmup_method=method,
@@ -215,7 +232,90 @@ def build_scheduler(cfg: Config, optimizer: Optimizer) -> LRScheduler:
             warmup_factor=factor,
             warmup_method=method,
         )
+    if name == "ReduceLROnPlateau":
+        # PyTC's fixed settings; only the factor is configurable (GAMMA).
+        return ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=gamma,
+            patience=1000,
+            threshold=0.001,
+            threshold_mode="rel",
+            cooldown=0,
+            min_lr=1e-6,
+            eps=1e-8,
+        )
     raise _unsupported("SOLVER.LR_SCHEDULER_NAME", name, SUPPORTED_SCHEDULERS)
+
+
+@dataclass
+class Schedule:
+    """The LR scheduler and, with SOLVER.SWA.ENABLED, the SWA schedule that replaces it from
+    `swa_start` on (PyTC builds both at start; the SWA one leaves the rate alone until used)."""
+
+    scheduler: LRScheduler
+    swa: SWALR | None = None
+    swa_start: int = 0
+
+    def step(self, index: int, loss: float) -> None:
+        """After 0-based iteration `index`, whose training loss was `loss`."""
+        if self.swa is not None and index >= self.swa_start:
+            self.swa.step()
+        elif isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(loss)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The LR scheduler's state: PyTC's `lr_scheduler` entry."""
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.scheduler.load_state_dict(dict(state))
+
+
+def build_schedule(cfg: Config, optimizer: Optimizer) -> Schedule:
+    scheduler = build_scheduler(cfg, optimizer)
+    swa = cfg["SOLVER"].get("SWA") or {}
+    if not swa.get("ENABLED"):
+        return Schedule(scheduler)
+    swa_lr = float(cfg["SOLVER"]["BASE_LR"]) * float(swa["LR_FACTOR"])
+    swalr = SWALR(optimizer, swa_lr=swa_lr, anneal_epochs=SWA_ANNEAL_STEPS)
+    return Schedule(scheduler, swalr, int(swa["START_ITER"]))
+
+
+# --- stochastic weight averaging -------------------------------------------------------------
+
+
+@dataclass
+class Averaging:
+    """SOLVER.SWA's averaged model: updated after iteration `index` when index >= START_ITER
+    and index % MERGE_ITER == 0 (PyTC's rule); `checkpoint_swa.pth.tar` holds its weights."""
+
+    model: AveragedModel
+    start: int
+    every: int
+    bn_update_iters: int
+
+    def maybe_update(self, index: int, model: nn.Module) -> None:
+        if index >= self.start and index % self.every == 0:
+            self.model.update_parameters(model)
+
+    @property
+    def updates(self) -> int:
+        return int(self.model.n_averaged.item())
+
+
+def build_averaging(cfg: Config, model: nn.Module) -> Averaging | None:
+    swa = cfg["SOLVER"].get("SWA") or {}
+    if not swa.get("ENABLED"):
+        return None
+    return Averaging(
+        AveragedModel(model),
+        start=int(swa["START_ITER"]),
+        every=max(1, int(swa["MERGE_ITER"])),
+        bn_update_iters=int(swa["BN_UPDATE_ITER"]),
+    )
 
 
 # --- gradient clipping -----------------------------------------------------------------------

@@ -107,9 +107,11 @@ def test_core_keys_include_what_a_run_needs() -> None:
         "DATASET.IMAGE_NAME",
         "AUGMENTOR.FLIP.ENABLED",
         "MODEL.MIXED_PRECESION",
+        "SOLVER.SWA.ENABLED",
+        "MODEL.PRE_MODEL_ITER",
     ):
         assert KEYS[name].core, name
-    for name in ("MODEL.LABEL_EROSION", "AUGMENTOR.ELASTIC.ENABLED", "SOLVER.SWA.ENABLED"):
+    for name in ("AUGMENTOR.COPYPASTE.ENABLED", "SYSTEM.DISTRIBUTED"):
         assert not KEYS[name].core, name
 
 

@@ -129,11 +129,17 @@ def test_unsupported_losses_and_schedulers() -> None:
     problem = one(check(minimal(), "MODEL.LOSS_OPTION", "[['WeightedCE']]"), "MODEL.LOSS_OPTION")
     assert "does not support" in problem.message
     assert "WeightedBCEWithLogitsLoss" in problem.expected
-    for name in ("ReduceLROnPlateau", "OneCycle"):
-        problem = one(
+
+
+def test_every_scheduler_pytc_builds_is_accepted_and_onecycle_says_why_not() -> None:
+    for name in ("MultiStepLR", "WarmupMultiStepLR", "WarmupCosineLR", "ReduceLROnPlateau"):
+        assert not at_key(
             check(minimal(), "SOLVER.LR_SCHEDULER_NAME", name), "SOLVER.LR_SCHEDULER_NAME"
         )
-        assert problem.expected == "one of MultiStepLR, WarmupMultiStepLR, WarmupCosineLR"
+    problems = check(minimal(), "SOLVER.LR_SCHEDULER_NAME", "OneCycle")
+    problem = one(problems, "SOLVER.LR_SCHEDULER_NAME")
+    assert "cannot build it" in problem.message and "SOLVER.MAX_ITER" in problem.message
+    assert problem.suggestion == "LR_SCHEDULER_NAME: 'WarmupCosineLR'"
 
 
 def test_unsupported_targets() -> None:

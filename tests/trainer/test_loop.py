@@ -12,11 +12,17 @@ import numpy as np
 import pytest
 import torch
 
+from backend.config import load_config, validate
 from backend.job import TrainJob
 from backend.trainer.checkpoint import PYTC_KEYS, read_checkpoint
 from backend.trainer.child import run
 from backend.trainer.emitter import Emitter
-from backend.trainer.loop import TrainingLoop, describe_failure
+from backend.trainer.loop import (
+    NonFiniteLoss,
+    TrainingLoop,
+    describe_failure,
+    lower_learning_rate,
+)
 from tests.trainer.helpers import read_jsonl, tiny_job
 
 Event = tuple[str, dict[str, Any], float]
@@ -169,11 +175,13 @@ def test_pre_model_starts_from_given_weights(tmp_path: Path) -> None:
     source = tiny_job(tmp_path / "source")
     train(source)
     weights = Path(source.output_path) / "checkpoint_00024.pth.tar"
-    job = tiny_job(tmp_path / "tuned", overrides=["MODEL.PRE_MODEL", str(weights)])
+    tuned = ["MODEL.PRE_MODEL", str(weights), "SOLVER.ITERATION_RESTART", "True"]
+    job = tiny_job(tmp_path / "tuned", overrides=tuned)
     code, events = train(job)
     assert code == 0
     assert of(events, "trainer_ready")[0]["start_iteration"] == 0
-    assert any(str(weights) in d["message"] for d in of(events, "log"))
+    loaded = [d["message"] for d in of(events, "log") if str(weights) in d["message"]]
+    assert loaded and "run 0123456789ab's checkpoint" in loaded[0], "says whose it is"
     _, scratch = train(tiny_job(tmp_path / "scratch"))
     assert of(events, "metric")[0]["loss"] < of(scratch, "metric")[0]["loss"], "fine-tuned"
 
@@ -240,9 +248,9 @@ def test_float_volume_with_nan_is_strict_json(tmp_path: Path) -> None:
 )
 def test_failure_hints(tmp_path: Path, exc: BaseException, message: str, hint: str) -> None:
     cfg = tiny_job(tmp_path).config
-    got_message, got_hint = describe_failure(exc, cfg, lr=0.01)
-    assert message in got_message
-    assert hint in got_hint
+    failure = describe_failure(exc, cfg, lr=0.01)
+    assert message in failure.message
+    assert hint in failure.hint
 
 
 def test_an_unwritable_log_folder_fails_over_the_pipe(tmp_path: Path) -> None:
@@ -253,3 +261,94 @@ def test_an_unwritable_log_folder_fails_over_the_pipe(tmp_path: Path) -> None:
     assert code == 1
     assert [t for t, _, _ in events] == ["failed"]
     assert str(blocker / "log") in of(events, "failed")[0]["hint"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "cause", "key", "suggested"),
+    [
+        (NonFiniteLoss(2, 0.01, math.inf), "config", "SOLVER.BASE_LR", 0.001),
+        (MemoryError(), "resources", "SOLVER.SAMPLES_PER_BATCH", 1),
+        (ValueError("MODEL.FILTERS must be increasing"), "config", "MODEL.FILTERS", None),
+        (FileNotFoundError(2, "No such file", "/x/y.h5"), "resources", None, None),
+        (KeyError("boom"), "code", None, None),
+    ],
+)
+def test_failures_name_their_cause_key_and_a_value(
+    tmp_path: Path, exc: BaseException, cause: str, key: str | None, suggested: Any
+) -> None:
+    cfg = tiny_job(tmp_path).config  # BASE_LR 0.01, SAMPLES_PER_BATCH 2
+    failure = describe_failure(exc, cfg, lr=0.01)
+    assert (failure.cause, failure.key, failure.suggested) == (cause, key, suggested)
+
+
+@pytest.mark.parametrize(
+    ("lr", "lower"), [(0.01, 0.001), (100000.0, 10000.0), (math.inf, 0.001), (3e-7, 3e-8)]
+)
+def test_the_suggested_learning_rate_is_sane_and_validates(lr: float, lower: float) -> None:
+    suggested = lower_learning_rate(lr)
+    assert suggested == pytest.approx(lower) and 0 < suggested <= lr
+    problems = validate(load_config(text="", overrides=["SOLVER.BASE_LR", repr(suggested)]))
+    assert not [p for p in problems if p.key == "SOLVER.BASE_LR"]
+
+
+def test_a_diverged_run_names_the_key_and_a_lower_rate(tmp_path: Path) -> None:
+    code, events = train(tiny_job(tmp_path, BASE_LR=1e30, ITERATION_TOTAL=4))
+    assert code == 1
+    failed = of(events, "failed")[0]
+    assert (failed["cause"], failed["key"]) == ("config", "SOLVER.BASE_LR")
+    assert failed["suggested"] == pytest.approx(1e29)
+    assert "e.g. to 1e+29" in failed["hint"]
+
+
+def test_pre_model_resumes_a_checkpoint_as_pytc_does(tmp_path: Path) -> None:
+    source = tiny_job(tmp_path / "source", ITERATION_TOTAL=6, ITERATION_SAVE=6, ITERATION_VAL=100)
+    train(source)
+    weights = Path(source.output_path) / "checkpoint_00006.pth.tar"
+    job = tiny_job(
+        tmp_path / "next", ITERATION_TOTAL=8, overrides=["MODEL.PRE_MODEL", str(weights)]
+    )
+    code, events = train(job)
+    assert code == 0
+    assert of(events, "trainer_ready")[0]["start_iteration"] == 6
+    assert [m["iteration"] for m in of(events, "metric")] == [7, 8]
+    assert any("resumed at iteration 6, as PyTC does" in d["message"] for d in of(events, "log"))
+
+
+def test_resume_falls_back_to_the_runs_previous_checkpoint(tmp_path: Path) -> None:
+    job = tiny_job(tmp_path, ITERATION_TOTAL=6, ITERATION_SAVE=3, ITERATION_VAL=100)
+    train(job)
+    out = Path(job.output_path)
+    (out / "checkpoint_00006.pth.tar").write_bytes(b"torn")  # the latest is unreadable
+    longer = tiny_job(tmp_path, ITERATION_TOTAL=8, ITERATION_SAVE=3, ITERATION_VAL=100)
+    resume = replace(longer, attempt=2, resume_from=str(out / "checkpoint_00006.pth.tar"))
+    code, events = train(resume)
+    assert code == 0
+    assert of(events, "trainer_ready")[0]["start_iteration"] == 3
+    warnings = [d["message"] for d in of(events, "log") if d["level"] == "warning"]
+    assert any("checkpoint_00006" in w and "falling back" in w for w in warnings)
+
+
+def test_resume_never_loads_another_runs_checkpoint(tmp_path: Path) -> None:
+    other = replace(tiny_job(tmp_path / "a", ITERATION_TOTAL=3, ITERATION_VAL=100), run_id="other")
+    train(other)
+    theirs = str(Path(other.output_path) / "checkpoint_00003.pth.tar")
+    mine = tiny_job(tmp_path / "b", ITERATION_TOTAL=3, ITERATION_VAL=100)
+    code, events = train(replace(mine, attempt=2, resume_from=theirs))
+    assert code == 1
+    failed = of(events, "failed")[0]
+    assert "belongs to run other, not to run 0123456789ab" in failed["message"]
+    assert "no usable checkpoint of its own" in failed["message"]
+
+
+def test_swa_averages_and_saves_its_model(tmp_path: Path) -> None:
+    swa = ["SOLVER.SWA.ENABLED", "True", "SOLVER.SWA.START_ITER", "2"]
+    swa += ["SOLVER.SWA.MERGE_ITER", "2", "SOLVER.SWA.BN_UPDATE_ITER", "2"]
+    job = tiny_job(tmp_path, ITERATION_TOTAL=6, ITERATION_VAL=100, overrides=swa)
+    code, events = train(job)
+    assert code == 0
+    saved = read_checkpoint(Path(job.output_path) / "checkpoint_swa.pth.tar")
+    assert set(saved) == {"state_dict"}
+    assert not any(k.startswith("module.") for k in saved["state_dict"])
+    assert any("SWA: 2 averaged models" in d["message"] for d in of(events, "log"))
+    lrs = [m["lr"] for m in of(events, "metric")]
+    assert lrs[:3] == [0.01, 0.01, 0.01] and lrs[3] < 0.01, "SWALR anneals from index 2 on"
