@@ -8,6 +8,7 @@ protocol's error shape by `api_error`.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import platform
 from pathlib import Path
@@ -79,6 +80,19 @@ def too_large(limit: int) -> ApiError:
     return ApiError(413, "too_large", f"the request body is over {limit:,} bytes", {"limit": limit})
 
 
+def known_fields(body: dict[str, Any], fields: tuple[str, ...], what: str) -> None:
+    """400 for a field the request does not define, naming the nearest one that it does."""
+    for key in body:
+        if key not in fields:
+            near = difflib.get_close_matches(key, fields, n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise bad_request(
+                f"unknown field '{key}' in {what}; {hint}the fields are: {', '.join(fields)}",
+                field=key,
+                suggestion=near[0] if near else None,
+            )
+
+
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -141,14 +155,21 @@ async def config_validate(request: Request) -> Response:
 
 
 def _config_source(body: dict[str, Any]) -> tuple[str, str | None, list[str]]:
+    """What a create request would take, checked the same way (numbers pass as text)."""
+    known_fields(body, ("config", "base", "overrides"), "a validate request")
     config, base, overrides = body.get("config"), body.get("base"), body.get("overrides") or []
     if not isinstance(config, str):
         raise bad_request("'config' (the YAML text) is required")
     if base is not None and not isinstance(base, str):
         raise bad_request("'base' must be YAML text")
-    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise bad_request("'overrides' must be a list of strings: KEY, VALUE, ...")
-    return config, base, overrides
+    if not isinstance(overrides, list) or not all(
+        isinstance(item, str | int | float) and not isinstance(item, bool) for item in overrides
+    ):
+        raise bad_request(
+            "'overrides' must be a list of strings: KEY, VALUE, ... "
+            '(for example ["SOLVER.BASE_LR", "0.01"])'
+        )
+    return config, base, [str(item) for item in overrides]
 
 
 def _validate(config: str, base: str | None, overrides: list[str], root: Path) -> dict[str, Any]:
@@ -220,6 +241,7 @@ async def run_command(request: Request) -> Response:
     ctx = context(request)
     command = request.url.path.rsplit("/", 1)[-1]
     body = await read_json(request, ctx.settings.max_json_bytes)
+    known_fields(body, ("id",), f"a {command} request")
     command_id = check_id(body.get("id"))
     outcome = await ctx.commands.run(command, request.path_params["run_id"], {}, command_id)
     return JSONResponse(outcome.body, outcome.status)
@@ -366,6 +388,7 @@ async def upload(request: Request) -> Response:
 async def check_path(request: Request) -> Response:
     ctx = context(request)
     body = await read_json(request, ctx.settings.max_json_bytes)
+    known_fields(body, ("path",), "a path check")
     path = body.get("path")
     if not isinstance(path, str) or not path:
         raise bad_request("'path' (a string) is required")
@@ -393,8 +416,28 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
     code = codes.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
-    error = {"code": code, "message": str(exc.detail), "details": {}}
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        message = f"there is no {where}; the routes are listed in docs/protocol.md"
+    elif exc.status_code == 405:
+        message = f"{where} is not allowed; use {' or '.join(_methods_of(request.url.path))}"
+    else:
+        message = str(exc.detail)
+    error = {"code": code, "message": message, "details": {}}
     return JSONResponse({"error": error}, exc.status_code, headers=exc.headers)
+
+
+def _methods_of(path: str) -> list[str]:
+    """The methods the API answers on `path` (every route of that path, not just one)."""
+    inner = path.removeprefix("/api")
+    methods = {
+        method
+        for route in routes
+        if route.path_regex.match(inner)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    return sorted(methods) or ["another method"]
 
 
 routes = [

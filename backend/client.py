@@ -87,7 +87,7 @@ class Rest:
         headers = {"accept": "application/json"}
         data = None
         if body is not None:
-            data = json.dumps(body).encode()
+            data = encode(body).encode()
             headers["content-type"] = "application/json"
         if self.token:
             headers["authorization"] = f"Bearer {self.token}"
@@ -159,6 +159,17 @@ class Rest:
                 out.write(chunk)
                 written += len(chunk)
         return written
+
+
+def encode(value: Any) -> str:
+    """JSON as the server accepts it; NaN or Infinity is refused here, before sending."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ClientError(
+            "the request holds NaN or Infinity, which JSON cannot carry: send finite numbers",
+            "bad_request",
+        ) from None
 
 
 def _quote(run_id: str | None) -> str:
@@ -282,6 +293,7 @@ class Client:
         }
         if data is not None:
             frame["data"] = data
+        encode(frame)  # a NaN is refused now, not when a reconnect resends the frame
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[command_id] = (frame, future)
         try:
@@ -347,7 +359,7 @@ class Client:
             await self._send_subscribe()
         for frame, future in list(self._pending.values()):
             if not future.done():
-                await ws.send(json.dumps(frame))  # same id: applied at most once
+                await ws.send(encode(frame))  # same id: applied at most once
         async for raw in ws:
             await self._handle(ws, json.loads(raw))
 
@@ -386,7 +398,7 @@ class Client:
         if ws is None:
             return
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(json.dumps(frame))
+            await ws.send(encode(frame))
 
     async def _fail(self, exc: BaseException) -> None:
         self._closed = True

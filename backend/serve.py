@@ -29,6 +29,8 @@ from backend.settings import Settings
 from backend.store import add_durability_argument
 
 TOKEN_ENV = "TRAINBOARD_TOKEN"
+# The request line and headers of one HTTP request (a browser sends a few KiB).
+MAX_HEAD_BYTES = 64 * 1024
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -195,10 +197,17 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "warning") -> 
         app,
         host=settings.host,
         port=settings.port,
+        # h11, not httptools: httptools buffers a request head of any size, so one client
+        # could fill the server's memory before the token is even checked.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,  # over it: 400, connection closed
         ws_max_size=settings.ws_max_frame,  # bigger frames: close 1009
         # Compression would run once per frame per client: at thousands of events per
         # second and many clients it costs more CPU than the fan-out itself.
         ws_per_message_deflate=False,
+        # No protocol-level ping: it would cut a client that stops reading with no close
+        # code. Liveness is the app's heartbeat (4000) and a full outbox closes with 4408.
+        ws_ping_interval=None,
         log_level=log_level,
         access_log=False,  # URLs may carry ?token=
         lifespan="on",

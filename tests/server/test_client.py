@@ -69,6 +69,11 @@ def test_rest_helpers_and_refusals(server: LiveServer) -> None:
     with pytest.raises(ClientError) as info:
         Rest("http://127.0.0.1:9", TOKEN, timeout=2).runs()
     assert info.value.code == "unreachable"
+    before = server.ctx.store.last_seq
+    with pytest.raises(ClientError) as info:  # refused before sending: JSON has no NaN
+        rest.create({"config": "SOLVER:\n  BASE_LR: 0.1\n", "seed": float("nan")})
+    assert info.value.code == "bad_request" and "NaN" in str(info.value)
+    assert server.ctx.store.last_seq == before
 
 
 def test_client_resumes_after_being_too_slow_without_gap_or_duplicate(server: LiveServer) -> None:
