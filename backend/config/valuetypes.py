@@ -107,13 +107,17 @@ def literal(text: str) -> Any:
 def coerce(value: Any, tag: str) -> Any:
     """The value as the key's type when it can be read as one, else unchanged.
 
-    Strings are literal-evaluated only where the key is not a string key, so that
-    `STEPS: (30000, 35000)` and `BASE_LR: 1e-03` (a string in YAML 1.1) become numbers
-    while `OUTPUT_NAME: '123'` stays the text the user wrote.
+    Strings are literal-evaluated as yacs does, so that `STEPS: (30000, 35000)` and
+    `BASE_LR: 1e-03` (a string in YAML 1.1) become numbers and `NAME: "'SGD'"` the string
+    SGD, while `OUTPUT_NAME: '123'` stays the text the user wrote.
     """
     value = tuples_to_lists(value)
-    if isinstance(value, str) and not accepts_str(tag):
-        value = literal(value)
+    if isinstance(value, str):
+        decoded = literal(value)
+        # yacs literal-evaluates every string value; where the key is a string key only a
+        # string literal is taken ("'SGD'" -> SGD), so '123' stays the text the user wrote.
+        if not accepts_str(tag) or isinstance(decoded, str):
+            value = decoded
     ok, converted = convert(value, tag)
     return converted if ok else value
 

@@ -100,6 +100,19 @@ def test_string_keys_are_not_literal_evaluated() -> None:
     assert loaded.values["INFERENCE"]["OUTPUT_NAME"] == "123"
 
 
+def test_string_literals_are_decoded_as_yacs_does() -> None:
+    text = minimal(
+        SOLVER="  NAME: \"'Adam'\"\n  LR_SCHEDULER_NAME: \"'ReduceLROnPlateau'\"\n",
+        MODEL="  TARGET_OPT: \"['0', '4-1-1']\"\n",
+    )
+    loaded = load_config(text)
+    assert loaded.get("SOLVER.NAME") == "Adam"
+    assert loaded.get("SOLVER.LR_SCHEDULER_NAME") == "ReduceLROnPlateau"
+    assert loaded.get("MODEL.TARGET_OPT") == ["0", "4-1-1"]
+    overridden = load_config(text, overrides=["SOLVER.NAME", "'AdamW'", "DATASET.PAD_MODE", "edge"])
+    assert overridden.get("SOLVER.NAME") == "AdamW" and overridden.get("DATASET.PAD_MODE") == "edge"
+
+
 def test_ints_where_floats_or_strings_are_meant_are_converted() -> None:
     loaded = load_config(minimal(MODEL="  LOSS_WEIGHT: [[1]]\n  TARGET_OPT: [0]\n"))
     assert loaded.values["MODEL"]["LOSS_WEIGHT"] == [[1.0]]
