@@ -59,11 +59,33 @@ def _guard(func: Any, args: argparse.Namespace) -> int:
         return int(func(args) or 0)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        details = exc.details or {}
-        if "legal_commands" in details:
-            legal = ", ".join(details["legal_commands"]) or "none"
-            print(f"  the run is {details.get('state')}; allowed now: {legal}", file=sys.stderr)
+        for line in explain(exc.code, exc.details or {}):
+            print(f"  {line}", file=sys.stderr)
         return 1
+
+
+def explain(code: str, details: dict[str, Any]) -> list[str]:
+    """What a refusal means for the person at the terminal, and what to do next."""
+    if code == "busy":
+        training = details.get("training_run")
+        return [
+            f"run {training} is training and at most {details.get('max_concurrent')} run(s) "
+            "may train at once; nothing was started",
+            f"wait for it (trainboard watch {training}) or stop it (trainboard stop {training})",
+        ]
+    if code == "output_in_use":
+        owner = details.get("owner") or {}
+        whose = f"run {owner['run_id']} ({owner.get('name')})" if owner.get("run_id") else None
+        return [
+            f"{details.get('output_path')} holds the checkpoints of "
+            f"{whose or owner.get('name') or 'another run'}; nothing was created",
+            f"a free folder: {details.get('proposed')} (set DATASET.OUTPUT_PATH to it), "
+            "or reuse the folder on purpose (reuse_output, --reuse-output)",
+        ]
+    if "legal_commands" in details:
+        legal = ", ".join(details["legal_commands"]) or "none"
+        return [f"the run is {details.get('state')}; allowed now: {legal}"]
+    return []
 
 
 def _rest(args: argparse.Namespace) -> Rest:
@@ -133,6 +155,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     if run["error"]:
         fields.append(("error", run["error"].get("message") or "-"))
         fields.append(("hint", run["error"].get("hint") or "-"))
+    if run.get("interrupted"):
+        fields.append(("interrupted", interruption(run["interrupted"])))
+    resumable = run.get("resumable_from")
+    if "resume" in run["legal_commands"]:
+        fields.append(
+            (
+                "resume from",
+                f"{resumable['path']} (iteration {resumable['iteration']})"
+                if resumable
+                else "nothing: no checkpoint yet, a resume starts afresh",
+            )
+        )
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
         print(f"{key:>{width}}  {value}")
@@ -181,6 +215,18 @@ async def _watch(url: str, token: str | None, run: dict[str, Any]) -> int:
                 print(ending(run["run_id"], state, event["data"]), flush=True)
                 return EXIT_CODES[state]
     return 1
+
+
+def interruption(interrupted: dict[str, Any]) -> str:
+    """ "the server restarted at 21:44; checkpoint at iteration 71"."""
+    at = (
+        datetime.fromtimestamp(interrupted["at"]).strftime("%H:%M")
+        if interrupted.get("at")
+        else "?"
+    )
+    iteration = interrupted.get("checkpoint_iteration")
+    where = f"checkpoint at iteration {iteration}" if iteration is not None else "no checkpoint"
+    return f"the server restarted at {at}; {where}"
 
 
 def ending(run_id: str, state: str, error: dict[str, Any] | None) -> str:

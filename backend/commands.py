@@ -1,12 +1,12 @@
 """Client commands (create, start, stop, resume), the same whether REST or WebSocket asks.
 
-A command may carry a client-chosen id. The answer to each id is remembered (the last
-`remember` ids, across connections), so a client that lost its connection before the
-answer came can send the same command again and get the first answer: nothing is
-applied twice. A repeat that arrives while the first is still running waits for it.
-A create's id also fixes the new run's id (`run_id_for`), so a create repeated after a
-server restart finds its run instead of making a second one; a repeated start, stop or
-resume after a restart is refused by the state machine (409) rather than applied twice.
+A command may carry a client-chosen id, and is applied at most once per id, across
+connections, restarts and crashes. The event a command appends records its id
+(`data.command_id`), and every run's summary keeps the ids its log holds, so the answer
+to an id that made an event is found again after a restart (the status, the run as it is
+now, and that event) and never appended twice. Answers are also remembered in memory
+(the last `remember` ids), refusals included; a repeat that arrives while the first is
+still running waits for it. A create's id also fixes the new run's id (`run_id_for`).
 
 A command, once received, runs to its end even if the client goes away meanwhile: half a
 start (the event stored, the child not yet spawned) must never be left behind.
@@ -29,8 +29,10 @@ from backend import errors
 from backend.errors import ApiError
 from backend.events import Event
 from backend.fsm.machine import IllegalCommand
+from backend.outputs import OutputInUse
+from backend.projections import CommandRecord, RunSummary
 from backend.runs import RunService, UnknownRun, new_run_id
-from backend.runspec import InvalidConfig, InvalidRequest, created_data
+from backend.runspec import InvalidConfig, InvalidRequest, claim_output, created_data
 from backend.supervisor import Busy, Supervisor
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class Commands:
             OrderedDict()
         )
         self._running: set[asyncio.Task[Outcome]] = set()
+        # Creates one at a time: two creates must not both find the same folder free.
+        self._creating = asyncio.Lock()
 
     async def run(
         self,
@@ -82,10 +86,10 @@ class Commands:
         command_id: str | None = None,
     ) -> Outcome:
         """Apply a command, or answer a repeated id from its first answer."""
-        remembered = None if command_id is None else self._answers.get(command_id)
+        remembered = None if command_id is None else self._remembered(command_id)
         if command_id is not None and remembered is not None:
             first_command, first_run, answer = remembered
-            if (first_command, first_run) != (command, run_id):
+            if first_command != command or (first_run != run_id and command != "create"):
                 return _refused(
                     ApiError(
                         409,
@@ -96,14 +100,54 @@ class Commands:
                 )
             self._answers.move_to_end(command_id)
             return await asyncio.shield(answer)
-        task = asyncio.create_task(self._settle(command, run_id, data or {}, command_id))
+        task = self._task(self._settle(command, run_id, data or {}, command_id))
+        if command_id is not None:
+            self._remember(command_id, command, run_id, task)
+        return await asyncio.shield(task)
+
+    def _remembered(self, command_id: str) -> tuple[str, str | None, asyncio.Task[Outcome]] | None:
+        """The answer to an id: from memory, else from the event the id is recorded in.
+        Synchronous up to the lookup, so a command cannot slip in between."""
+        remembered = self._answers.get(command_id)
+        if remembered is not None:
+            return remembered
+        found = self.service.find_command(command_id)
+        if found is None:
+            return None
+        summary, record = found
+        task = self._task(self._recorded(summary, record))
+        return self._remember(command_id, record.command, summary.run.run_id, task)
+
+    def _remember(
+        self, command_id: str, command: str, run_id: str | None, task: asyncio.Task[Outcome]
+    ) -> tuple[str, str | None, asyncio.Task[Outcome]]:
+        entry = self._answers[command_id] = (command, run_id, task)
+        while len(self._answers) > self.remember:
+            self._answers.popitem(last=False)
+        return entry
+
+    def _task(self, coro: Any) -> asyncio.Task[Outcome]:
+        task: asyncio.Task[Outcome] = asyncio.create_task(coro)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        if command_id is not None:
-            self._answers[command_id] = (command, run_id, task)
-            while len(self._answers) > self.remember:
-                self._answers.popitem(last=False)
-        return await asyncio.shield(task)
+        return task
+
+    async def _recorded(self, summary: RunSummary, record: CommandRecord) -> Outcome:
+        """The answer to a command found in the log: the run now, and the event it made
+        (for a create that also started the run, its `started` event too)."""
+        run_id = summary.run.run_id
+        events = await self.service.store.read_run(run_id, record.version - 1, limit=2)
+        body: dict[str, Any] = {"run": summary.to_json(), "event": events[0].to_json()}
+        if record.command == "create":
+            started = [
+                e
+                for e in events[1:]
+                if e.data.get("command_id") == events[0].data.get("command_id")
+            ]
+            if started:
+                body["started"] = started[0].to_json()
+            return Outcome(201, body)
+        return Outcome(200, body)
 
     async def _settle(
         self, command: str, run_id: str | None, data: Mapping[str, Any], command_id: str | None
@@ -121,15 +165,16 @@ class Commands:
     async def _execute(
         self, command: str, run_id: str | None, data: Mapping[str, Any], command_id: str | None
     ) -> Outcome:
+        started: Event | None = None
         try:
             if command == "create":
-                event = await self._create(data, command_id)
+                event, started = await self._create(data, command_id)
                 status = 201
             elif command in COMMANDS:
                 if not run_id:
                     raise errors.bad_request(f"'{command}' needs a run_id")
                 self.service.get(run_id)  # UnknownRun before anything else
-                event = await getattr(self.supervisor, command)(run_id)
+                event = await getattr(self.supervisor, command)(run_id, command_id)
                 status = 200
             else:
                 raise errors.bad_request(
@@ -154,24 +199,48 @@ class Commands:
                 )
             )
         except InvalidRequest as exc:
-            return _refused(errors.bad_request(str(exc)))
+            return _refused(errors.bad_request(str(exc), **exc.details))
         except InvalidConfig as exc:
             return _refused(ApiError(422, "invalid_config", str(exc), {"problems": exc.to_json()}))
+        except OutputInUse as exc:
+            return _refused(ApiError(409, "output_in_use", str(exc), exc.details()))
         summary = self.service.get(event.run_id)
-        return Outcome(status, {"run": summary.to_json(), "event": event.to_json()})
+        body = {"run": summary.to_json(), "event": event.to_json()}
+        if started is not None:
+            body["started"] = started.to_json()
+        return Outcome(status, body)
 
-    async def _create(self, data: Mapping[str, Any], command_id: str | None) -> Event:
+    async def _create(
+        self, data: Mapping[str, Any], command_id: str | None
+    ) -> tuple[Event, Event | None]:
+        """The `created` event (and `started`, for a create with `start: true`)."""
         run_id = new_run_id() if command_id is None else run_id_for(command_id)
-        if run_id in self.service.runs:
-            # A create repeated after the server forgot its answers (a restart): the run
-            # its id made is the first answer.
-            [first] = await self.service.store.read_run(run_id, limit=1)
-            return first
-        # Validation reads volume headers: keep the event loop free meanwhile.
-        created = await anyio.to_thread.run_sync(
-            lambda: created_data(data, run_id, check_paths=self.check_paths, base_dir=self.base_dir)
-        )
-        return await self.service.create(created, run_id)
+        async with self._creating:
+            if run_id in self.service.runs:
+                # A create repeated after a restart, from a log older than command ids in
+                # events: the run its id made is the first answer.
+                [first] = await self.service.store.read_run(run_id, limit=1)
+                return first, None
+            runs = dict(self.service.runs)  # a snapshot the worker thread may read
+            # Validation reads volume headers: keep the event loop free meanwhile.
+            created = await anyio.to_thread.run_sync(
+                lambda: created_data(
+                    data,
+                    run_id,
+                    check_paths=self.check_paths,
+                    base_dir=self.base_dir,
+                    runs=runs,
+                )
+            )
+            if command_id is not None:
+                created["command_id"] = command_id
+            if data.get("start"):
+                first, started = await self.supervisor.create_and_start(run_id, created, command_id)
+            else:
+                first, started = await self.service.create(created, run_id), None
+            if self.check_paths:
+                await anyio.to_thread.run_sync(lambda: claim_output(created, run_id))
+            return first, started
 
 
 def run_id_for(command_id: str) -> str:

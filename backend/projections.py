@@ -1,14 +1,31 @@
-"""Read models derived only from events, rebuildable from the log at any time."""
+"""Read models derived only from events, rebuildable from the log at any time.
+
+A run's summary also keeps what a restarted server must know without re-reading the
+log: the command ids its events record (so a repeated command is answered, not applied
+again), the run's own checkpoints (what a resume may load), and whether a server stop
+or crash interrupted it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from backend import events as ev
 from backend.events import Event
 from backend.fsm import Run
 from backend.fsm.machine import State
+
+# The command each command event records (the inverse of events.COMMAND_EVENTS).
+_COMMAND_OF = {event_type: command for command, event_type in ev.COMMAND_EVENTS.items()}
+SERVER_SHUTDOWN = "server_shutdown"  # the reason of a stop the server asks for as it stops
+
+
+class CommandRecord(NamedTuple):
+    """A command id found in a run's log: which command it was and the event it appended."""
+
+    command: str
+    version: int
 
 
 @dataclass
@@ -32,6 +49,12 @@ class RunSummary:
     error: dict[str, Any] | None = None
     output_path: str | None = None
     log_path: str | None = None
+    # Command id -> the command and the version of the event it appended (the first one).
+    commands: dict[str, CommandRecord] = field(default_factory=dict)
+    # The run's own checkpoints, path -> iteration, oldest first (a rewrite moves it last).
+    checkpoints: dict[str, int] = field(default_factory=dict)
+    interrupted: dict[str, Any] | None = None
+    stop_reason: str | None = None  # of the stop under way
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -54,9 +77,25 @@ class RunSummary:
         if len(self.run.problems) == problems:
             self._update(event)
 
+    @property
+    def own_checkpoints(self) -> list[str]:
+        """The run's checkpoint paths, newest first (what a resume may load)."""
+        return list(reversed(self.checkpoints))
+
+    @property
+    def resumable_from(self) -> dict[str, Any] | None:
+        """The run's latest own checkpoint, if it has one."""
+        if not self.checkpoints:
+            return None
+        path = next(reversed(self.checkpoints))
+        return {"path": path, "iteration": self.checkpoints[path]}
+
     def _update(self, event: Event) -> None:
         data = event.data
         kind = event.type
+        command_id = data.get("command_id")
+        if kind in _COMMAND_OF and isinstance(command_id, str):
+            self.commands.setdefault(command_id, CommandRecord(_COMMAND_OF[kind], event.version))
         if kind == ev.METRIC:
             self.iteration = data.get("iteration", self.iteration)
             self.last_loss = data.get("loss", self.last_loss)
@@ -72,6 +111,9 @@ class RunSummary:
                 self.best_iteration = data.get("iteration")
         elif kind == ev.CHECKPOINT:
             self.last_checkpoint = data.get("path")
+            self._own_checkpoint(data.get("path"), data.get("iteration"))
+        elif kind == ev.STOP_REQUESTED:
+            self.stop_reason = data.get("reason")
         elif kind == ev.CREATED:
             self.name = data.get("name", "")
             self.total = data.get("total_iterations", 0)
@@ -84,6 +126,8 @@ class RunSummary:
             self.ended_at = None
             self.error = None
             self.eta_s = None
+            self.interrupted = None
+            self.stop_reason = None
         elif kind in (ev.COMPLETED, ev.STOPPED, ev.FAILED):
             self.ended_at = event.ts
             self.eta_s = None
@@ -94,6 +138,28 @@ class RunSummary:
             checkpoint = data.get("checkpoint")
             if checkpoint:
                 self.last_checkpoint = checkpoint
+                if checkpoint not in self.checkpoints:
+                    self._own_checkpoint(checkpoint, data.get("iteration"))
+            if self._was_interrupted(kind, data):
+                latest = self.resumable_from
+                self.interrupted = {
+                    "reason": "server_restart",
+                    "at": event.ts,
+                    "checkpoint_iteration": latest["iteration"] if latest else None,
+                }
+
+    def _own_checkpoint(self, path: Any, iteration: Any) -> None:
+        if isinstance(path, str) and path:
+            self.checkpoints.pop(path, None)
+            self.checkpoints[path] = iteration if isinstance(iteration, int) else 0
+
+    def _was_interrupted(self, kind: str, final: Any) -> bool:
+        """An end caused by the server going away, not by the run itself: a reconciled
+        end (`interrupted`), or a stop the server asked for as it shut down."""
+        if kind == ev.COMPLETED:
+            return False
+        shutdown = kind == ev.STOPPED and self.stop_reason == SERVER_SHUTDOWN
+        return bool(final.get("interrupted")) or shutdown
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +185,8 @@ class RunSummary:
             "error": self.error,
             "output_path": self.output_path,
             "log_path": self.log_path,
+            "interrupted": self.interrupted,
+            "resumable_from": self.resumable_from,
             "problems": list(self.run.problems),
         }
 

@@ -10,9 +10,14 @@ the child's last events may never have reached SQLite. For every run still Train
    file) and SIGKILL if it has not exited after `kill_grace_s`. Re-attaching is not
    possible, since the pipe died with the server; a resume starts a fresh child.
 2. The file's events of the current attempt that the database lacks are appended, in
-   file order, each `(attempt, n)` once: running reconcile again appends nothing.
+   file order, each `(attempt, n)` once, up to the attempt's final event: running
+   reconcile again appends nothing. A recovered `stopped` that no user asked for (the
+   trainer stopped because its server went away) is marked `interrupted: true`.
 3. If that recovered no final event, `failed {interrupted: true}` ends the run in Error,
    from where it can be resumed from its last checkpoint.
+
+Either way the run's summary then says it was interrupted (`RunSummary.interrupted`),
+which `trainboard serve --auto-resume` reads (`auto_resume`).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from backend import events as ev
+from backend.commands import Commands, Outcome
 from backend.events import NewEvent
 from backend.fsm.machine import State
 from backend.job import EVENTS_FILE
 from backend.runs import RunService
-from backend.supervisor import Supervisor, process_start_time
+from backend.supervisor import FINAL_TYPES, Supervisor, process_start_time
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +95,44 @@ async def recover_spool(service: RunService, run_id: str, current: _Attempt | No
     if current is None:
         current = await _current_attempt(service, run_id)
     recovered = 0
-    log_path = service.get(run_id).log_path
-    if log_path and current.attempt is not None:
+    summary = service.get(run_id)
+    user_stop = summary.run.stopping and summary.stop_reason is None
+    if summary.log_path and current.attempt is not None:
         chunk: list[NewEvent] = []
-        for new in _missing(Path(log_path) / EVENTS_FILE, run_id, current):
-            chunk.append(new)
+        for new in _missing(Path(summary.log_path) / EVENTS_FILE, run_id, current):
+            if new.type == ev.STOPPED and not user_stop:
+                chunk.append(NewEvent(new.type, {**new.data, "interrupted": True}, new.ts))
+            else:
+                chunk.append(new)
             if len(chunk) >= _CHUNK:
                 recovered += len(await service.record(run_id, chunk))
                 chunk = []
         recovered += len(await service.record(run_id, chunk))
     return recovered
+
+
+async def auto_resume(commands: Commands) -> dict[str, Outcome]:
+    """Resume every run that a server stop or crash interrupted (its summary says so),
+    oldest interruption first, through the command path and its concurrency limit. A run
+    that cannot start now stays as it is, with a warning in the server's log. Each
+    resume carries the id `auto-resume:<run>:<attempt>`, so it happens at most once."""
+    waiting = [
+        summary
+        for summary in commands.service.runs.values()
+        if summary.interrupted is not None and "resume" in summary.run.legal_commands()
+    ]
+    waiting.sort(key=lambda summary: (summary.interrupted or {}).get("at") or 0.0)
+    outcomes: dict[str, Outcome] = {}
+    for summary in waiting:
+        run_id = summary.run.run_id
+        command_id = f"auto-resume:{run_id}:{summary.attempts + 1}"
+        outcome = outcomes[run_id] = await commands.run("resume", run_id, None, command_id)
+        if outcome.ok:
+            log.warning("run %s: resumed after the server restart", run_id)
+        else:
+            why = outcome.body["error"]["message"]
+            log.warning("run %s: not resumed automatically: %s", run_id, why)
+    return outcomes
 
 
 async def _current_attempt(service: RunService, run_id: str) -> _Attempt:
@@ -140,6 +174,8 @@ def _missing(path: Path, run_id: str, current: _Attempt) -> Iterator[NewEvent]:
                 continue
             current.known.add(n)
             yield NewEvent(type_, data, ts)
+            if type_ in FINAL_TYPES:
+                return  # the attempt ended there
 
 
 def _parse_line(line: str) -> dict[str, Any] | None:

@@ -3,6 +3,8 @@
 Every change to a run goes through here, whoever asks (REST, WebSocket, CLI, the
 trainer supervisor): the state machine decides, the store appends, the in-memory run is
 updated with the same `apply` a replay uses, and listeners hear about the new events.
+A command's event records its client-chosen id (`data.command_id`); `find_command`
+answers which run and event an id made, also after a restart.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from backend import events as ev
 from backend.events import Event, NewEvent
 from backend.fsm.fold import admissible
-from backend.projections import RunSummary
+from backend.projections import CommandRecord, RunSummary
 from backend.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,14 @@ class RunService:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self.runs: dict[str, RunSummary] = {}
+        self._command_runs: dict[str, str] = {}  # command id -> the run whose log records it
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Listener] = []
 
     async def load(self) -> None:
         """Rebuild every run's summary from the log (startup)."""
         self.runs.clear()
+        self._command_runs.clear()
         after = 0
         while page := await self.store.read_all(after, limit=10_000):
             for event in page:
@@ -53,12 +57,25 @@ class RunService:
                 if summary is None:
                     summary = self.runs[event.run_id] = RunSummary.new(event.run_id)
                 summary.replay(event)
+                self._index(event)
             after = page[-1].seq
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` with every batch of newly stored events; returns an unsubscribe."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def find_command(self, command_id: str) -> tuple[RunSummary, CommandRecord] | None:
+        """The run and the command that a command id was recorded with, if any."""
+        run_id = self._command_runs.get(command_id)
+        summary = None if run_id is None else self.runs.get(run_id)
+        record = None if summary is None else summary.commands.get(command_id)
+        return None if summary is None or record is None else (summary, record)
+
+    def _index(self, event: Event) -> None:
+        command_id = event.data.get("command_id")
+        if isinstance(command_id, str) and event.type in ev.COMMAND_EVENTS.values():
+            self._command_runs.setdefault(command_id, event.run_id)
 
     def get(self, run_id: str) -> RunSummary:
         try:
@@ -110,6 +127,7 @@ class RunService:
         stored = await self.store.append(summary.run.run_id, new, summary.run.version)
         for event in stored:
             summary.apply(event)
+            self._index(event)
         for listener in list(self._listeners):
             listener(stored)
         return stored

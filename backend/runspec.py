@@ -1,9 +1,11 @@
 """From a create request to a run, and from a run to the job its trainer child gets.
 
-A create request is `{name?, config, base?, overrides?, log_path?, seed?}` (the body of
-`POST /api/runs`). `created_data` validates it with `backend.config`, reporting every
-problem at once, and returns the data of the run's `created` event; `job_for` turns that
-data back into a `TrainJob` for one attempt. Torch-free: the server imports this.
+A create request is `{name?, config, base?, overrides?, log_path?, seed?, reuse_output?,
+start?}` (the body of `POST /api/runs`); any other field is refused, naming the nearest
+known one. `created_data` validates it with `backend.config`, reporting every problem at
+once, checks that the output folder is not another run's (`backend.outputs`), and returns
+the data of the run's `created` event; `job_for` turns that data back into a `TrainJob`
+for one attempt. Torch-free: the server imports this.
 
 Paths: relative paths in the config are relative to `base_dir` (default: the working
 directory), as validation reads them. The resolved config makes DATASET.INPUT_PATH,
@@ -18,23 +20,37 @@ the request is used as it is (made absolute).
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from backend import outputs
 from backend.config import load_config, validate
 from backend.config.problems import Problem
 from backend.events import Event
 from backend.job import TrainJob
+from backend.outputs import KnownRun, OutputInUse
 from backend.runs import RunService, new_run_id
 
+__all__ = ["FIELDS", "InvalidConfig", "InvalidRequest", "OutputInUse", "created_data", "job_for"]
+
+# The fields of a create request (the command id travels beside them, not among them).
+FIELDS = ("name", "config", "base", "overrides", "log_path", "seed", "reuse_output", "start")
+
+log = logging.getLogger(__name__)
 _SEED_MAX = 2**32 - 1  # numpy's seed range
 
 
 class InvalidRequest(ValueError):
     """A create request of the wrong shape (not a config problem): HTTP 400."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class InvalidConfig(Exception):
@@ -61,14 +77,20 @@ def created_data(
     *,
     check_paths: bool = True,
     base_dir: Path | None = None,
+    runs: Mapping[str, KnownRun] | None = None,
 ) -> dict[str, Any]:
-    """The `created` event data for a request; InvalidRequest or InvalidConfig if unusable.
+    """The `created` event data for a request; InvalidRequest, InvalidConfig or
+    OutputInUse (the output folder is another run's, per `runs` and the folder itself)
+    if unusable.
 
     Warnings do not block: they are kept in the data (`warnings`) so the run can show them.
     """
+    _known_fields(request)
     config, base, overrides = _source(request)
     name, log_path = _optional_str(request, "name"), _optional_str(request, "log_path")
     seed = _seed(request)
+    reuse = _flag(request, "reuse_output")
+    _flag(request, "start")  # the caller starts the run; its shape is checked here
     loaded = load_config(text=config, base_text=base, overrides=overrides)
     problems = _unique(validate(loaded, check_paths=check_paths, base_dir=base_dir))
     if any(p.is_error for p in problems):
@@ -78,7 +100,9 @@ def created_data(
     _make_paths_absolute(values, root)
     output_path = str(values["DATASET"]["OUTPUT_PATH"])
     if check_paths:
-        problems += _earlier_checkpoints(output_path)
+        overridden = outputs.check(output_path, run_id, runs or {}, reuse=reuse)
+        if overridden is not None:
+            problems.append(_reused(output_path, overridden))
     return {
         "name": name or _default_name(values),
         "config": loaded.to_yaml(),
@@ -100,8 +124,22 @@ async def create_run(
 ) -> Event:
     """Validate a create request and create the run (Idle). Nothing is stored on error."""
     run_id = new_run_id()
-    data = created_data(request, run_id, check_paths=check_paths, base_dir=base_dir)
-    return await service.create(data, run_id)
+    data = created_data(
+        request, run_id, check_paths=check_paths, base_dir=base_dir, runs=service.runs
+    )
+    event = await service.create(data, run_id)
+    if check_paths:
+        claim_output(data, run_id)
+    return event
+
+
+def claim_output(created: Mapping[str, Any], run_id: str) -> None:
+    """Mark the new run's output folder as its own (see `backend.outputs`). A folder that
+    cannot be written is not fatal here: the trainer reports it when it saves."""
+    try:
+        outputs.claim(str(created["output_path"]), run_id, str(created.get("name") or ""))
+    except OSError as exc:
+        log.warning("run %s: cannot mark its output folder: %s", run_id, exc)
 
 
 def job_for(
@@ -110,11 +148,14 @@ def job_for(
     attempt: int,
     resume_from: str | None = None,
     options: Mapping[str, Any] | None = None,
+    own_checkpoints: Sequence[str] = (),
 ) -> TrainJob:
     """The job for one attempt of a run, from the data of its `created` event.
 
     The stored YAML is the resolved config, so it loads back to the same values. It is
     not re-validated: paths may have changed since, and the child reports that itself.
+    `own_checkpoints` (newest first, from the run's `checkpoint` events) lets the child
+    resume only from a checkpoint of this run.
     """
     loaded = load_config(text=str(created["config"]))
     errors = [p for p in loaded.problems if p.is_error]
@@ -129,6 +170,7 @@ def job_for(
         log_path=str(created["log_path"]),
         seed=int(created.get("seed") or 0),
         resume_from=resume_from,
+        own_checkpoints=tuple(own_checkpoints),
         options=dict(options or {}),
     )
 
@@ -136,9 +178,29 @@ def job_for(
 # --- reading the request --------------------------------------------------------------------
 
 
-def _source(request: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
+def _known_fields(request: Mapping[str, Any]) -> None:
     if not isinstance(request, Mapping):
         raise InvalidRequest("the request must be a JSON object")
+    for key in request:
+        if key not in FIELDS:
+            near = difflib.get_close_matches(str(key), FIELDS, n=1, cutoff=0.5)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise InvalidRequest(
+                f"unknown field '{key}' in the create request; {hint}"
+                f"the fields are: {', '.join(FIELDS)}",
+                field=key,
+                suggestion=near[0] if near else None,
+            )
+
+
+def _flag(request: Mapping[str, Any], key: str) -> bool:
+    value = request.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{key}' must be true or false")
+    return value
+
+
+def _source(request: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
     config = request.get("config")
     if not isinstance(config, str):
         raise InvalidRequest("'config' (the YAML text of the config) is required")
@@ -195,22 +257,16 @@ def _absolute(root: Path, path: str) -> str:
     return os.path.normpath(os.path.join(root, path))
 
 
-def _earlier_checkpoints(output_path: str) -> list[Problem]:
-    """Warn when this run would write over another run's checkpoints (same file names)."""
-    folder = Path(output_path)
-    found = sorted(folder.glob("checkpoint_*.pth.tar")) if folder.is_dir() else []
-    if not found:
-        return []
-    return [
-        Problem(
-            "warning",
-            "DATASET.OUTPUT_PATH",
-            f"{output_path} already holds {len(found)} checkpoint file(s) of an earlier run; "
-            "this run will overwrite those with the same names",
-            expected="a new or empty folder",
-            suggestion="give this run its own OUTPUT_PATH (a new subfolder) to keep them",
-        )
-    ]
+def _reused(output_path: str, owner: outputs.Owner) -> Problem:
+    whose = f"run '{owner.run_id}' ({owner.name})" if owner.run_id else str(owner.name)
+    return Problem(
+        "warning",
+        "DATASET.OUTPUT_PATH",
+        f"{output_path} belongs to {whose}; reused as asked: its checkpoints with the same "
+        "names will be overwritten",
+        expected="a folder of this run's own",
+        suggestion="give each run its own OUTPUT_PATH to keep every run's checkpoints",
+    )
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

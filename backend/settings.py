@@ -33,6 +33,8 @@ class Settings:
     stop_grace_s: float = 30.0
     kill_grace_s: float = 10.0
     synchronous: Synchronous = "NORMAL"
+    # At start, resume the runs a server stop or crash interrupted (`serve --auto-resume`).
+    auto_resume: bool = False
     # Extra origins a browser may open the WebSocket from (a dev server, say).
     allowed_origins: frozenset[str] = frozenset()
     # WebSocket: heartbeat ping period; a client silent this long is closed.

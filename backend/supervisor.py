@@ -32,7 +32,8 @@ from backend import events as ev
 from backend import runspec
 from backend.events import Event, NewEvent
 from backend.fsm.machine import IllegalCommand, State, legal_commands
-from backend.job import TrainJob, child_entry
+from backend.job import TrainJob, child_entry, decode_batch
+from backend.projections import SERVER_SHUTDOWN
 from backend.runs import RunService
 
 log = logging.getLogger(__name__)
@@ -113,18 +114,47 @@ class Supervisor:
 
     # --- commands ---------------------------------------------------------------------------
 
-    async def start(self, run_id: str) -> Event:
+    async def start(self, run_id: str, command_id: str | None = None) -> Event:
         """Start an Idle run: IllegalCommand, Busy, or the stored `started` event."""
-        return await self._launch(run_id, "start")
+        return await self._launch(run_id, "start", command_id)
 
-    async def resume(self, run_id: str) -> Event:
+    async def resume(self, run_id: str, command_id: str | None = None) -> Event:
         """Resume a Stopped or Error run from its latest checkpoint (fresh if it has none)."""
-        return await self._launch(run_id, "resume")
+        return await self._launch(run_id, "resume", command_id)
 
-    async def stop(self, run_id: str) -> Event:
+    async def create_and_start(
+        self, run_id: str, created: Mapping[str, Any], command_id: str | None = None
+    ) -> tuple[Event, Event]:
+        """Create a run and start it at once: Busy, with nothing created, when no slot is
+        free; else the `created` and `started` events. The slot is taken first, so no
+        other start can come between the two."""
+        if self._closing:
+            raise RuntimeError("the supervisor is shutting down")
+        self._reserve(run_id)
+        child = self._active[run_id] = _Child(run_id, 1)
+        try:
+            job = runspec.job_for(run_id, created, 1, None, self.job_options)
+            first = await self.service.create(created, run_id)
+            await self._reap_exiting()
+            started = await self.service.command(
+                run_id, "start", _with_id({"attempt": 1}, command_id)
+            )
+        except BaseException:
+            del self._active[run_id]
+            raise
+        await self._spawn(child, job)
+        return first, started
+
+    async def stop(
+        self, run_id: str, command_id: str | None = None, reason: str | None = None
+    ) -> Event:
         """Ask a training run to stop; returns `stop_requested`. The run stays Training
-        (stopping) until the child reports `stopped` or the escalation ends it."""
-        event = await self.service.command(run_id, "stop", {"deadline_s": self.stop_grace_s})
+        (stopping) until the child reports `stopped` or the escalation ends it. `reason`
+        (`server_shutdown`) is recorded with the request."""
+        data: dict[str, Any] = {"deadline_s": self.stop_grace_s}
+        if reason is not None:
+            data["reason"] = reason
+        event = await self.service.command(run_id, "stop", _with_id(data, command_id))
         child = self._active.get(run_id)
         if child is None:
             # Training with no process here (nothing to wait for): end it now.
@@ -177,13 +207,13 @@ class Supervisor:
         for run_id, child in list(self._active.items()):
             if child.stop_requested_at is None:
                 with contextlib.suppress(IllegalCommand):
-                    await self.stop(run_id)
+                    await self.stop(run_id, reason=SERVER_SHUTDOWN)
         children = [*self._active.values(), *self._exiting]
         await asyncio.gather(*(c.done.wait() for c in children))
 
     # --- starting ---------------------------------------------------------------------------
 
-    async def _launch(self, run_id: str, command: str) -> Event:
+    async def _launch(self, run_id: str, command: str, command_id: str | None) -> Event:
         if self._closing:
             raise RuntimeError("the supervisor is shutting down")
         summary = self.service.get(run_id)
@@ -196,12 +226,18 @@ class Supervisor:
         self._reserve(run_id)
         child = self._active[run_id] = _Child(run_id, summary.attempts + 1)
         try:
-            checkpoint = summary.last_checkpoint if command == "resume" else None
+            latest = summary.resumable_from if command == "resume" else None
+            checkpoint = None if latest is None else str(latest["path"])
             job = runspec.job_for(
-                run_id, await self._created(run_id), child.attempt, checkpoint, self.job_options
+                run_id,
+                await self._created(run_id),
+                child.attempt,
+                checkpoint,
+                self.job_options,
+                summary.own_checkpoints,
             )
             await self._reap_exiting()
-            data: dict[str, Any] = {"attempt": child.attempt}
+            data: dict[str, Any] = _with_id({"attempt": child.attempt}, command_id)
             if command == "resume":
                 data["checkpoint"] = checkpoint
             event = await self.service.command(run_id, command, data)
@@ -328,6 +364,10 @@ class Supervisor:
 
     async def _settle(self, child: _Child) -> None:
         """The child exited and its pipe is drained: record the end it did not report."""
+        if not child.ended:  # killed between writing its spool and sending: the rest is there
+            from backend.reconcile import recover_spool  # reconcile imports this module
+
+            await recover_spool(self.service, child.run_id)
         summary = self.service.get(child.run_id)
         if child.ended or summary.state is not State.TRAINING:
             if child.exit_code:
@@ -422,6 +462,11 @@ class Supervisor:
             log.exception("run %s: could not record %d event(s)", run_id, len(new))
 
 
+def _with_id(data: dict[str, Any], command_id: str | None) -> dict[str, Any]:
+    """A command event's data, with the client's command id when it gave one."""
+    return data if command_id is None else {**data, "command_id": command_id}
+
+
 def _parse_wire(item: Any) -> NewEvent | None:
     """One `(type, data, ts)` from the pipe, or None if it is not a trainer event."""
     try:
@@ -481,6 +526,8 @@ def _receive(conn: Connection) -> tuple[bool, list[Any] | None]:
         message = conn.recv_bytes()
     except (EOFError, OSError):
         return False, None
+    if message[:1] == b"{":  # JSON lines: the child's spool bytes (backend.job)
+        return True, decode_batch(message)
     try:
         batch = _PlainUnpickler(io.BytesIO(message)).load()
     except Exception as exc:  # not plain data: skip it, keep reading

@@ -11,8 +11,16 @@ import yaml
 
 from backend.config import load_config
 from backend.events import ALL_TYPES
+from backend.outputs import Owner, read_marker
 from backend.runs import RunService
-from backend.runspec import InvalidConfig, InvalidRequest, create_run, created_data, job_for
+from backend.runspec import (
+    InvalidConfig,
+    InvalidRequest,
+    OutputInUse,
+    create_run,
+    created_data,
+    job_for,
+)
 from backend.store import EventStore
 from tests.trainer.helpers import tiny_config
 
@@ -103,6 +111,10 @@ def test_paths_are_only_checked_when_asked(tmp_path: Path) -> None:
         ({"config": "", "seed": -1}, "'seed'"),
         ({"config": "", "seed": True}, "'seed'"),
         ({"config": "", "seed": 1.5}, "'seed'"),
+        ({"config": "", "reuse_output": "yes"}, "'reuse_output' must be true or false"),
+        ({"config": "", "start": 1}, "'start' must be true or false"),
+        ({"config": "", "overide": []}, "unknown field 'overide'.*did you mean 'overrides'"),
+        ({"config": "", "lr": 0.1}, "unknown field 'lr' in the create request; the fields are"),
     ],
 )
 def test_malformed_requests_are_refused(request_body: Any, message: str) -> None:
@@ -112,8 +124,10 @@ def test_malformed_requests_are_refused(request_body: Any, message: str) -> None
 
 def test_job_for_loads_the_stored_config_back(tmp_path: Path) -> None:
     data = created_data(body(tmp_path, seed=9), RUN)
-    job = job_for(RUN, data, attempt=2, resume_from="/ck.pth.tar", options={"threads": 1})
+    own = ["/ck.pth.tar", "/ck0.pth.tar"]
+    job = job_for(RUN, data, 2, "/ck.pth.tar", {"threads": 1}, own_checkpoints=own)
     assert job.run_id == RUN and job.attempt == 2 and job.seed == 9
+    assert job.own_checkpoints == ("/ck.pth.tar", "/ck0.pth.tar")
     assert job.config == load_config(text=data["config"]).values
     assert job.output_path == data["output_path"] and job.log_path == data["log_path"]
     assert job.resume_from == "/ck.pth.tar" and job.options == {"threads": 1}
@@ -135,13 +149,36 @@ async def test_create_run_stores_valid_runs_only(tmp_path: Path) -> None:
         await store.close()
 
 
-def test_earlier_checkpoints_in_the_output_folder_are_a_warning(tmp_path: Path) -> None:
-    assert not any(
-        w["key"] == "DATASET.OUTPUT_PATH" for w in created_data(body(tmp_path), RUN)["warnings"]
-    )
+def test_another_runs_folder_is_refused_unless_reused_on_purpose(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir(exist_ok=True)
     (tmp_path / "out" / "checkpoint_00010.pth.tar").write_bytes(b"x")
-    warnings = created_data(body(tmp_path), RUN)["warnings"]
+    with pytest.raises(OutputInUse) as refused:
+        created_data(body(tmp_path), RUN)
+    assert refused.value.details() == {
+        "output_path": str(tmp_path / "out"),
+        "owner": {"run_id": None, "name": refused.value.owner.name},
+        "proposed": str(tmp_path / "out-2"),
+    }
+    warnings = created_data(body(tmp_path, reuse_output=True), RUN)["warnings"]
     [warning] = [w for w in warnings if w["key"] == "DATASET.OUTPUT_PATH"]
-    assert "1 checkpoint file(s)" in warning["message"]
+    assert "1 checkpoint file(s)" in warning["message"] and "reused" in warning["message"]
     assert "own OUTPUT_PATH" in warning["suggestion"]
+
+
+@pytest.mark.anyio
+async def test_create_run_claims_its_folder_for_itself_only(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "events.db")
+    try:
+        service = RunService(store)
+        first = await create_run(service, body(tmp_path, name="first"))
+        assert read_marker(str(tmp_path / "out")) == {"run_id": first.run_id, "name": "first"}
+        # Its own folder is no conflict for it (a resume, a repeated create).
+        assert created_data(body(tmp_path), first.run_id, runs=service.runs)
+        with pytest.raises(OutputInUse) as refused:
+            await create_run(service, body(tmp_path, name="second"))
+        assert refused.value.owner == Owner(first.run_id, "first", "Idle")
+        second = await create_run(service, body(tmp_path, name="second", reuse_output=True))
+        assert read_marker(str(tmp_path / "out"))["run_id"] == second.run_id  # type: ignore[index]
+        assert store.last_seq == 2
+    finally:
+        await store.close()

@@ -60,6 +60,11 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument(
+        "--reuse-output",
+        action="store_true",
+        help="write into an OUTPUT_PATH that holds another run's checkpoints (overwriting them)",
+    )
+    parser.add_argument(
         "--stop-grace",
         type=float,
         default=30.0,
@@ -92,6 +97,7 @@ def _request(args: argparse.Namespace) -> dict[str, Any] | None:
         "name": args.name,
         "log_path": args.log_path,
         "seed": args.seed,
+        "reuse_output": bool(getattr(args, "reuse_output", False)),
     }
 
 
@@ -109,6 +115,10 @@ async def _train(args: argparse.Namespace, request: dict[str, Any]) -> int:
     except runspec.InvalidRequest as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except runspec.OutputInUse as exc:  # the folder holds another run's checkpoints
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"  e.g. trainboard train ... DATASET.OUTPUT_PATH {exc.proposed}", file=sys.stderr)
+        return EXIT_ERROR
     except runspec.InvalidConfig as exc:
         for problem in exc.problems:
             print(_located(problem, args), file=sys.stdout)
@@ -125,6 +135,7 @@ async def _train(args: argparse.Namespace, request: dict[str, Any]) -> int:
         service = RunService(store)
         await service.load()
         await service.create(created, run_id)
+        runspec.claim_output(created, run_id)  # the folder is this run's now
         print(f"run {run_id} ({created['name']}) in {args.db}; logs in {created['log_path']}")
         supervisor = Supervisor(service, stop_grace_s=args.stop_grace)
         progress = Progress(run_id, created["total_iterations"])
