@@ -50,3 +50,71 @@ async def test_summary_follows_a_run_and_rebuilds_from_the_log() -> None:
     with pytest.raises(UnknownRun, match="no run with id 'nope'"):
         service.get("nope")
     await store.close()
+
+
+def ckpt(iteration: int) -> NewEvent:
+    return NewEvent(ev.CHECKPOINT, {"iteration": iteration, "path": f"/o/c{iteration}"})
+
+
+STOP_ON_SHUTDOWN = NewEvent(ev.STOP_REQUESTED, {"deadline_s": 30, "reason": "server_shutdown"})
+USER_STOP = NewEvent(ev.STOP_REQUESTED, {"deadline_s": 30})
+RESUMED = NewEvent(ev.RESUMED, {"attempt": 2, "checkpoint": "/o/c20"})
+
+# One row per ending: (events after `started`, interrupted?, resumable_from's iteration).
+ENDINGS = [
+    ([ckpt(10), NewEvent(ev.FAILED, {"message": "x", "interrupted": True})], True, 10),
+    ([ckpt(10), NewEvent(ev.STOPPED, {"iteration": 12, "interrupted": True})], True, 10),
+    ([ckpt(10), STOP_ON_SHUTDOWN, NewEvent(ev.STOPPED, {"iteration": 12})], True, 10),
+    ([ckpt(10), USER_STOP, NewEvent(ev.STOPPED, {"iteration": 12})], False, 10),
+    ([NewEvent(ev.FAILED, {"message": "diverged", "iteration": 3})], False, None),
+    ([ckpt(10), ckpt(20), NewEvent(ev.COMPLETED, {"iteration": 24})], False, 20),
+    # The final event's checkpoint counts too (a forced stop names the latest one).
+    ([NewEvent(ev.STOPPED, {"iteration": 7, "checkpoint": "/o/c7", "forced": True})], False, 7),
+    # A resume clears the interruption; the checkpoints stay the run's.
+    (
+        [ckpt(20), NewEvent(ev.FAILED, {"interrupted": True}), RESUMED, ckpt(10), ckpt(20)],
+        False,
+        20,
+    ),
+]
+
+
+@pytest.mark.parametrize(("after", "interrupted", "iteration"), ENDINGS)
+async def test_interrupted_and_resumable_from(
+    after: list[NewEvent], interrupted: bool, iteration: int | None
+) -> None:
+    store = await EventStore.open(":memory:")
+    service = RunService(store)
+    run_id = (await service.create({"name": "r"})).run_id
+    await service.command(run_id, "start", {"attempt": 1})
+    for new in after:  # one at a time: a resume is a command, the rest are reports
+        if new.type == ev.RESUMED:
+            await service.command(run_id, "resume", dict(new.data))
+        else:
+            await service.record(run_id, [new])
+    live = service.get(run_id).to_json()
+    assert (live["interrupted"] is not None) is interrupted
+    if interrupted:
+        assert live["interrupted"]["reason"] == "server_restart"
+        assert live["interrupted"]["checkpoint_iteration"] == iteration
+    expected = None if iteration is None else {"path": f"/o/c{iteration}", "iteration": iteration}
+    assert live["resumable_from"] == expected
+    await service.load()  # rebuilt from the log: the same
+    assert service.get(run_id).to_json() == live
+    await store.close()
+
+
+async def test_command_ids_are_found_from_the_log_after_a_reload() -> None:
+    store = await EventStore.open(":memory:")
+    service = RunService(store)
+    run_id = (await service.create({"name": "r", "command_id": "c-1"})).run_id
+    await service.command(run_id, "start", {"attempt": 1, "command_id": "s-1"})
+    await service.command(run_id, "stop", {"deadline_s": 1})  # no id: not indexed
+    await service.load()
+    found = service.find_command("s-1")
+    assert found is not None and found[0].run.run_id == run_id
+    assert (found[1].command, found[1].version) == ("start", 2)
+    assert service.find_command("c-1")[1].command == "create"  # type: ignore[index]
+    assert service.find_command("nope") is None
+    assert set(service.get(run_id).commands) == {"c-1", "s-1"}
+    await store.close()
