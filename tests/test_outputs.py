@@ -10,8 +10,8 @@ import pytest
 
 from backend.outputs import (
     MARKER,
-    Owner,
     OutputInUse,
+    Owner,
     check,
     claim,
     describe,
