@@ -56,6 +56,10 @@ PYTC_ONLY_LOSSES = (
     "FocalLoss",
 )
 SUPPORTED_OPTIMIZERS = ("SGD", "Adam", "AdamW")
+# DATASET.PAD_MODE: numpy.pad modes. Trainboard pads virtually (a patch reads mirrored or
+# clamped indices), which these allow; the statistic modes need the whole padded volume.
+PAD_MODES = ("reflect", "constant", "symmetric", "edge", "wrap")
+PYTC_ONLY_PAD_MODES = ("linear_ramp", "maximum", "mean", "median", "minimum", "empty")
 SUPPORTED_SCHEDULERS = (
     "MultiStepLR",
     "WarmupMultiStepLR",
@@ -353,8 +357,8 @@ _key("DATASET.DROP_CHANNEL", True, "bool", "drop extra channels of multi-channel
 _key("DATASET.REDUCE_LABEL", True, "bool", "relabel sampled instance ids")
 _key("DATASET.PAD_SIZE", [2, 64, 64], "list[int]", "padding of the input volumes (z, y, x)",
      core=True, minimum=0, length=3)
-_key("DATASET.PAD_MODE", "reflect", "str", "padding mode of the input volumes", core=True,
-     choices=("reflect", "constant", "symmetric"))
+_key("DATASET.PAD_MODE", "reflect", "str", "padding mode of the input volumes (numpy.pad)",
+     core=True, choices=PAD_MODES, pytc_only=PYTC_ONLY_PAD_MODES)
 _key("DATASET.ENSURE_MIN_SIZE", False, "bool", "upsample volumes smaller than a patch")
 _key("DATASET.NORMALIZE_RANGE", True, "bool", "rescale images to uint8 range")
 _key("DATASET.LABEL_BINARY", False, "bool", "labels are binary masks")
@@ -389,16 +393,22 @@ _key("DATASET.MATCH_ACT", "none", "str", "activation matched on the input")
 _key("DATASET.DISTRIBUTED", False, "bool", "distributed data loading")
 
 # --- AUGMENTOR ----------------------------------------------------------------------------
-_key("AUGMENTOR.ENABLED", True, "bool", "data augmentation on")
-_key("AUGMENTOR.SMOOTH", True, "bool", "smooth label masks after interpolation")
-_key("AUGMENTOR.ADDITIONAL_TARGETS_NAME", ["label"], "list[str]", "extra augmented volumes")
-_key("AUGMENTOR.ADDITIONAL_TARGETS_TYPE", ["mask"], "list[str]", "their kinds (mask or img)")
+# PyTC v1.0.0's augmentor (backend/augment): every augmentation but COPYPASTE is applied.
+_key("AUGMENTOR.ENABLED", True, "bool", "data augmentation on", core=True)
+_key("AUGMENTOR.SMOOTH", False, "bool", "smooth label masks after augmentation", core=True)
+_key("AUGMENTOR.ADDITIONAL_TARGETS_NAME", ["label"], "list[str]", "extra augmented volumes",
+     core=True)
+_key("AUGMENTOR.ADDITIONAL_TARGETS_TYPE", ["mask"], "list[str]", "their kinds (mask or img)",
+     core=True, choices=("mask", "img"))
 
-# Core augmentations: what Trainboard applies. The rest are accepted.
-CORE_AUGMENTATIONS = ("ROTATE", "FLIP")
+# Core augmentations: what Trainboard applies. COPYPASTE is accepted, not applied.
+CORE_AUGMENTATIONS = (
+    "ROTATE", "RESCALE", "FLIP", "ELASTIC", "GRAYSCALE", "MISSINGPARTS", "MISSINGSECTION",
+    "MISALIGNMENT", "MOTIONBLUR", "CUTBLUR", "CUTNOISE",
+)
 AUGMENTATIONS: dict[str, tuple[bool, float, str]] = {
     # name: (enabled by default, P, help)
-    "ROTATE": (True, 1.0, "90-degree rotations in the x-y plane"),
+    "ROTATE": (True, 1.0, "rotations in the x-y plane"),
     "RESCALE": (True, 0.5, "random rescaling"),
     "FLIP": (True, 1.0, "random flips"),
     "ELASTIC": (True, 0.75, "elastic deformation"),
@@ -416,30 +426,37 @@ for _aug, (_on, _p, _help) in AUGMENTATIONS.items():
     _key(f"AUGMENTOR.{_aug}.ENABLED", _on, "bool", f"apply {_help}", core=_core)
     _key(f"AUGMENTOR.{_aug}.P", _p, "float", f"probability of {_help}", core=_core,
          minimum=0.0, maximum=1.0, ui=PROBABILITY_UI)
-    _key(f"AUGMENTOR.{_aug}.SKIP", [], "list[str]", "sample keys this augmentation skips")
+    _key(f"AUGMENTOR.{_aug}.SKIP", [], "list[str]", "sample keys this augmentation skips",
+         core=_core)
 _key("AUGMENTOR.ROTATE.ROT90", True, "bool",
-     "rotate by multiples of 90 degrees (Trainboard always does)")
-_key("AUGMENTOR.RESCALE.FIX_ASPECT", False, "bool", "keep the aspect ratio")
+     "rotate by multiples of 90 degrees; False: by any angle", core=True)
+_key("AUGMENTOR.RESCALE.FIX_ASPECT", False, "bool", "keep the aspect ratio", core=True)
 _key("AUGMENTOR.FLIP.DO_ZTRANS", 0, "int", "also swap z with x/y (isotropic data)",
      core=True, minimum=0, maximum=1)
-_key("AUGMENTOR.ELASTIC.ALPHA", 16.0, "float", "maximum pixel displacement", minimum=0.0)
+_key("AUGMENTOR.ELASTIC.ALPHA", 16.0, "float", "maximum pixel displacement", core=True,
+     minimum=0.0)
 _key("AUGMENTOR.ELASTIC.SIGMA", 4.0, "float", "Gaussian smoothing of the displacement",
-     minimum=0.0, exclusive_minimum=True)
-_key("AUGMENTOR.MISSINGPARTS.ITER", 64, "int", "size of the masked regions", minimum=1)
-_key("AUGMENTOR.MISSINGSECTION.NUM_SECTION", 2, "int", "sections removed", minimum=1)
-_key("AUGMENTOR.MISALIGNMENT.DISPLACEMENT", 16, "int", "maximum shift in pixels", minimum=0)
+     core=True, minimum=0.0, exclusive_minimum=True)
+_key("AUGMENTOR.MISSINGPARTS.ITER", 64, "int", "size of the masked regions", core=True,
+     minimum=1)
+_key("AUGMENTOR.MISSINGSECTION.NUM_SECTION", 2, "int", "sections removed", core=True,
+     minimum=1)
+_key("AUGMENTOR.MISALIGNMENT.DISPLACEMENT", 16, "int", "maximum shift in pixels", core=True,
+     minimum=1)
 _key("AUGMENTOR.MISALIGNMENT.ROTATE_RATIO", 0.5, "float", "fraction done by rotation",
+     core=True, minimum=0.0, maximum=1.0)
+_key("AUGMENTOR.MOTIONBLUR.SECTIONS", 2, "int", "sections blurred", core=True, minimum=1)
+_key("AUGMENTOR.MOTIONBLUR.KERNEL_SIZE", 11, "int", "blur kernel size", core=True, minimum=1)
+_key("AUGMENTOR.CUTBLUR.LENGTH_RATIO", 0.4, "float", "size of the cut region", core=True,
      minimum=0.0, maximum=1.0)
-_key("AUGMENTOR.MOTIONBLUR.SECTIONS", 2, "int", "sections blurred", minimum=1)
-_key("AUGMENTOR.MOTIONBLUR.KERNEL_SIZE", 11, "int", "blur kernel size", minimum=1)
-_key("AUGMENTOR.CUTBLUR.LENGTH_RATIO", 0.4, "float", "size of the cut region",
+_key("AUGMENTOR.CUTBLUR.DOWN_RATIO_MIN", 2.0, "float", "minimum downsampling", core=True,
+     minimum=1.0)
+_key("AUGMENTOR.CUTBLUR.DOWN_RATIO_MAX", 8.0, "float", "maximum downsampling", core=True,
+     minimum=1.0)
+_key("AUGMENTOR.CUTBLUR.DOWNSAMPLE_Z", False, "bool", "also downsample z", core=True)
+_key("AUGMENTOR.CUTNOISE.LENGTH_RATIO", 0.4, "float", "size of the cut region", core=True,
      minimum=0.0, maximum=1.0)
-_key("AUGMENTOR.CUTBLUR.DOWN_RATIO_MIN", 2.0, "float", "minimum downsampling", minimum=1.0)
-_key("AUGMENTOR.CUTBLUR.DOWN_RATIO_MAX", 8.0, "float", "maximum downsampling", minimum=1.0)
-_key("AUGMENTOR.CUTBLUR.DOWNSAMPLE_Z", False, "bool", "also downsample z")
-_key("AUGMENTOR.CUTNOISE.LENGTH_RATIO", 0.4, "float", "size of the cut region",
-     minimum=0.0, maximum=1.0)
-_key("AUGMENTOR.CUTNOISE.SCALE", 0.3, "float", "noise scale", minimum=0.0)
+_key("AUGMENTOR.CUTNOISE.SCALE", 0.3, "float", "noise scale", core=True, minimum=0.0)
 _key("AUGMENTOR.COPYPASTE.AUG_THRES", 0.7, "float", "copy-paste threshold",
      minimum=0.0, maximum=1.0)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.config.context import Checks, show
+from backend.config.holdout import check_holdout
 from backend.config.load import LoadedConfig
 from backend.config.paths import check_machine
 from backend.config.problems import ERROR, WARNING, Problem
@@ -58,6 +59,8 @@ def validate(
     _check_solver(checks)
     _check_dataset(checks)
     _check_accepted_not_used(checks)
+    if check_paths:
+        check_holdout(checks, base_dir or Path.cwd())
     if check_paths:
         check_machine(checks, base_dir or Path.cwd())
     return [*loaded.problems, *checks.problems]

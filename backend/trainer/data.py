@@ -42,20 +42,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from backend.trainer.augment import AugmentConfig, augment
+from backend.config.holdout import HELD_OUT_FRACTION, held_out_slices
+from backend.config.schema import PAD_MODES
+from backend.trainer.augment import Augmenter
 from backend.trainer.targets import make_target, make_weight, parse_target
 from backend.volumes import VolumeError, read_volume, resolve_volume_paths
 
 Config = Mapping[str, Any]
 Shape3 = tuple[int, int, int]
 
-# Without VAL_IMAGE_NAME, this share of each training volume's z slices (at least one)
-# is held out for validation, taken from the end of the stack.
-HELD_OUT_FRACTION = 0.15
 # Rejection sampling gives up after this many draws and keeps the last patch, so a
 # volume with almost no foreground cannot stall training.
 MAX_REJECTIONS = 100
-PAD_MODES = ("reflect", "constant", "symmetric")
 
 
 class DataError(ValueError):
@@ -139,7 +137,14 @@ class Normalization:
         return cls(low, high if high > low else low + 1.0, mean, std)
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
-        scaled = (raw.astype(np.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
+        return self.standardize(self.scale(raw))
+
+    def scale(self, raw: np.ndarray) -> np.ndarray:
+        """raw -> [0, 1]: what the augmentations take."""
+        return (raw.astype(np.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
+
+    def standardize(self, scaled: np.ndarray) -> np.ndarray:
+        """[0, 1] -> (x - MEAN) / STD: what the model takes."""
         return (scaled - np.float32(self.mean)) / np.float32(self.std)
 
 
@@ -258,8 +263,7 @@ def hold_out(
             f"{pair.name} has a single slice, nothing to hold out for validation: "
             "set DATASET.VAL_IMAGE_NAME and VAL_LABEL_NAME"
         )
-    n_val = min(depth - 1, max(1, math.ceil(depth * fraction)))
-    split = depth - n_val
+    split = held_out_slices(depth, fraction).start
     train = pair.z_range(0, split, pair.name)
     val = pair.z_range(split, depth, f"{pair.name}[{split}:{depth}]")
     return train, val
@@ -297,6 +301,10 @@ def _axis_index(start: int, size: int, n: int, mode: str) -> tuple[slice | np.nd
     elif mode == "symmetric":  # mirror repeating the edge: ... 1 0 | 0 1 ... n-1 | n-1
         idx = np.mod(idx, 2 * n)
         idx = np.where(idx >= n, 2 * n - 1 - idx, idx)
+    elif mode == "wrap":  # periodic: ... n-1 | 0 1 ... n-1 | 0 ...
+        idx = np.mod(idx, n)
+    elif mode == "edge":  # repeat the edge value
+        idx = np.clip(idx, 0, n - 1)
     else:  # constant: any in-range index; the caller zeroes what lay outside
         idx = np.clip(idx, 0, n - 1)
     return idx, True
@@ -354,11 +362,13 @@ def iteration_rng(seed: int, iteration: int) -> np.random.Generator:
 class PatchSampler:
     """Random training patches of MODEL.INPUT_SIZE from the training volumes.
 
-    A volume is picked with probability proportional to its number of patch positions
-    (padding included), then a position uniformly. With REJECT_SAMPLING.SIZE_THRES > 0 a
-    patch with fewer foreground voxels is redrawn with probability P. FLIP and ROTATE
-    augment image and label alike. Iterating yields `make_batch` for start_iteration,
-    start_iteration + 1, ... forever.
+    A volume is picked with probability proportional to its number of sample positions
+    (padding included), then a position uniformly. The sample is cut at the augmentor's
+    `sample_size` (larger than the patch where augmentations need room), scaled to
+    [0, 1], augmented by PyTC's augmentor (which crops it to the patch) and standardised.
+    With REJECT_SAMPLING.SIZE_THRES > 0 a patch with fewer foreground voxels (after
+    augmentation) is redrawn with probability P. Iterating yields `make_batch` for
+    start_iteration, start_iteration + 1, ... forever.
     """
 
     def __init__(
@@ -374,7 +384,8 @@ class PatchSampler:
         self.pad = _pad_size(cfg)
         self.mode = _pad_mode(cfg)
         self.do_2d = _do_2d(cfg)
-        self.augment = AugmentConfig.from_config(_section(cfg, "AUGMENTOR"))
+        self.augmenter = Augmenter.from_config(cfg, self.size)
+        self.sample_size = self.augmenter.sample_size
         reject = _section(_section(cfg, "DATASET"), "REJECT_SAMPLING")
         self.reject_threshold = int(reject.get("SIZE_THRES", -1))
         self.reject_p = float(reject.get("P", 0.95))
@@ -384,39 +395,53 @@ class PatchSampler:
 
     def _positions(self, shape: Shape3) -> int:
         return math.prod(
-            max(1, n + 2 * p - s + 1) for n, p, s in zip(shape, self.pad, self.size, strict=True)
+            max(1, n + 2 * p - s + 1)
+            for n, p, s in zip(shape, self.pad, self.sample_size, strict=True)
         )
 
     def _origin(self, rng: np.random.Generator, shape: Shape3) -> Shape3:
         origin = []
-        for n, p, s in zip(shape, self.pad, self.size, strict=True):
+        for n, p, s in zip(shape, self.pad, self.sample_size, strict=True):
             span = n + 2 * p - s
             # A volume smaller than the patch even when padded: centre it, pad the rest.
             offset = int(rng.integers(0, span + 1)) if span >= 0 else span // 2
             origin.append(offset - p)
         return origin[0], origin[1], origin[2]
 
-    def _draw(self, rng: np.random.Generator) -> tuple[int, Shape3, np.ndarray]:
+    def _position(self, rng: np.random.Generator) -> tuple[int, Shape3, np.ndarray]:
+        """A random volume and sample origin, and the sample's label."""
         index = int(rng.choice(len(self.data.train), p=self.volume_p))
-        pair = self.data.train[index]
-        origin = self._origin(rng, pair.shape)
-        label = crop(pair.label, origin, self.size, self.mode)
+        origin = self._origin(rng, self.data.train[index].shape)
+        label = crop(self.data.train[index].label, origin, self.sample_size, self.mode)
         return index, origin, label
 
-    def sample(self, rng: np.random.Generator) -> Patch:
-        """One augmented, normalised patch, drawn from `rng`."""
-        index, origin, label = self._draw(rng)
-        if self.reject_threshold > 0:
-            for _ in range(MAX_REJECTIONS):
-                if np.count_nonzero(label) >= self.reject_threshold:
-                    break
-                if rng.random() > self.reject_p:  # keep a poor patch now and then
-                    break
-                index, origin, label = self._draw(rng)
+    def _augmented(
+        self, index: int, origin: Shape3, label: np.ndarray, rng: np.random.Generator
+    ) -> Patch:
         pair = self.data.train[index]
-        image = crop(pair.image, origin, self.size, self.mode)
-        image, label = augment(image, label, self.augment, rng)
-        return Patch(pair.normalization(image), _as_ids(label), index, origin)
+        raw = crop(pair.image, origin, self.sample_size, self.mode)
+        image, label = self.augmenter(pair.normalization.scale(raw), label, rng)
+        return Patch(pair.normalization.standardize(image), _as_ids(label), index, origin)
+
+    def sample(self, rng: np.random.Generator) -> Patch:
+        """One augmented, normalised patch, drawn from `rng`.
+
+        Rejection sampling judges the augmented patch, as PyTC does: what the model sees
+        has the foreground SIZE_THRES asks for (or is one of the 1 - P kept anyway). A
+        sample holding less than half the threshold in all of its (larger) extent cannot
+        get there, so it is rejected before paying for its augmentation.
+        """
+        position = self._position(rng)
+        for _ in range(MAX_REJECTIONS if self.reject_threshold > 0 else 0):
+            hopeless = 2 * np.count_nonzero(position[2]) < self.reject_threshold
+            if not hopeless:
+                patch = self._augmented(*position, rng)
+                if np.count_nonzero(patch.label) >= self.reject_threshold:
+                    return patch
+            if rng.random() > self.reject_p:  # keep a poor patch now and then
+                return patch if not hopeless else self._augmented(*position, rng)
+            position = self._position(rng)
+        return self._augmented(*position, rng)
 
     def patches(self, iteration: int, count: int | None = None) -> list[Patch]:
         """The `count` (default SAMPLES_PER_BATCH) patches of `iteration`."""

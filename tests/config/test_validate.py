@@ -318,14 +318,14 @@ def test_accepted_not_used_warns_only_when_changed() -> None:
     text = minimal(
         MODEL="  LABEL_EROSION: 1\n  HEAD_DEPTH: 1\n",
         DATASET="  REJECT_SAMPLING:\n    DIVERSITY: 5\n",
-        AUGMENTOR="  ELASTIC: {ENABLED: True, P: 0.5}\n",
+        AUGMENTOR="  ELASTIC: {ENABLED: True, P: 0.5}\n  COPYPASTE: {ENABLED: True}\n",
     )
     problems = check(text)
     warned = {p.key for p in problems if p.level == "warning"}
     assert warned == {
         "MODEL.LABEL_EROSION",
         "DATASET.REJECT_SAMPLING.DIVERSITY",
-        "AUGMENTOR.ELASTIC.P",
+        "AUGMENTOR.COPYPASTE.ENABLED",  # ELASTIC is applied: no warning
     }
     problem = one(problems, "MODEL.LABEL_EROSION", "warning")
     assert problem.message.startswith("accepted, not used")

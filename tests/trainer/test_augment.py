@@ -1,101 +1,57 @@
-"""Flips and rotations: identical on image and label, shape-safe, reproducible."""
+"""The trainer's Augmenter: PyTC's augmentor on one sample, reproducible from a Generator."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from backend.trainer.augment import (
-    AugmentConfig,
-    FlipRule,
-    apply_flip,
-    apply_rotation,
-    augment,
-    draw_flip,
-    draw_rotation,
-)
+from backend.trainer.augment import Augmenter
 
 
-def _pair(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    image = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
-    return image, image.astype(np.int64) * 10
+def _sample(augmenter: Augmenter, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = augmenter.sample_size
+    label = np.zeros(shape, np.uint16)
+    label[:, shape[1] // 4 : shape[1] // 2, shape[2] // 4 : shape[2] // 2] = 7
+    return rng.random(shape, dtype=np.float32), label
 
 
-def test_config_from_sections_and_booleans() -> None:
-    config = AugmentConfig.from_config(
-        {"FLIP": {"ENABLED": True, "P": 0.5, "DO_ZTRANS": 1}, "ROTATE": False}
-    )
-    assert config == AugmentConfig(
-        flip=True, flip_p=0.5, flip_ztrans=True, rotate=False, rotate_p=1.0
-    )
-    assert AugmentConfig.from_config({}) == AugmentConfig()
+CFG: dict[str, Any] = {"MODEL": {"INPUT_SIZE": [8, 32, 32]}}
 
 
-def test_flip_rule_applies_each_axis() -> None:
-    image, _ = _pair((2, 3, 3))
-    np.testing.assert_array_equal(apply_flip(image, FlipRule(z=True)), image[::-1])
-    np.testing.assert_array_equal(apply_flip(image, FlipRule(x=True)), image[:, :, ::-1])
-    np.testing.assert_array_equal(
-        apply_flip(image, FlipRule(transpose_yx=True)), image.transpose(0, 2, 1)
-    )
+def test_sample_size_and_names_follow_the_config() -> None:
+    augmenter = Augmenter.from_config(CFG, (8, 32, 32))
+    assert augmenter.sample_size == (10, 90, 90)
+    assert augmenter.names[0] == "Rotate" and augmenter.names[-1] == "Flip"
+    off = Augmenter.from_config({"AUGMENTOR": {"ENABLED": False}}, (8, 32, 32))
+    assert off.compose is None and off.sample_size == (8, 32, 32) and off.names == []
 
 
-def test_transposes_only_when_the_shape_allows() -> None:
-    rng = np.random.default_rng(0)
-    rules = [draw_flip(rng, (4, 6, 8), ztrans=True) for _ in range(50)]
-    assert not any(r.transpose_yx or r.transpose_zx for r in rules)
-    rules = [draw_flip(rng, (8, 8, 8), ztrans=True) for _ in range(50)]
-    assert any(r.transpose_yx for r in rules) and any(r.transpose_zx for r in rules)
-    rules = [draw_flip(rng, (8, 8, 8), ztrans=False) for _ in range(50)]
-    assert not any(r.transpose_zx for r in rules)
+def test_same_generator_state_same_patch() -> None:
+    augmenter = Augmenter.from_config(CFG, (8, 32, 32))
+    image, label = _sample(augmenter)
+    one = augmenter(image.copy(), label.copy(), np.random.default_rng([1, 2]))
+    two = augmenter(image.copy(), label.copy(), np.random.default_rng([1, 2]))
+    other = augmenter(image.copy(), label.copy(), np.random.default_rng([1, 3]))
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    assert not np.array_equal(one[0], other[0])
+    assert one[0].shape == one[1].shape == (8, 32, 32)
+    assert one[0].flags.c_contiguous and one[1].flags.c_contiguous
 
 
-def test_rotation_keeps_non_square_shapes() -> None:
-    rng = np.random.default_rng(0)
-    assert {draw_rotation(rng, (1, 4, 6)) for _ in range(50)} == {0, 2}
-    assert {draw_rotation(rng, (1, 6, 6)) for _ in range(50)} == {0, 1, 2, 3}
-    image, _ = _pair((1, 2, 2))
-    np.testing.assert_array_equal(apply_rotation(image, 1)[0], [[1, 3], [0, 2]])
-
-
-def test_image_and_label_transformed_identically() -> None:
-    config = AugmentConfig(flip_ztrans=True)
-    for seed in range(20):
-        for shape in ((4, 4, 4), (1, 6, 6), (3, 4, 6)):
-            image, label = _pair(shape)
-            out_image, out_label = augment(image, label, config, np.random.default_rng(seed))
-            assert out_image.shape == shape
-            # The label was image * 10: any difference in transform would break this.
-            np.testing.assert_array_equal(out_label, out_image.astype(np.int64) * 10)
-            assert out_image.flags.c_contiguous and out_label.flags.c_contiguous
-
-
-def test_augment_is_deterministic_per_generator_state() -> None:
-    image, label = _pair((4, 8, 8))
-    config = AugmentConfig(flip_ztrans=True)
-    first = augment(image, label, config, np.random.default_rng([7, 3]))
-    second = augment(image, label, config, np.random.default_rng([7, 3]))
-    np.testing.assert_array_equal(first[0], second[0])
-    outcomes = {
-        augment(image, label, config, np.random.default_rng([7, i]))[0].tobytes() for i in range(40)
-    }
-    assert len(outcomes) > 8  # many different transforms do occur
-
-
-def test_disabled_augmentation_is_identity_and_keeps_the_stream() -> None:
-    image, label = _pair((2, 4, 4))
-    off = AugmentConfig(flip=False, rotate=False)
-    rng_off, rng_on = np.random.default_rng(1), np.random.default_rng(1)
-    out_image, out_label = augment(image, label, off, rng_off)
+def test_disabled_augmenter_passes_the_sample_through() -> None:
+    augmenter = Augmenter.from_config({"AUGMENTOR": {"ENABLED": False}}, (4, 8, 8))
+    image, label = _sample(augmenter)
+    out_image, out_label = augmenter(image, label, np.random.default_rng(0))
     np.testing.assert_array_equal(out_image, image)
     np.testing.assert_array_equal(out_label, label)
-    augment(image, label, AugmentConfig(), rng_on)
-    # Same draws whatever fires, so later samples do not depend on the config's P.
-    assert rng_off.random() == rng_on.random()
 
 
-def test_probability_zero_never_fires() -> None:
-    image, label = _pair((2, 4, 4))
-    config = AugmentConfig(flip_p=0.0, rotate_p=0.0)
-    for seed in range(10):
-        out, _ = augment(image, label, config, np.random.default_rng(seed))
-        np.testing.assert_array_equal(out, image)
+def test_non_square_patches_keep_their_shape() -> None:
+    augmenter = Augmenter.from_config({"MODEL": {"INPUT_SIZE": [4, 16, 24]}}, (4, 16, 24))
+    for seed in range(6):
+        image, label = _sample(augmenter, seed)
+        out_image, out_label = augmenter(image, label, np.random.default_rng(seed))
+        assert out_image.shape == out_label.shape == (4, 16, 24)

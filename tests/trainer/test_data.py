@@ -11,8 +11,8 @@ import pytest
 import tifffile
 import torch
 
+from backend.config.holdout import HELD_OUT_FRACTION, held_out_slices
 from backend.trainer.data import (
-    HELD_OUT_FRACTION,
     Batch,
     DataError,
     Normalization,
@@ -89,6 +89,7 @@ def test_held_out_validation_is_the_last_slices(cfg: dict[str, Any]) -> None:
     data = load_training_data(cfg)
     assert data.held_out
     n_val = int(np.ceil(20 * HELD_OUT_FRACTION))
+    assert held_out_slices(20) == range(20 - n_val, 20)  # what validation warns about
     assert data.train[0].shape == (20 - n_val, 32, 32)
     assert data.val[0].shape == (n_val, 32, 32)
     full = np.load(Path(cfg["DATASET"]["INPUT_PATH"]) / "image.npy")
@@ -169,7 +170,7 @@ def test_memmap_survives_pickling(cfg: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- padding
 
 
-@pytest.mark.parametrize("mode", ["reflect", "symmetric", "constant"])
+@pytest.mark.parametrize("mode", ["reflect", "symmetric", "constant", "edge", "wrap"])
 def test_crop_matches_numpy_pad(mode: str) -> None:
     volume = np.arange(3 * 5 * 6).reshape(3, 5, 6)
     pad = (2, 7, 3)  # wider than the volume along y: repeated mirroring
@@ -199,7 +200,7 @@ def test_patches_reach_into_the_padding(cfg: dict[str, Any]) -> None:
 
 
 def test_unknown_pad_mode(cfg: dict[str, Any]) -> None:
-    cfg["DATASET"]["PAD_MODE"] = "wrap"
+    cfg["DATASET"]["PAD_MODE"] = "mean"  # numpy's, but it needs the whole padded volume
     with pytest.raises(DataError, match="PAD_MODE"):
         PatchSampler(cfg, load_training_data(cfg))
 
@@ -229,18 +230,103 @@ def test_2d_batch_squeezes_z(cfg: dict[str, Any]) -> None:
     assert batch.weights == [[None, None]]
 
 
-def test_labels_follow_the_augmented_image(tmp_path: Path) -> None:
-    # The image encodes the label: any mismatch between their transforms would show.
+INTENSITY_OFF = {
+    name: {"ENABLED": False}
+    for name in ("GRAYSCALE", "MISSINGPARTS", "MOTIONBLUR", "CUTBLUR", "CUTNOISE")
+}
+# Geometric augmentations that move voxels without interpolating them.
+EXACT_GEOMETRY = {
+    **INTENSITY_OFF,
+    "FLIP": {"ENABLED": True, "P": 1.0, "DO_ZTRANS": 1},
+    "ROTATE": {"ENABLED": True, "ROT90": True, "P": 1.0},
+    "RESCALE": {"ENABLED": False},
+    "ELASTIC": {"ENABLED": False},
+    "MISSINGSECTION": {"ENABLED": True, "P": 1.0},
+    "MISALIGNMENT": {"ENABLED": True, "P": 1.0, "ROTATE_RATIO": 0.0, "DISPLACEMENT": 4},
+}
+
+
+def _image_encodes_label(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
-    label = (rng.random((6, 20, 20)) > 0.7).astype(np.uint8)
+    blocks = (rng.random((12, 8, 8)) > 0.7).astype(np.uint8)
+    label = np.kron(blocks, np.ones((1, 5, 5), np.uint8))  # 5 x 5 px squares
     np.save(tmp_path / "image.npy", (label * 200 + 20).astype(np.uint8))
     np.save(tmp_path / "label.npy", label)
-    cfg = make_cfg(tmp_path, AUGMENTOR={"FLIP": {"ENABLED": True, "P": 1.0, "DO_ZTRANS": 1}})
+
+
+def test_labels_follow_the_augmented_image(tmp_path: Path) -> None:
+    # The image encodes the label: any mismatch between their transforms would show.
+    _image_encodes_label(tmp_path)
+    cfg = make_cfg(tmp_path, AUGMENTOR=EXACT_GEOMETRY)
     cfg["MODEL"]["INPUT_SIZE"] = [8, 8, 8]
     sampler = PatchSampler(cfg, load_training_data(cfg))
+    assert sampler.sample_size == (10, 12, 12)  # MissingSection + MisAlignment need room
     for i in range(10):
         for patch in sampler.patches(i):
+            assert patch.image.shape == patch.label.shape == (8, 8, 8)
             np.testing.assert_array_equal(patch.image > 0, patch.label > 0)
+
+
+def test_labels_follow_interpolating_augmentations_too(tmp_path: Path) -> None:
+    # Rescale, Elastic and rotation by any angle interpolate the image bilinearly and the
+    # label by nearest neighbour: they may disagree only along edges.
+    _image_encodes_label(tmp_path)
+    geometry = {
+        **INTENSITY_OFF,
+        "ROTATE": {"ENABLED": True, "ROT90": False, "P": 1.0},
+        "RESCALE": {"P": 1.0},
+        "ELASTIC": {"P": 1.0},
+    }
+    cfg = make_cfg(tmp_path, AUGMENTOR=geometry)
+    cfg["MODEL"]["INPUT_SIZE"] = [4, 12, 12]
+    cfg["DATASET"]["VAL_IMAGE_NAME"] = "image.npy"
+    cfg["DATASET"]["VAL_LABEL_NAME"] = "label.npy"
+    sampler = PatchSampler(cfg, load_training_data(cfg))
+    agree = [np.mean((p.image > 0) == (p.label > 0)) for i in range(6) for p in sampler.patches(i)]
+    assert np.mean(agree) > 0.9
+
+
+def test_default_pipeline_is_pytc_s(cfg: dict[str, Any]) -> None:
+    # No AUGMENTOR keys beyond FLIP and ROTATE: PyTC's defaults switch on nine more.
+    sampler = PatchSampler(cfg, load_training_data(cfg))
+    assert sampler.augmenter.names == [
+        "Rotate",
+        "Rescale",
+        "Elastic",
+        "Grayscale",
+        "MissingParts",
+        "MissingSection",
+        "MisAlignment",
+        "MotionBlur",
+        "CutBlur",
+        "CutNoise",
+        "Flip",
+    ]
+    # ceil(16 * 1.25) + 2 * 17 (Elastic) + 2 * 8 (MisAlignment); z + 2 (MissingSection)
+    assert sampler.sample_size == (6, 70, 70)
+    patch = sampler.patches(0)[0]
+    assert patch.image.shape == patch.label.shape == (4, 16, 16)
+    assert patch.image.dtype == np.float32 and patch.label.dtype == np.int64
+
+
+def test_augmentor_off_cuts_plain_patches(cfg: dict[str, Any]) -> None:
+    cfg["AUGMENTOR"] = {"ENABLED": False}
+    data = load_training_data(cfg)
+    sampler = PatchSampler(cfg, data)
+    assert sampler.sample_size == (4, 16, 16)
+    for patch in sampler.patches(2):
+        expected = crop(data.train[0].label, patch.position, (4, 16, 16), "reflect")
+        np.testing.assert_array_equal(patch.label, expected)
+
+
+def test_2d_pipeline_leaves_out_the_z_augmentations(cfg: dict[str, Any]) -> None:
+    cfg["DATASET"]["DO_2D"] = True
+    cfg["MODEL"].update(INPUT_SIZE=[1, 24, 24])
+    sampler = PatchSampler(cfg, load_training_data(cfg))
+    assert "MissingSection" not in sampler.augmenter.names
+    assert "MisAlignment" not in sampler.augmenter.names
+    assert sampler.sample_size[0] == 1
+    assert all(p.image.shape == (1, 24, 24) for i in range(3) for p in sampler.patches(i))
 
 
 def _same(a: Batch, b: Batch) -> bool:
@@ -292,6 +378,8 @@ def test_rejection_sampling_raises_foreground(tmp_path: Path) -> None:
     rejecting = make_cfg(tmp_path, SOLVER={"SAMPLES_PER_BATCH": 4})
     rejecting["MODEL"]["INPUT_SIZE"] = [1, 16, 16]
     rejecting["DATASET"].update(plain["DATASET"], REJECT_SAMPLING={"SIZE_THRES": 10, "P": 1.0})
+    for config in (plain, rejecting):  # up to 100 augmented candidates a patch: keep it cheap
+        config["AUGMENTOR"] = {**INTENSITY_OFF, "ELASTIC": False, "MISALIGNMENT": False}
 
     def foreground(config: dict[str, Any]) -> float:
         sampler = PatchSampler(config, load_training_data(config))
