@@ -20,7 +20,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import backend
-from backend import export, files, wire
+from backend import export, files, outputs, wire
 from backend.commands import check_id
 from backend.errors import ApiError, bad_request, not_found, unknown_run
 from backend.fsm import to_mermaid
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 MAX_PAGE = 10_000
 DEFAULT_PAGE = 1_000
+MAX_SEQ = 2**62  # beyond any store's reach, and within SQLite's 64-bit integers
 
 
 def context(conn: HTTPConnection) -> Context:
@@ -249,7 +250,7 @@ async def run_command(request: Request) -> Response:
 
 async def run_events(request: Request) -> Response:
     summary = run_of(request)
-    after = int_param(request, "after", 0, 0, 2**62)
+    after = int_param(request, "after", 0, 0, MAX_SEQ)
     limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     store = context(request).store
     page = await store.read_run_after_seq(summary.run.run_id, after, limit + 1)
@@ -257,7 +258,7 @@ async def run_events(request: Request) -> Response:
 
 
 async def all_events(request: Request) -> Response:
-    after = int_param(request, "after", 0, 0, 2**62)
+    after = int_param(request, "after", 0, 0, MAX_SEQ)
     limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     page = await context(request).store.read_all(after, limit + 1)
     return _page(page, after, limit)
@@ -396,6 +397,24 @@ async def check_path(request: Request) -> Response:
     return JSONResponse(answer)
 
 
+async def output_owner(request: Request) -> Response:
+    """Whose output folder a path is, and a free one to propose (`backend.outputs`)."""
+    ctx = context(request)
+    body = await read_json(request, ctx.settings.max_json_bytes)
+    known_fields(body, ("path",), "an output path check")
+    path = body.get("path")
+    if not isinstance(path, str) or not path:
+        raise bad_request("'path' (a string) is required")
+    runs = dict(ctx.service.runs)  # a snapshot the worker thread may read
+    answer = await files.in_thread(_output_owner, ctx.settings.data_root, path, runs)
+    return JSONResponse(answer)
+
+
+def _output_owner(root: Path, text: str, runs: dict[str, RunSummary]) -> dict[str, Any]:
+    with files.os_errors(text):
+        return outputs.describe(str(files.resolve(root, text)), runs)
+
+
 def _required_path(request: Request) -> str:
     path = request.query_params.get("path", "")
     if not path:
@@ -462,4 +481,5 @@ routes = [
     Route("/files/thumbnail", file_thumbnail),
     Route("/files/upload", upload, methods=["POST"]),
     Route("/paths/check", check_path, methods=["POST"]),
+    Route("/paths/output", output_owner, methods=["POST"]),
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import os
 import secrets
@@ -40,7 +41,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         description="Serve Trainboard. Prints the URL to open, with its access token.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free)")
+    parser.add_argument(
+        "--port", type=port_number, default=8000, help="port (default 8000; 0 = any free)"
+    )
     parser.add_argument("--db", type=Path, default=Path("events.db"), help="event store file")
     parser.add_argument(
         "--data-root",
@@ -52,7 +55,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "--token", help=f"access token (default: ${TOKEN_ENV}, else generated and kept)"
     )
     parser.add_argument(
-        "--max-concurrent", type=int, default=1, help="runs that may train at once (default 1)"
+        "--max-concurrent",
+        type=at_least_one,
+        default=1,
+        help="runs that may train at once (default 1)",
     )
     parser.add_argument(
         "--allow-origin",
@@ -62,8 +68,27 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="another origin the browser app may be served from (a dev server)",
     )
     add_durability_argument(parser)
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="at start, resume the runs a server stop or crash interrupted",
+    )
     parser.add_argument("--log-level", default="warning", help="uvicorn log level")
     parser.set_defaults(func=serve_command)
+
+
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 1 to 65535, or 0 for any")
+    return port
+
+
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def is_loopback(host: str) -> bool:
@@ -117,6 +142,11 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     try:
+        sockets = listen(args.host, args.port)
+    except OSError as exc:
+        print(f"error: {cannot_listen(args.host, args.port, exc)}", file=sys.stderr)
+        return 2
+    try:
         token = given or load_or_create_token(token_file(args.db))
     except OSError as exc:
         print(
@@ -135,11 +165,12 @@ def serve_command(args: argparse.Namespace) -> int:
         allowed_origins=frozenset(args.allow_origin),
         demo_on_first_run=True,
         synchronous=args.durability.upper(),
+        auto_resume=args.auto_resume,
     )
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            return runner.run(run(settings, args.log_level))
+            return runner.run(run(settings, args.log_level, sockets))
     except (KeyboardInterrupt, Terminated):  # re-raised by uvicorn after a clean shutdown
         return 0
     finally:
@@ -214,7 +245,41 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "warning") -> 
     )
 
 
-async def run(settings: Settings, log_level: str = "warning") -> int:
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for every address of `host`, before anything else is done, so that a
+    port in use or a wrong host is refused before the store or the data root is touched."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host} ({reason}): pass --host an address of this machine"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {host}:{port}: the port is in use (another Trainboard?); "
+            "stop it, or pass another --port"
+        )
+    return f"cannot listen on {host}:{port} ({reason}): pass another --host or --port"
+
+
+async def run(
+    settings: Settings, log_level: str = "warning", sockets: list[socket.socket] | None = None
+) -> int:
     import uvicorn
 
     from backend.server import create_app
@@ -229,7 +294,7 @@ async def run(settings: Settings, log_level: str = "warning") -> int:
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level))
     announce = asyncio.create_task(_announce(server, settings))
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     finally:
         announce.cancel()
     return 0 if server.started else 1

@@ -58,6 +58,7 @@ def _check_depth(value: Any) -> None:
     while stack:
         node, depth, path = stack.pop()
         if depth > MAX_DEPTH:
+            path = path.removeprefix(".")
             shown = path if len(path) <= 60 else path[:57] + "..."
             raise WireError(f"nested deeper than {MAX_DEPTH} levels (at {shown or 'the top'})")
         children = node.items() if isinstance(node, dict) else enumerate(node)

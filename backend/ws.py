@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 
 import backend
 from backend import wire
+from backend.api import MAX_SEQ
 from backend.commands import COMMANDS, MAX_ID_LENGTH
 from backend.hub import Outbox, Subscription
 
@@ -199,8 +200,8 @@ class Connection:
         after = frame.get("after", 0)
         if run_id is not None and not isinstance(run_id, str):
             raise FrameError("bad_frame", "'run_id' must be a run id or null (all runs)")
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise FrameError("bad_frame", "'after' must be a seq: an integer >= 0")
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
+            raise FrameError("bad_frame", f"'after' must be a seq: an integer from 0 to {MAX_SEQ}")
         if run_id is not None and run_id not in self.ctx.service.runs:
             raise FrameError("not_found", f"no run with id '{run_id}'")
         self._stop_subscription()

@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -90,11 +91,44 @@ def test_start_up_refusals_are_one_clear_line_and_write_nothing(
     args, says = _places(tmp_path)[case]
     before = sorted(p.name for p in tmp_path.rglob("*"))
     result = run_cli("serve", "--port", "0", *args, *token)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: ") and says in result.stderr
-    assert "Traceback" not in result.stderr and "Event loop" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert_refused(result, says)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no db, token or folder
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], says: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "Event loop" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "error: " in last and says in last, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--port", "99999"], "is not a port"),
+        (["--port", "-1"], "is not a port"),
+        (["--port", "http"], "invalid port_number value"),
+        (["--max-concurrent", "0"], "at least 1"),
+        (["--host", "256.1.1.1", "--token", "0123456789abcdef"], "--host an address"),
+    ],
+)
+def test_bad_flags_are_refused_before_anything_is_written(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    where = ["--db", str(tmp_path / "events.db"), "--data-root", str(tmp_path / "data")]
+    assert_refused(run_cli("serve", *where, "--token", "0123456789", *args), says)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_port_in_use_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        where = ["--db", str(tmp_path / "events.db"), "--data-root", str(tmp_path / "data")]
+        result = run_cli("serve", "--port", port, *where)  # no --token: none is written
+    assert_refused(result, "the port is in use")
+    assert list(tmp_path.iterdir()) == []
 
 
 def _serve_as_nobody(db: Path, root: Path, errors: Path) -> None:
@@ -102,6 +136,10 @@ def _serve_as_nobody(db: Path, root: Path, errors: Path) -> None:
     from backend.cli import main
 
     sys.stderr = open(errors, "w", encoding="utf-8")  # noqa: SIM115 (closed at exit)
+    # What serve imports lazily, imported while the interpreter's files are still readable.
+    import backend.server  # noqa: F401
+
+    "localhost".encode("idna")
     if os.geteuid() == 0:
         os.setgid(65534)
         os.setuid(65534)

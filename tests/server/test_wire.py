@@ -1,0 +1,68 @@
+"""JSON on the wire: strict, bounded reading; writing that never fails on what the server holds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from backend.wire import MAX_DEPTH, JSONResponse, WireError, dumps, dumps_text, loads
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (b'{"a": NaN}', "NaN at line 1 column 7"),
+        (b'{"a": Infinity}', "Infinity at line 1 column 7"),
+        (b'{"a": -Infinity}', "Infinity"),
+        (b'{\n "a": 1e400}', "too large (it would be infinite)"),
+        (b"[" * 2000 + b"]" * 2000, "nested deeper than"),
+        (b'{"a": "\xff"}', "UTF-8"),
+        (b'"\\ud800"', "surrogate"),
+        (b"", "empty"),
+        (b'{"a": 1} x', "line 1"),
+    ],
+)
+def test_what_is_not_json_is_refused_saying_where(text: bytes, says: str) -> None:
+    with pytest.raises(WireError) as refused:
+        loads(text)
+    assert says in str(refused.value)
+
+
+def test_nesting_is_bounded_exactly() -> None:
+    deepest = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    assert loads(deepest) is not None
+    assert loads('{"a":' * MAX_DEPTH + "1" + "}" * MAX_DEPTH) is not None
+    with pytest.raises(WireError, match=r"nested deeper than 32 levels \(at a\.a"):
+        loads('{"a":' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1))
+    with pytest.raises(WireError, match=r"\[0\]\[0\]"):
+        loads("[" + deepest + "]")
+
+
+def test_ordinary_json_reads_as_the_standard_library_does() -> None:
+    text = '{"a": [1, 2.5, -0.0, "é", null, true], "b": {"c": 12345678901234567890}}'
+    assert loads(text) == json.loads(text)
+    assert loads(text.encode()) == json.loads(text)
+
+
+def test_writing_never_fails_on_non_finite_floats() -> None:
+    value = {"a": float("inf"), "b": [float("nan"), -float("inf")], "c": 1.5}
+    assert json.loads(dumps(value)) == {"a": None, "b": [None, None], "c": 1.5}
+    # What orjson cannot write goes through the standard library, still finite.
+    big = {"n": 10**30, "x": float("nan"), 3: "int key"}
+    assert json.loads(dumps(big)) == {"n": 10**30, "x": None, "3": "int key"}
+    deep: list[object] = [float("inf")]
+    for _ in range(300):  # past orjson's own limit
+        deep = [deep]
+    assert dumps_text(deep).endswith("[null]" + "]" * 300)
+    assert json.loads(dumps({"v": np.float32(0.5), "a": np.arange(3)})) == {
+        "v": 0.5,
+        "a": [0, 1, 2],
+    }
+
+
+def test_json_response_renders_with_dumps() -> None:
+    response = JSONResponse({"loss": float("nan"), "name": "é"})
+    assert response.body == b'{"loss":null,"name":"\xc3\xa9"}'
+    assert response.headers["content-type"] == "application/json"
