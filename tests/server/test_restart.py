@@ -123,3 +123,105 @@ def test_server_sigkill_mid_run_then_restart(tmp_path: Path) -> None:
         if follower is not None:
             follower.stop()
         server.stop()
+
+
+def restart(server: ServeProcess, port: str, trainer_pid: int, *extra: str) -> ServeProcess:
+    """SIGKILL the server, let its orphaned trainer stop on its own, start a new server."""
+    server.kill()
+    wait_for(lambda: not alive(trainer_pid), 120, 0.1)
+    return ServeProcess(server.tmp_path, "--port", port, *extra).start()
+
+
+def trainer_pid(server: ServeProcess, run_id: str, attempt: int) -> int:
+    """The pid of an attempt's trainer, once it reports training (a metric)."""
+
+    def find() -> int | None:
+        events = stored_events(server, run_id)
+        pids = [e["data"]["pid"] for e in events if e["type"] == "log" and "pid" in e["data"]]
+        trained = any(e["type"] == "metric" and e["data"]["attempt"] == attempt for e in events)
+        return pids[-1] if trained and len(pids) >= attempt else None
+
+    pid: int = wait_for(find, 180, 0.1)
+    return pid
+
+
+def test_a_repeated_command_id_after_a_sigkill_restart_is_answered_not_applied(
+    tmp_path: Path,
+) -> None:
+    port = str(free_port())
+    config = tiny_yaml(tmp_path / "data", "ids", ITERATION_TOTAL=100_000, ITERATION_SAVE=5)
+    server = ServeProcess(tmp_path, "--port", port).start()
+    first: dict[str, tuple[str, dict[str, Any], int, Any]] = {}
+
+    def send(path: str, body: dict[str, Any]) -> Any:
+        status, answer, _ = server.request("POST", path, body)
+        assert status in (200, 201), answer
+        first[body["id"]] = (path, body, status, answer)
+        return answer
+
+    def repeat_all(run_id: str) -> None:
+        before = stored_events(server, run_id)
+        for path, body, status, answer in first.values():
+            again_status, again, _ = server.request("POST", path, body)
+            assert (again_status, again["event"]) == (status, answer["event"]), body["id"]
+        assert stored_events(server, run_id) == before  # no new event, no new attempt
+
+    try:
+        run_id = send("/api/runs", {"config": config, "id": "create-1"})["run"]["run_id"]
+        send(f"/api/runs/{run_id}/start", {"id": "start-1"})
+        server = restart(server, port, trainer_pid(server, run_id, 1))
+        run = server.request("GET", f"/api/runs/{run_id}")[1]["run"]
+        assert run["legal_commands"] == ["resume"] and run["attempts"] == 1
+        assert run["interrupted"]["reason"] == "server_restart"
+        assert run["resumable_from"]["iteration"] == run["interrupted"]["checkpoint_iteration"]
+        repeat_all(run_id)
+
+        resumed = send(f"/api/runs/{run_id}/resume", {"id": "resume-1"})
+        assert resumed["event"]["data"]["checkpoint"] == run["resumable_from"]["path"]
+        pid = trainer_pid(server, run_id, 2)
+        send(f"/api/runs/{run_id}/stop", {"id": "stop-1"})
+        server = restart(server, port, pid)
+        run = server.request("GET", f"/api/runs/{run_id}")[1]["run"]
+        # Resume is legal again, yet the repeated resume is answered, not applied.
+        assert run["legal_commands"] == ["resume"] and run["attempts"] == 2
+        assert run["interrupted"] is None  # a stop the user asked for
+        repeat_all(run_id)
+        reused = server.request("POST", f"/api/runs/{run_id}/start", {"id": "resume-1"})
+        assert reused[0] == 409 and reused[1]["error"]["code"] == "id_reused"
+    finally:
+        server.stop()
+
+
+def test_auto_resume_after_a_crash_and_a_shutdown(tmp_path: Path) -> None:
+    port = str(free_port())
+    config = tiny_yaml(tmp_path / "data", "auto", ITERATION_TOTAL=100_000, ITERATION_SAVE=5)
+    server = ServeProcess(tmp_path, "--port", port).start()
+    try:
+        status, body, _ = server.request("POST", "/api/runs", {"config": config, "start": True})
+        assert status == 201 and body["started"]["type"] == "started", body
+        run_id = body["run"]["run_id"]
+        assert body["run"]["state"] == "Training"
+        # Busy: a create that would start is refused, and creates nothing.
+        other = tiny_yaml(tmp_path / "data", "other")
+        status, busy, _ = server.request("POST", "/api/runs", {"config": other, "start": True})
+        assert status == 409 and busy["error"]["code"] == "busy", busy
+        assert [r["run_id"] for r in server.request("GET", "/api/runs")[1]["runs"]] == [run_id]
+
+        server = restart(server, port, trainer_pid(server, run_id, 1), "--auto-resume")
+        run = server.request("GET", f"/api/runs/{run_id}")[1]["run"]
+        assert run["state"] == "Training" and run["attempts"] == 2 and run["interrupted"] is None
+        [resumed] = [e for e in stored_events(server, run_id) if e["type"] == "resumed"]
+        assert resumed["data"]["command_id"] == f"auto-resume:{run_id}:2"
+        assert resumed["data"]["checkpoint"] is not None
+
+        trainer_pid(server, run_id, 2)
+        assert server.stop() == 0  # a graceful shutdown stops the run: interrupted too
+        server = ServeProcess(tmp_path, "--port", port, "--auto-resume").start()
+        run = server.request("GET", f"/api/runs/{run_id}")[1]["run"]
+        assert run["state"] == "Training" and run["attempts"] == 3
+        stops = [e for e in stored_events(server, run_id) if e["type"] == "stop_requested"]
+        assert stops[-1]["data"]["reason"] == "server_shutdown"
+        assert server.request("POST", f"/api/runs/{run_id}/stop", {})[0] == 200
+        wait_for(lambda: stored_events(server, run_id)[-1]["type"] == "stopped", 120, 0.2)
+    finally:
+        server.stop()
