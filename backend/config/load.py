@@ -158,9 +158,12 @@ def _parse_yaml(text: str, name: str) -> tuple[Any, dict[str, int], list[Problem
     Only `yaml.SafeLoader` constructors exist, so `!!python/object` and friends are refused
     rather than executed.
     """
-    loader = yaml.SafeLoader(text)
     lines: dict[str, int] = {}
     problems: list[Problem] = []
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # a character YAML never allows (NUL, other controls)
+        return None, lines, [_yaml_problem(exc, name)], False
     try:
         node = loader.get_single_node()
         if node is None:
