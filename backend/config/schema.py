@@ -12,10 +12,17 @@ config must load) and reported as "accepted, not used" when the user changes it.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from backend.config.targets import (
+    ACTIVATIONS,
+    FAMILIES,
+    LOSSES,
+    REGULARIZERS,
+    TARGETS_HELP,
+)
+from backend.config.targets import target_channels as target_channels  # re-exported
 from backend.config.valuetypes import alternatives
 
 Widget = Literal["slider", "log-slider", "select", "toggle", "number", "text", "list"]
@@ -43,18 +50,10 @@ OLD_ARCHITECTURE_NAMES: dict[str, str] = {
     "fpn": "fpn_3d",
 }
 
-SUPPORTED_LOSSES = ("WeightedBCE", "WeightedBCEWithLogitsLoss", "DiceLoss", "WeightedMSE")
-PYTC_ONLY_LOSSES = (
-    "WeightedMAE",
-    "WeightedCE",
-    "WeightedBCEFocalLoss",
-    "WSDiceLoss",
-    "JaccardLoss",
-    "BinaryReg",
-    "ForegroundDTConsistency",
-    "ContourDTConsistency",
-    "FocalLoss",
-)
+# Losses, activations, regularisers and targets: PyTC v1.0.0's, all trained
+# (backend/config/targets.py holds their grammar and the constraints between them).
+SUPPORTED_LOSSES = LOSSES
+SUPPORTED_REGULARIZERS = tuple(REGULARIZERS)
 SUPPORTED_OPTIMIZERS = ("SGD", "Adam", "AdamW")
 # DATASET.PAD_MODE: numpy.pad modes. Trainboard pads virtually (a patch reads mirrored or
 # clamped indices), which these allow; the statistic modes need the whole padded volume.
@@ -81,37 +80,8 @@ PYTC_CANNOT_RUN: dict[tuple[str, str], tuple[str, str]] = {
 INFINITE_ALLOWED = ("SOLVER.CLIP_GRADIENTS.NORM_TYPE",)
 MULTISTEP_SCHEDULERS = ("MultiStepLR", "WarmupMultiStepLR")
 WARMUP_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
-OUTPUT_ACTIVATIONS = ("none", "sigmoid", "softmax", "tanh")
-
-# Targets: '0' binary foreground, '2' affinity, '4' or '4-x-y' instance boundary.
-SUPPORTED_TARGETS = ("0", "2", "4")
-_TARGET_RE = re.compile(r"^(0|2|4(-\d+-\d+)?)$")
-PYTC_ONLY_TARGETS: dict[str, str] = {
-    "1": "synaptic polarity",
-    "3": "small-object mask",
-    "5": "instance distance transform",
-    "6": "semantic distance transform",
-    "7": "skeleton-aware distance transform",
-    "9": "semantic segmentation",
-    "e": "instance embedding",
-}
-TARGETS_HELP = (
-    "'0' (binary, 1 channel), '2' (affinity, 3 channels; 2 in 2D), "
-    "'4' or '4-x-y' (instance boundary, 1 channel)"
-)
-
-
-def is_supported_target(opt: str) -> bool:
-    return bool(_TARGET_RE.match(opt))
-
-
-def target_channels(opt: str, do_2d: bool) -> int:
-    """Output channels a target needs: '0' -> 1, '2' -> 3 (2 in 2D), '4' / '4-x-y' -> 1."""
-    if not is_supported_target(opt):
-        raise ValueError(f"target {opt!r} is not supported; supported: {TARGETS_HELP}")
-    if opt == "2":
-        return 2 if do_2d else 3
-    return 1
+OUTPUT_ACTIVATIONS = ACTIVATIONS
+SUPPORTED_TARGETS = tuple(FAMILIES)
 
 
 def pooling_factors(architecture: str, filters: int, isotropy: list[bool]) -> tuple[int, int, int]:
@@ -250,21 +220,25 @@ _key("MODEL.ISOTROPY", [False, False, False, True, True], "list[bool]",
      core=True)
 _key("MODEL.TARGET_OPT", ["0"], "list[str]", f"learning targets: {TARGETS_HELP}", core=True)
 _key("MODEL.TARGET_OPT_MULTISEG_SPLIT", None, "any", "multi-segment target split")
-_key("MODEL.LABEL_EROSION", None, "int|None", "erode instance masks by this many voxels",
-     minimum=0)
-_key("MODEL.LABEL_DILATION", None, "int|None", "dilate instance masks by this many voxels",
+_key("MODEL.LABEL_EROSION", None, "int|list[int]|None",
+     "split touching instances: erase pixels whose (2r+1)^2 window holds two ids; one rate "
+     "or one per target", core=True, minimum=0)
+_key("MODEL.LABEL_DILATION", None, "int|list[int]|None",
+     "dilate instances in-plane by r pixels; one rate or one per target", core=True,
      minimum=0)
 _key("MODEL.WEIGHT_OPT", [["1"]], "list[list[str]]",
-     "pixel weighting per loss: '1' class-balanced, '0' none", core=True, choices=("0", "1"))
+     "pixel weight per loss: '1' class balance, '1-1' balance on the dilated foreground, "
+     "'2-w0-w1' U-Net border weight, '0' none (the valid mask, if any)", core=True)
 _key("MODEL.LOSS_OPTION", [["WeightedBCE"]], "list[list[str]]",
-     "losses, one list per target", core=True, choices=SUPPORTED_LOSSES,
-     pytc_only=PYTC_ONLY_LOSSES)
+     "losses, one list per target", core=True, choices=SUPPORTED_LOSSES)
 _key("MODEL.OUTPUT_ACT", [["none"]], "list[list[str]]",
      "activation applied before each loss", core=True, choices=OUTPUT_ACTIVATIONS)
 _key("MODEL.LOSS_WEIGHT", [[1.0]], "list[list[float]]", "weight of each loss", core=True,
      minimum=0.0)
-_key("MODEL.LOSS_KWARGS_KEY", None, "any", "extra loss arguments (names)")
-_key("MODEL.LOSS_KWARGS_VAL", None, "any", "extra loss arguments (values)")
+_key("MODEL.LOSS_KWARGS_KEY", None, "any",
+     "loss arguments, names: one list per loss of each target", core=True)
+_key("MODEL.LOSS_KWARGS_VAL", None, "any", "loss arguments, values (as LOSS_KWARGS_KEY)",
+     core=True)
 _key("MODEL.IN_PLANES", 1, "int", "input channels (1 for grayscale EM)", core=True, minimum=1,
      ui=Ui("number", 1, 16, 1))
 _key("MODEL.OUT_PLANES", 1, "int", "output channels: the sum of the targets' channels",
@@ -286,9 +260,12 @@ _key("MODEL.INPUT_SIZE", [8, 256, 256], "list[int]", "training patch size (z, y,
      core=True, minimum=1, length=3)
 _key("MODEL.OUTPUT_SIZE", [8, 256, 256], "list[int]", "output patch size (z, y, x)",
      core=True, minimum=1, length=3)
-_key("MODEL.REGU_OPT", None, "any", "regularisation terms")
-_key("MODEL.REGU_TARGET", None, "any", "targets of the regularisation terms")
-_key("MODEL.REGU_WEIGHT", None, "any", "weights of the regularisation terms")
+_key("MODEL.REGU_OPT", None, "list[str]|None", "regularisers between output channels",
+     core=True, choices=SUPPORTED_REGULARIZERS)
+_key("MODEL.REGU_TARGET", None, "list[list[int]]|None",
+     "per regulariser: the TARGET_OPT indices it reads", core=True, minimum=0)
+_key("MODEL.REGU_WEIGHT", None, "list[float]|None", "weight of each regulariser", core=True,
+     minimum=0.0)
 _key("MODEL.FINETUNE", "", "str", "suffix for fine-tuned checkpoints")
 _key("MODEL.EXACT", True, "bool", "pretrained weights must match exactly")
 _key("MODEL.SIZE_MATCH", True, "bool", "load only weights whose shapes match")
@@ -354,7 +331,8 @@ _key("DATASET.IS_ISOTROPIC", False, "bool", "the data is isotropic (input/output
 _key("DATASET.DO_2D", False, "bool", "train a 2D model on slices", core=True)
 _key("DATASET.LOAD_2D", False, "bool", "the volumes are 2D images", core=True)
 _key("DATASET.DROP_CHANNEL", True, "bool", "drop extra channels of multi-channel volumes")
-_key("DATASET.REDUCE_LABEL", True, "bool", "relabel sampled instance ids")
+_key("DATASET.REDUCE_LABEL", True, "bool",
+     "renumber each crop's ids 1..N before making targets (off for '9' targets)", core=True)
 _key("DATASET.PAD_SIZE", [2, 64, 64], "list[int]", "padding of the input volumes (z, y, x)",
      core=True, minimum=0, length=3)
 _key("DATASET.PAD_MODE", "reflect", "str", "padding mode of the input volumes (numpy.pad)",
@@ -363,8 +341,8 @@ _key("DATASET.ENSURE_MIN_SIZE", False, "bool", "upsample volumes smaller than a 
 _key("DATASET.NORMALIZE_RANGE", True, "bool", "rescale images to uint8 range")
 _key("DATASET.LABEL_BINARY", False, "bool", "labels are binary masks")
 _key("DATASET.LABEL_MAG", 0, "int", "label magnification")
-_key("DATASET.LABEL_EROSION", None, "int|None", "older PyTC: see MODEL.LABEL_EROSION",
-     minimum=0)
+_key("DATASET.LABEL_EROSION", None, "int|list[int]|None",
+     "older PyTC: see MODEL.LABEL_EROSION", core=True, minimum=0)
 _key("DATASET.DO_CHUNK_TITLE", 0, "int", "tiled (chunked) dataset: 1 on", minimum=0, maximum=1)
 _key("DATASET.DATA_CHUNK_NUM", [1, 1, 1], "list[int]", "chunks per axis (tiled dataset)",
      minimum=1, length=3)

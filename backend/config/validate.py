@@ -25,15 +25,17 @@ from backend.config.schema import (
     KEYS,
     MULTISTEP_SCHEDULERS,
     PYTC_CANNOT_RUN,
-    PYTC_ONLY_TARGETS,
     SUPPORTED_ARCHITECTURES,
     SWITCHABLE_SECTIONS,
-    TARGETS_HELP,
     WARMUP_SCHEDULERS,
     Key,
-    is_supported_target,
     pooling_factors,
-    target_channels,
+)
+from backend.config.targets import (
+    criterion_problems,
+    default_activation,
+    default_loss,
+    default_weight_option,
 )
 from backend.config.valuetypes import describe, leaves, matches, type_name
 
@@ -202,54 +204,46 @@ def _check_targets_and_losses(checks: Checks) -> None:
             suggestion="TARGET_OPT: ['0']",
         )
         return
-    supported = all(_check_target(checks, t) for t in targets)
-    if supported:
-        _check_out_planes(checks, targets)
     _check_loss_shapes(checks, len(targets))
-    _check_logits_twice(checks)
+    _check_criterion(checks)
 
 
-def _check_target(checks: Checks, opt: str) -> bool:
-    if is_supported_target(opt):
-        return True
-    head = opt.split("-")[0]
-    if opt.startswith("2-"):
-        message = f"affinity with custom offsets ({opt!r}) is not supported"
-    elif opt.startswith("4-"):
-        message = f"{opt!r} is not a valid instance-boundary target"
-    elif head in PYTC_ONLY_TARGETS:
-        what = PYTC_ONLY_TARGETS[head]
-        message = f"target {opt!r} ({what}) is a PyTC target Trainboard does not train"
-    else:
-        message = f"{opt!r} is not a PyTC target"
-    checks.report(
-        ERROR,
-        "MODEL.TARGET_OPT",
-        message,
-        expected=f"one of {TARGETS_HELP}",
-        suggestion="use '0' for a binary mask, '2' for affinities, '4' for boundaries",
-    )
-    return False
+# Keys the constraint table reads; a key that failed its own check is left out.
+_CRITERION_KEYS = (
+    "MODEL.TARGET_OPT",
+    "MODEL.OUT_PLANES",
+    "MODEL.LOSS_OPTION",
+    "MODEL.LOSS_WEIGHT",
+    "MODEL.WEIGHT_OPT",
+    "MODEL.OUTPUT_ACT",
+    "MODEL.LOSS_KWARGS_KEY",
+    "MODEL.LOSS_KWARGS_VAL",
+    "MODEL.REGU_OPT",
+    "MODEL.REGU_TARGET",
+    "MODEL.REGU_WEIGHT",
+    "MODEL.LABEL_EROSION",
+    "MODEL.LABEL_DILATION",
+    "DATASET.DO_2D",
+    "DATASET.VALID_MASK_NAME",
+)
 
 
-def _check_out_planes(checks: Checks, targets: list[str]) -> None:
-    if not checks.ok("MODEL.OUT_PLANES", "DATASET.DO_2D"):
-        return
-    do_2d = bool(checks.value("DATASET.DO_2D"))
-    channels = [target_channels(t, do_2d) for t in targets]
-    expected = sum(channels)
-    out_planes = checks.value("MODEL.OUT_PLANES")
-    if out_planes == expected:
-        return
-    parts = " + ".join(f"{c} for {t!r}" for t, c in zip(targets, channels, strict=True))
-    checks.report(
-        ERROR,
-        "MODEL.OUT_PLANES",
-        f"is {out_planes}, but the targets {show(targets)} produce {expected} channels",
-        expected=f"{expected} ({parts})" if len(targets) > 1 or expected > 1 else str(expected),
-        suggestion=f"OUT_PLANES: {expected}",
-        near=("MODEL.TARGET_OPT",),
-    )
+def _check_criterion(checks: Checks) -> None:
+    """Targets, weights, losses, activations and regularisers against each other: the
+    table the trainer refuses to start on (backend/config/targets.py)."""
+    values: dict[str, dict[str, Any]] = {"MODEL": {}, "DATASET": {}}
+    for name in _CRITERION_KEYS:
+        if checks.ok(name):
+            section, leaf = name.split(".")
+            values[section][leaf] = checks.value(name)
+    for problem in criterion_problems(values):
+        checks.report(
+            ERROR if problem.error else WARNING,
+            problem.key,
+            problem.message,
+            suggestion=problem.suggestion,
+            near=(*problem.near, *(k for k in problem.fix if k != problem.key)),
+        )
 
 
 def _check_loss_shapes(checks: Checks, n_targets: int) -> None:
@@ -259,7 +253,7 @@ def _check_loss_shapes(checks: Checks, n_targets: int) -> None:
     losses: list[list[str]] = checks.value("MODEL.LOSS_OPTION")
     if len(losses) != n_targets or any(not inner for inner in losses):
         fixed = [
-            losses[i] if i < len(losses) and losses[i] else ["WeightedBCE"]
+            losses[i] if i < len(losses) and losses[i] else [default_loss(None)]
             for i in range(n_targets)
         ]
         checks.report(
@@ -273,14 +267,14 @@ def _check_loss_shapes(checks: Checks, n_targets: int) -> None:
             near=("MODEL.TARGET_OPT",),
         )
         return
-    fills: dict[str, Any] = {"MODEL.LOSS_WEIGHT": 1.0, "MODEL.OUTPUT_ACT": "none"}
+    fills: dict[str, Any] = {"MODEL.LOSS_WEIGHT": 1.0}
     for name in ("MODEL.LOSS_WEIGHT", "MODEL.WEIGHT_OPT", "MODEL.OUTPUT_ACT"):
         if not checks.ok(name):
             continue
         value: list[list[Any]] = checks.value(name)
         if _shape(value) == _shape(losses):
             continue
-        fixed = _reshape(value, losses, fills.get(name))
+        fixed = _reshape(value, losses, fills.get(name), name)
         leaf = name.split(".")[1]
         checks.report(
             ERROR,
@@ -301,8 +295,11 @@ def _shape_words(losses: list[list[str]]) -> str:
     return ", ".join(f"{len(inner)} for target {i + 1}" for i, inner in enumerate(losses))
 
 
-def _reshape(value: list[list[Any]], like: list[list[str]], fill: Any) -> list[list[Any]]:
-    """`value` cut or padded to the shape of `like`; WEIGHT_OPT pads '0' for Dice, else '1'."""
+def _reshape(
+    value: list[list[Any]], like: list[list[str]], fill: Any, name: str = ""
+) -> list[list[Any]]:
+    """`value` cut or padded to the shape of `like`; WEIGHT_OPT and OUTPUT_ACT pad what the
+    loss trains with (backend/config/targets.py), so the suggestion itself validates."""
     out = []
     for i, inner in enumerate(like):
         row = []
@@ -311,28 +308,12 @@ def _reshape(value: list[list[Any]], like: list[list[str]], fill: Any) -> list[l
                 row.append(value[i][j])
             elif fill is not None:
                 row.append(fill)
+            elif name == "MODEL.OUTPUT_ACT":
+                row.append(default_activation(loss, None))
             else:
-                row.append("0" if loss == "DiceLoss" else "1")
+                row.append(default_weight_option(loss))
         out.append(row)
     return out
-
-
-def _check_logits_twice(checks: Checks) -> None:
-    if not checks.ok("MODEL.LOSS_OPTION", "MODEL.OUTPUT_ACT"):
-        return
-    losses = checks.value("MODEL.LOSS_OPTION")
-    acts = checks.value("MODEL.OUTPUT_ACT")
-    for i, inner in enumerate(losses):
-        for j, loss in enumerate(inner):
-            act = acts[i][j] if i < len(acts) and j < len(acts[i]) else None
-            if loss == "WeightedBCEWithLogitsLoss" and act == "sigmoid":
-                checks.report(
-                    WARNING,
-                    "MODEL.OUTPUT_ACT",
-                    f"target {i + 1}: WeightedBCEWithLogitsLoss applies the sigmoid itself; "
-                    "'sigmoid' here applies it twice",
-                    suggestion="use 'none' for this loss",
-                )
 
 
 # --- model and patch size -----------------------------------------------------------------

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from backend.config.holdout import HELD_OUT_FRACTION, held_out_slices
 from backend.config.schema import PAD_MODES
 from backend.trainer.augment import Augmenter
-from backend.trainer.targets import make_target, make_weight, parse_target
+from backend.trainer.supervision import Supervision
 from backend.volumes import VolumeError, read_volume, resolve_volume_paths
 
 Config = Mapping[str, Any]
@@ -100,20 +100,6 @@ def _pad_mode(cfg: Config) -> str:
     if mode not in PAD_MODES:
         raise DataError(f"DATASET.PAD_MODE '{mode}' is not one of {', '.join(PAD_MODES)}")
     return mode
-
-
-def _weight_options(cfg: Config) -> list[list[str]]:
-    """WEIGHT_OPT as one row per target, one entry per loss (a bare value covers a row)."""
-    model = _section(cfg, "MODEL")
-    targets = list(model.get("TARGET_OPT", ["0"]))
-    losses = list(model.get("LOSS_OPTION", [["WeightedBCE"]]))
-    rows = list(model.get("WEIGHT_OPT", [["1"]]))
-    out: list[list[str]] = []
-    for i in range(len(targets)):
-        count = len(losses[i]) if i < len(losses) and not isinstance(losses[i], str) else 1
-        row = rows[i] if i < len(rows) else ["0"]
-        out.append([str(row)] * count if isinstance(row, str | int) else [str(w) for w in row])
-    return out
 
 
 # ----------------------------------------------------------------------------- volumes
@@ -492,27 +478,22 @@ def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
 def targets_and_weights(
     cfg: Config, labels: Sequence[np.ndarray]
 ) -> tuple[list[torch.Tensor], list[list[torch.Tensor | None]]]:
-    """Batched targets and pixel weights of (z, y, x) label patches, per TARGET_OPT."""
-    do_2d = _do_2d(cfg)
-    options = [str(o) for o in _section(cfg, "MODEL").get("TARGET_OPT", ["0"])]
-    weight_rows = _weight_options(cfg)
-    targets: list[torch.Tensor] = []
+    """Batched targets and pixel weights of (z, y, x) label patches, per TARGET_OPT
+    (`backend.trainer.supervision`: PyTC's targets and weights of each crop)."""
+    supervise = Supervision.from_config(cfg)
+    samples = [supervise(label) for label in labels]
+    targets = [_stack([s[0][i] for s in samples]) for i in range(len(supervise.options))]
     weights: list[list[torch.Tensor | None]] = []
-    for option, row in zip(options, weight_rows, strict=True):
-        spec = parse_target(option)
-        per_sample = [make_target(label, spec, do_2d) for label in labels]
-        targets.append(_stack([_spatial(t, do_2d) for t in per_sample]))
-        weight_row: list[torch.Tensor | None] = []
-        for weight_option in row:
-            # PyTC weighs each sample by its own class ratio.
-            maps = [make_weight(t, weight_option) for t in per_sample]
-            weight_row.append(
-                None
-                if maps[0] is None
-                else _stack([_spatial(m, do_2d) for m in maps if m is not None])
-            )
-        weights.append(weight_row)
+    for i, row in enumerate(supervise.weight_options):
+        # PyTC weighs each sample by its own class ratio; None: no weight for this loss.
+        maps = [[s[1][i][j] for s in samples] for j in range(len(row))]
+        weights.append([_stack_weights(m) for m in maps])
     return targets, weights
+
+
+def _stack_weights(maps: Sequence[np.ndarray | None]) -> torch.Tensor | None:
+    present = [m for m in maps if m is not None]
+    return _stack(present) if len(present) == len(maps) else None
 
 
 def make_batch(cfg: Config, sampler: PatchSampler, iteration: int) -> Batch:

@@ -122,7 +122,8 @@ def minimal(**sections: str) -> str:
     """A valid small config (no paths checked) with extra YAML lines per section."""
     body = {
         "SYSTEM": "  NUM_GPUS: 0\n",
-        "MODEL": "  INPUT_SIZE: [8, 64, 64]\n  OUTPUT_SIZE: [8, 64, 64]\n",
+        # PyTC's default loss, WeightedBCE, takes probabilities: its default 'none' fails.
+        "MODEL": "  INPUT_SIZE: [8, 64, 64]\n  OUTPUT_ACT: [['sigmoid']]\n",
         "DATASET": "  IMAGE_NAME: im.npy\n  LABEL_NAME: lb.npy\n",
     }
     for name, lines in sections.items():

@@ -56,7 +56,7 @@ def test_problems_are_printed_compiler_style(tmp_path: Path) -> None:
 
 
 def test_warnings_alone_exit_zero(tmp_path: Path) -> None:
-    config = write(tmp_path, "warn.yaml", minimal(MODEL="  LABEL_EROSION: 1\n"))
+    config = write(tmp_path, "warn.yaml", minimal(MODEL="  EMBEDDING: 2\n"))
     code, out = cli("validate", str(config), "--no-check-paths")
     assert code == 0
     assert out.splitlines()[-1] == "valid: 0 errors, 1 warning"

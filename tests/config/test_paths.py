@@ -20,7 +20,7 @@ def dataset(
 ) -> str:
     return (
         "SYSTEM:\n  NUM_GPUS: 0\n"
-        f"MODEL:\n  INPUT_SIZE: {size}\n  OUTPUT_SIZE: {size}\n"
+        f"MODEL:\n  INPUT_SIZE: {size}\n  OUTPUT_ACT: [['sigmoid']]\n"
         f"DATASET:\n  INPUT_PATH: {tmp_path / 'data'}\n  OUTPUT_PATH: {tmp_path / 'out'}\n"
         f"  IMAGE_NAME: {image}\n  LABEL_NAME: {label}\n  PAD_SIZE: [0, 0, 0]\n" + extra
     )

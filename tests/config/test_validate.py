@@ -27,7 +27,10 @@ def test_minimal_config_is_valid() -> None:
 
 def test_defaults_alone_need_only_the_volumes() -> None:
     problems = validate(load_config(), check_paths=False)
-    assert {p.key for p in problems if p.is_error} == {"DATASET.IMAGE_NAME", "DATASET.LABEL_NAME"}
+    # And an output activation: PyTC's default WeightedBCE on raw outputs fails at step 1.
+    errors = {p.key for p in problems if p.is_error}
+    assert errors == {"DATASET.IMAGE_NAME", "DATASET.LABEL_NAME", "MODEL.OUTPUT_ACT"}
+    assert one(problems, "MODEL.OUTPUT_ACT").suggestion == "OUTPUT_ACT: [['sigmoid']]"
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -127,8 +130,8 @@ def test_pytc_architectures_trainboard_does_not_train() -> None:
 
 def test_unsupported_losses_and_schedulers() -> None:
     problem = one(check(minimal(), "MODEL.LOSS_OPTION", "[['WeightedCE']]"), "MODEL.LOSS_OPTION")
-    assert "does not support" in problem.message
-    assert "WeightedBCEWithLogitsLoss" in problem.expected
+    assert "WeightedCE needs class indices" in problem.message
+    assert "WeightedBCEWithLogitsLoss" in problem.suggestion
 
 
 def test_every_scheduler_pytc_builds_is_accepted_and_onecycle_says_why_not() -> None:
@@ -142,11 +145,12 @@ def test_every_scheduler_pytc_builds_is_accepted_and_onecycle_says_why_not() -> 
     assert problem.suggestion == "LR_SCHEDULER_NAME: 'WarmupCosineLR'"
 
 
-def test_unsupported_targets() -> None:
-    for target, words in (("5", "distance transform"), ("9", "semantic"), ("6", "distance")):
+def test_targets_pytc_cannot_train() -> None:
+    cases = (("5", "all 5 fields"), ("9", "class count"), ("8-2-5-2d-0-0-1.0-0", "'8'"))
+    for target, words in cases:
         problems = check(minimal(), "MODEL.TARGET_OPT", f"['{target}']")
         problem = one(problems, "MODEL.TARGET_OPT")
-        assert words in problem.message and "'0' (binary" in problem.expected
+        assert words in problem.message and problem.suggestion.startswith("TARGET_OPT: ['")
         assert at_key(problems, "MODEL.OUT_PLANES") == []  # no follow-up noise
     assert at_key(check(minimal(), "MODEL.TARGET_OPT", "['2-1-1']"), "MODEL.TARGET_OPT")
     assert at_key(check(minimal(), "MODEL.TARGET_OPT", "['4-1']"), "MODEL.TARGET_OPT")
@@ -160,11 +164,11 @@ def test_out_planes_must_match_the_targets() -> None:
             "  LOSS_OPTION: [['WeightedBCE'], ['WeightedBCE']]\n"
             "  LOSS_WEIGHT: [[1.0], [1.0]]\n"
             "  WEIGHT_OPT: [['1'], ['1']]\n"
-            "  OUTPUT_ACT: [['none'], ['none']]\n"
+            "  OUTPUT_ACT: [['sigmoid'], ['sigmoid']]\n"
         )
     )
     problem = one(problems, "MODEL.OUT_PLANES")
-    assert problem.expected == "4 (1 for '0' + 3 for '2')"
+    assert "need 4 channels (1 for '0' + 3 for '2')" in problem.message
     assert problem.suggestion == "OUT_PLANES: 4"
     assert problem.line == 6  # OUT_PLANES is a default: located at TARGET_OPT
     assert [p for p in problems if p.is_error] == [problem]
@@ -201,14 +205,15 @@ def test_default_per_loss_keys_that_no_longer_fit_are_named_as_defaults() -> Non
     weight_opt = one(problems, "MODEL.WEIGHT_OPT")
     assert "the default of WEIGHT_OPT" in weight_opt.message
     assert weight_opt.suggestion == "WEIGHT_OPT: [['1', '0']]"  # no class weights for Dice
-    assert one(problems, "MODEL.OUTPUT_ACT").suggestion == "OUTPUT_ACT: [['none', 'none']]"
+    # Padded with what the loss trains with (Dice: probabilities), so the fix validates.
+    assert one(problems, "MODEL.OUTPUT_ACT").suggestion == "OUTPUT_ACT: [['sigmoid', 'sigmoid']]"
 
 
 def test_loss_option_needs_one_list_per_target() -> None:
-    problems = check(minimal(), "MODEL.TARGET_OPT", "['0', '4']", "MODEL.OUT_PLANES", "2")
+    problems = check(minimal(), "MODEL.TARGET_OPT", "['0', '4-1-1']", "MODEL.OUT_PLANES", "2")
     problem = one(problems, "MODEL.LOSS_OPTION")
     assert problem.message == "has 1 loss list(s) for 2 target(s)"
-    assert problem.suggestion == "LOSS_OPTION: [['WeightedBCE'], ['WeightedBCE']]"
+    assert problem.suggestion == "LOSS_OPTION: [['WeightedBCE'], ['WeightedBCEWithLogitsLoss']]"
 
 
 def test_flat_per_loss_list_is_a_type_error() -> None:
@@ -220,7 +225,8 @@ def test_logits_loss_with_sigmoid_warns() -> None:
     text = minimal(
         MODEL="  LOSS_OPTION: [['WeightedBCEWithLogitsLoss']]\n  OUTPUT_ACT: [['sigmoid']]\n"
     )
-    assert one(check(text), "MODEL.OUTPUT_ACT", "warning")
+    warnings = at_key(check(text), "MODEL.OUTPUT_ACT", "warning")
+    assert any("applies it twice" in p.message for p in warnings)
 
 
 def test_2d_training_needs_z_of_one() -> None:
@@ -316,18 +322,18 @@ def test_training_needs_images_and_labels() -> None:
 
 def test_accepted_not_used_warns_only_when_changed() -> None:
     text = minimal(
-        MODEL="  LABEL_EROSION: 1\n  HEAD_DEPTH: 1\n",
+        MODEL="  EMBEDDING: 2\n  HEAD_DEPTH: 1\n",
         DATASET="  REJECT_SAMPLING:\n    DIVERSITY: 5\n",
         AUGMENTOR="  ELASTIC: {ENABLED: True, P: 0.5}\n  COPYPASTE: {ENABLED: True}\n",
     )
     problems = check(text)
     warned = {p.key for p in problems if p.level == "warning"}
     assert warned == {
-        "MODEL.LABEL_EROSION",
+        "MODEL.EMBEDDING",
         "DATASET.REJECT_SAMPLING.DIVERSITY",
         "AUGMENTOR.COPYPASTE.ENABLED",  # ELASTIC is applied: no warning
     }
-    problem = one(problems, "MODEL.LABEL_EROSION", "warning")
+    problem = one(problems, "MODEL.EMBEDDING", "warning")
     assert problem.message.startswith("accepted, not used")
     assert problem.line == 6
     assert [p for p in problems if p.is_error] == []
@@ -361,7 +367,10 @@ def test_validate_reports_load_problems_first() -> None:
 
 
 def test_unset_output_size_does_not_warn() -> None:
-    text = "DATASET:\n  IMAGE_NAME: a.h5\n  LABEL_NAME: b.h5\nMODEL:\n  INPUT_SIZE: [8, 64, 64]\n"
+    text = (
+        "DATASET:\n  IMAGE_NAME: a.h5\n  LABEL_NAME: b.h5\n"
+        "MODEL:\n  INPUT_SIZE: [8, 64, 64]\n  OUTPUT_ACT: [['sigmoid']]\n"
+    )
     assert check(text) == []
 
 

@@ -80,7 +80,11 @@ def test_a_full_run_reports_everything(tmp_path: Path) -> None:
 
     metrics = of(events, "metric")
     assert [m["iteration"] for m in metrics] == list(range(1, 25))
-    assert set(metrics[0]["components"]) == {"0/WeightedBCEWithLogitsLoss", "0/DiceLoss"}
+    # PyTC's term names: {target}_{loss}_{target index}_{loss index}.
+    assert set(metrics[0]["components"]) == {
+        "0_WeightedBCEWithLogitsLoss_0_0",
+        "0_DiceLoss_0_1",
+    }
     assert math.isclose(metrics[0]["loss"], sum(metrics[0]["components"].values()), rel_tol=1e-5)
     assert metrics[20]["lr"] == pytest.approx(0.001), "MultiStepLR at STEPS 15"
 

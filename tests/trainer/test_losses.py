@@ -1,23 +1,30 @@
-"""Losses against hand-computed values, the per-target criterion, predictions, errors."""
+"""Losses and regularisers against PyTC v1.0.0's own values (`pytc-golden/losses/single`)
+and hand-computed ones; the per-target criterion, predictions, configuration errors.
+The full Criterion against PyTC's is in test_criterion_parity.py."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
+from backend.trainer import regularizers
 from backend.trainer.losses import (
-    _target_channels,
+    LOSSES,
     build_criterion,
     dice_loss,
+    gan_loss,
+    label_smoothing_ce,
     predict,
     weighted_bce,
     weighted_bce_with_logits,
     weighted_mae,
     weighted_mse,
 )
+from tests.trainer.golden import entries, entry_id, load
 
 
 def make_cfg(do_2d: bool = False, **model: Any) -> dict[str, Any]:
@@ -90,21 +97,9 @@ def test_mse_sums_channels_and_averages_batch_and_voxels() -> None:
 
 def test_mae() -> None:
     pred, target = t([[[1.0, -3.0]]]), t([[[0.0, 0.0]]])
-    close(weighted_mae(pred, target, None), 2.0)
     close(weighted_mae(pred, target, t([[[2.0, 0.0]]])), 1.0)
-
-
-@pytest.mark.parametrize(
-    ("opt", "do_2d", "channels"),
-    [("0", False, 1), ("2", False, 3), ("2", True, 2), ("4", False, 1), ("4-1-1", True, 1)],
-)
-def test_target_channels(opt: str, do_2d: bool, channels: int) -> None:
-    assert _target_channels(opt, do_2d) == channels
-
-
-def test_target_channels_unsupported() -> None:
-    with pytest.raises(ValueError, match=r"'5' is not supported; supported: '0'"):
-        _target_channels("5", False)
+    with pytest.raises(ValueError, match="needs a pixel weight"):  # PyTC: TypeError
+        weighted_mae(pred, target, None)
 
 
 # --- the criterion ---------------------------------------------------------------------------
@@ -116,7 +111,7 @@ def test_default_bce_with_logits_criterion() -> None:
     total, parts = crit(logits, [target], [[None]])
     expected = (math.log(2.0) + math.log(1.0 + math.e**2)) / 2
     close(total, expected)
-    assert parts == pytest.approx({"0/WeightedBCEWithLogitsLoss": expected})
+    assert parts == pytest.approx({"0_WeightedBCEWithLogitsLoss_0_0": expected})
 
 
 def test_output_activation_applied_per_loss() -> None:
@@ -129,9 +124,9 @@ def test_output_activation_applied_per_loss() -> None:
     logits, target = t([[[0.0, 2.0]]]), t([[[1.0, 0.0]]])
     _, parts = build_criterion(cfg)(logits, [target], [[None, None]])
     p = torch.sigmoid(logits)
-    close(parts["0/WeightedBCE"], float(weighted_bce(p, target, None)))
+    close(parts["0_WeightedBCE_0_0"], float(weighted_bce(p, target, None)))
     s = 1 / (1 + math.exp(-2))
-    close(parts["0/DiceLoss"], 1 - (2 * 0.5 + 100) / (0.5 + s + 1 + 100))
+    close(parts["0_DiceLoss_0_1"], 1 - (2 * 0.5 + 100) / (0.5 + s + 1 + 100))
 
 
 def test_multi_target_split_weights_and_components() -> None:
@@ -149,15 +144,14 @@ def test_multi_target_split_weights_and_components() -> None:
     targets = [torch.rand(2, c, 2, 3, 3).round() for c in (1, 3, 1)]
     bce_w = torch.rand(2, 1, 2, 3, 3)
     mae_w = torch.rand(2, 1, 2, 3, 3)
-    ignored = torch.full((2, 3, 2, 3, 3), 7.0)  # WEIGHT_OPT '0': not applied
-    total, parts = crit(out, targets, [[bce_w, torch.ones(1)], [ignored], [mae_w]])
+    total, parts = crit(out, targets, [[bce_w, None], [None], [mae_w]])
 
     x0, x2, x4 = out[:, :1], out[:, 1:4], out[:, 4:]
     expected = {
-        "0/WeightedBCEWithLogitsLoss": float(weighted_bce_with_logits(x0, targets[0], bce_w)),
-        "0/DiceLoss": 0.5 * float(dice_loss(torch.sigmoid(x0), targets[0], None)),
-        "1/WeightedMSE": 2.0 * float(weighted_mse(torch.tanh(x2), targets[1], None)),
-        "2/WeightedMAE": 3.0 * float(weighted_mae(x4, targets[2], mae_w)),
+        "0_WeightedBCEWithLogitsLoss_0_0": float(weighted_bce_with_logits(x0, targets[0], bce_w)),
+        "0_DiceLoss_0_1": 0.5 * float(dice_loss(torch.sigmoid(x0), targets[0], None)),
+        "2_WeightedMSE_1_0": 2.0 * float(weighted_mse(torch.tanh(x2), targets[1], None)),
+        "4-1-1_WeightedMAE_2_0": 3.0 * float(weighted_mae(x4, targets[2], mae_w)),
     }
     assert parts == pytest.approx(expected, rel=1e-5)
     close(total, sum(expected.values()))
@@ -213,8 +207,8 @@ def test_mixed_precision_outputs_give_float32_loss() -> None:
 def test_compute_keeps_components_on_device() -> None:
     crit = build_criterion(make_cfg())
     _, parts = crit.compute(torch.randn(1, 1, 4), [torch.ones(1, 1, 4)])
-    assert isinstance(parts["0/WeightedBCEWithLogitsLoss"], torch.Tensor)
-    assert not parts["0/WeightedBCEWithLogitsLoss"].requires_grad
+    assert isinstance(parts["0_WeightedBCEWithLogitsLoss_0_0"], torch.Tensor)
+    assert not parts["0_WeightedBCEWithLogitsLoss_0_0"].requires_grad
 
 
 def test_same_loss_twice_keeps_both_components() -> None:
@@ -225,8 +219,8 @@ def test_same_loss_twice_keeps_both_components() -> None:
         OUTPUT_ACT=[["sigmoid", "sigmoid"]],
     )
     _, parts = build_criterion(cfg)(torch.randn(1, 1, 4), [torch.ones(1, 1, 4)])
-    assert set(parts) == {"0/DiceLoss", "0/DiceLoss#1"}
-    close(parts["0/DiceLoss#1"], 2 * parts["0/DiceLoss"])
+    assert set(parts) == {"0_DiceLoss_0_0", "0_DiceLoss_0_1"}
+    close(parts["0_DiceLoss_0_1"], 2 * parts["0_DiceLoss_0_0"])
 
 
 # --- predictions -----------------------------------------------------------------------------
@@ -252,29 +246,26 @@ def test_predict_channel_mismatch() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (
-            {"LOSS_OPTION": [["FocalLoss"]]},
-            r"MODEL.LOSS_OPTION\[0\]\[0\] 'FocalLoss' is not supported; supported: WeightedBCE, "
-            "WeightedBCEWithLogitsLoss, DiceLoss, WeightedMSE, WeightedMAE",
-        ),
-        (
-            {"OUTPUT_ACT": [["relu"]]},
-            r"MODEL.OUTPUT_ACT\[0\]\[0\] 'relu' is not supported; "
-            "supported: none, sigmoid, softmax, tanh",
-        ),
+        ({"LOSS_OPTION": [["FocalLoss"]]}, r"\[0\]\[0\] 'FocalLoss' is not a PyTC loss"),
+        ({"OUTPUT_ACT": [["gelu"]]}, r"\[0\]\[0\] 'gelu' is not a PyTC activation"),
         (
             {"LOSS_OPTION": [["WeightedBCE"]]},
-            r"WeightedBCE takes probabilities, so MODEL.OUTPUT_ACT\[0\]\[0\] must be one of "
-            "sigmoid, softmax",
+            r"\[0\]\[0\] is 'none', but WeightedBCE takes probabilities; "
+            r"OUTPUT_ACT: \[\['sigmoid'\]\]",
         ),
-        ({"OUT_PLANES": 3}, r"MODEL.OUT_PLANES is 3 but MODEL.TARGET_OPT \['0'\] produces 1"),
-        ({"TARGET_OPT": ["9-3"]}, r"MODEL.TARGET_OPT '9-3' is not supported"),
+        ({"OUT_PLANES": 3}, r"MODEL.OUT_PLANES is 3, but the targets need 1 channels"),
+        ({"TARGET_OPT": ["5"]}, r"'5': PyTC v1.0.0's Criterion needs all 5 fields"),
+        ({"TARGET_OPT": ["9-3"], "OUT_PLANES": 3}, r"holds class indices, only WeightedCE"),
         (
             {"LOSS_WEIGHT": [[1.0, 2.0]]},
             r"MODEL.LOSS_WEIGHT\[0\] has 2 entries but MODEL.LOSS_OPTION\[0\] has 1",
         ),
         ({"OUTPUT_ACT": []}, "MODEL.OUTPUT_ACT has no entry for target 0"),
         ({"TARGET_OPT": []}, "MODEL.TARGET_OPT is empty"),
+        (
+            {"REGU_OPT": ["Nonoverlap"], "REGU_TARGET": [[0]], "REGU_WEIGHT": [1.0]},
+            r"Nonoverlap reads channels 0, 1, 2",
+        ),
     ],
 )
 def test_configuration_errors(overrides: dict[str, Any], message: str) -> None:
@@ -290,3 +281,47 @@ def test_input_errors() -> None:
         crit(torch.zeros(1, 1, 4), [torch.zeros(1, 1, 4)] * 2)
     with pytest.raises(ValueError, match="one entry"):
         crit(torch.zeros(1, 1, 4), [torch.zeros(1, 1, 4)], [[None, None]])
+
+
+# --- against PyTC v1.0.0: every loss and regulariser call of the fixtures --------------------
+
+_CALLABLES: dict[str, Callable[..., torch.Tensor]] = {
+    **LOSSES,
+    "WeightedLS": label_smoothing_ce,
+    "BinaryReg": regularizers.binary,
+    "ForegroundDTConsistency": regularizers.foreground_dt,
+    "ContourDTConsistency": regularizers.contour_dt,
+    "FgContourConsistency": regularizers.foreground_contour,
+    "NonoverlapReg": regularizers.nonoverlap,
+}
+SINGLE = entries("losses", "losses/single/")
+
+
+def _call(entry: dict[str, Any]) -> torch.Tensor:
+    name = entry["call"].split("(")[0]
+    kwargs = dict(entry["inputs"]["class_kwargs"])
+    arrays = load(entry["file"])
+    given = {k: torch.from_numpy(arrays[k]) for k in arrays.files if k != "loss"}
+    if name == "GANLoss":
+        return gan_loss(given["prediction"], "target_is_real=True" in entry["call"], **kwargs)
+    if "tsz_h" in kwargs:
+        kwargs["half"] = kwargs.pop("tsz_h")
+    if name in LOSSES or name == "WeightedLS":
+        weight = given["weight_mask"] if "weight_mask=weight_mask" in entry["call"] else None
+        return _CALLABLES[name](given["pred"], given["target"], weight, **kwargs)
+    preds = [given[k] for k in ("pred", "pred1", "pred2") if k in given]
+    mask = {"mask": given["mask"]} if "mask" in given else {}
+    return _CALLABLES[name](*preds, **mask, **kwargs)
+
+
+@pytest.mark.parametrize("entry", [e for e in SINGLE if e["status"] == "ok"], ids=entry_id)
+def test_matches_pytc(entry: dict[str, Any]) -> None:
+    torch.set_num_threads(1)
+    expected = float(load(entry["file"])["loss"])
+    assert float(_call(entry)) == pytest.approx(expected, rel=0, abs=1e-5 * max(1, abs(expected)))
+
+
+@pytest.mark.parametrize("entry", [e for e in SINGLE if e["status"] == "error"], ids=entry_id)
+def test_refuses_what_pytc_cannot_compute(entry: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        _call(entry)

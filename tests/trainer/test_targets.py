@@ -1,117 +1,156 @@
-"""Targets and weights against small arrays worked out by hand."""
+"""Targets against PyTC v1.0.0's own (`pytc-golden/targets/**`), and the behaviours the
+fixtures pin down worked out by hand on tiny labels."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
 
+from backend.trainer.supervision import Supervision
 from backend.trainer.targets import (
     TargetError,
-    TargetSpec,
-    affinity_target,
-    binary_target,
-    boundary_target,
-    class_balance_weight,
-    make_targets,
-    make_weights,
-    parse_target,
+    affinity,
+    contour,
+    make_target,
+    reduce_label,
+    seg_to_targets,
+    seg_widen_border,
 )
+from tests.trainer.golden import entries, entry_id, load
+
+TARGETS = [e for e in entries("targets") if e["file"] != "targets/labels.npz"]
+MADE = [e for e in TARGETS if e["status"] == "ok" and "label_ops" not in e["file"]]
+REFUSED = [e for e in TARGETS if e["status"] == "error"]
+EMPTY = [e for e in TARGETS if e["status"] == "returns None"]
 
 
-def test_parse_target_options() -> None:
-    assert parse_target("0") == TargetSpec("binary")
-    assert parse_target("2") == TargetSpec("affinity")
-    assert parse_target("4") == TargetSpec("boundary", 1, True)
-    assert parse_target("4-1-1") == TargetSpec("boundary", 1, True)
-    assert parse_target("4-2-0") == TargetSpec("boundary", 2, False)
-    assert parse_target("2").channels(do_2d=False) == 3
-    assert parse_target("2").channels(do_2d=True) == 2
-    for bad in ("5", "4-x", "4-0-1", "4-1-2", "0-1", ""):
-        with pytest.raises(TargetError, match="not supported"):
-            parse_target(bad)
+def _label(entry: dict[str, Any]) -> np.ndarray:
+    name: str = entry["inputs"]["label"].split(":")[1]
+    label: np.ndarray = load("targets/labels.npz")[name]
+    return label
 
 
-def test_binary_target() -> None:
-    label = np.array([[[0, 3, 3], [0, 0, 7]]])
-    expected = np.array([[[[0, 1, 1], [0, 0, 1]]]], np.float32)
-    out = binary_target(label)
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, expected)
-
-
-def test_affinity_target_3d() -> None:
-    label = np.array(
-        [
-            [[1, 1, 2], [1, 0, 2]],
-            [[1, 1, 2], [3, 3, 0]],
-        ]
+def _make(entry: dict[str, Any]) -> list[np.ndarray | None]:
+    inputs = entry["inputs"]
+    return seg_to_targets(
+        _label(entry), inputs["topts"], inputs.get("erosion_rates"), inputs.get("dilation_rates")
     )
-    z, y, x = affinity_target(label)
-    np.testing.assert_array_equal(z, [[[0, 0, 0], [0, 0, 0]], [[1, 1, 1], [0, 0, 0]]])
-    np.testing.assert_array_equal(y, [[[0, 0, 0], [1, 0, 1]], [[0, 0, 0], [0, 0, 0]]])
-    np.testing.assert_array_equal(x, [[[0, 1, 0], [0, 0, 0]], [[0, 1, 0], [0, 1, 0]]])
 
 
-def test_affinity_target_2d_has_no_z_channel() -> None:
-    label = np.array([[[5, 5], [5, 0]]])
-    out = affinity_target(label, do_2d=True)
-    assert out.shape == (2, 1, 2, 2)
-    np.testing.assert_array_equal(out[0, 0], [[0, 0], [1, 0]])  # y
-    np.testing.assert_array_equal(out[1, 0], [[0, 1], [0, 0]])  # x
+@pytest.mark.parametrize("entry", MADE, ids=entry_id)
+def test_matches_pytc(entry: dict[str, Any]) -> None:
+    """Exact for integer / binary targets; float targets (distance transforms, flows) to
+    1e-6, the README's bound for a different scipy build."""
+    fixture = load(entry["file"])
+    made = _make(entry)
+    names = ["target"] if "target" in fixture.files else [f"target_{j}" for j in range(len(made))]
+    for name, ours in zip(names, made, strict=True):
+        ref = fixture[name]
+        assert ours is not None
+        assert (ours.shape, ours.dtype) == (ref.shape, ref.dtype), name
+        if np.issubdtype(ref.dtype, np.integer) or set(np.unique(ref)) <= {0.0, 1.0}:
+            np.testing.assert_array_equal(ours, ref, err_msg=name)
+        else:
+            np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6, err_msg=name)
 
 
-def test_boundary_between_instances_and_background() -> None:
-    label = np.array([[[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 0, 0]]])
-    with_bg = boundary_target(label)[0, 0]
-    np.testing.assert_array_equal(with_bg, [[0, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
-    only_instances = boundary_target(label, background=False)[0, 0]
-    np.testing.assert_array_equal(only_instances, [[0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0]])
+@pytest.mark.parametrize("entry", REFUSED, ids=entry_id)
+def test_refuses_what_pytc_cannot_make(entry: dict[str, Any]) -> None:
+    with pytest.raises(TargetError):
+        _make(entry)
 
 
-def test_boundary_width_and_slices_are_independent() -> None:
-    label = np.zeros((2, 1, 7), int)
-    label[0, 0, :4] = 1
-    label[0, 0, 4:] = 2
-    label[1] = 1  # one instance filling the slice: no boundary, whatever slice 0 holds
-    thin = boundary_target(label, size=1)[0]
-    wide = boundary_target(label, size=2)[0]
-    np.testing.assert_array_equal(thin[0, 0], [0, 0, 0, 1, 1, 0, 0])
-    np.testing.assert_array_equal(wide[0, 0], [0, 0, 1, 1, 1, 1, 0])
-    assert not thin[1].any() and not wide[1].any()
+@pytest.mark.parametrize("entry", EMPTY, ids=entry_id)
+def test_dilation_zero_makes_nothing_as_pytc(entry: dict[str, Any]) -> None:
+    assert _make(entry) == [None]
 
 
-def test_make_targets_follows_target_opt() -> None:
-    label = np.zeros((2, 4, 4), int)
-    label[:, 1:3, 1:3] = 4
-    targets = make_targets(label, ["0", "2", "4-1-1"])
-    assert [t.shape for t in targets] == [(1, 2, 4, 4), (3, 2, 4, 4), (1, 2, 4, 4)]
+def test_label_ops_match_pytc() -> None:
+    seg = load("targets/labels.npz")["seg3d"]
+    reduced = load("targets/label_ops/reduce_label_seg3d.npz")
+    for ours, name in (
+        (reduce_label(seg), "reduce_label"),
+        (reduce_label(seg, do_type=True), "reduce_label_do_type"),
+    ):
+        assert ours.dtype == reduced[name].dtype
+        np.testing.assert_array_equal(ours, reduced[name])
+    widened = load("targets/label_ops/seg_widen_border_seg3d_1.npz")["widened"]
+    np.testing.assert_array_equal(seg_widen_border(seg, 1), widened)
 
 
-def test_class_balance_weight_rare_foreground() -> None:
-    target = np.zeros((1, 1, 10, 10), np.float32)
-    target[..., :2, :] = 1  # 20% foreground
-    weight = class_balance_weight(target)
-    np.testing.assert_allclose(weight[target == 1], 4.0)  # 0.8 / 0.2
-    np.testing.assert_allclose(weight[target == 0], 1.0)
+# --- the three bugs of issue 13, on labels small enough to check by eye ------------------------
 
 
-def test_class_balance_weight_rare_background_and_clipping() -> None:
-    mostly = np.ones((1, 10, 10), np.float32)
-    mostly[0, 0, :3] = 0  # 3% background: clipped to 5%
-    weight = class_balance_weight(mostly)
-    np.testing.assert_allclose(weight[mostly == 0], 19.0)
-    np.testing.assert_allclose(weight[mostly == 1], 1.0)
-    empty = class_balance_weight(np.zeros((4, 4), np.float32))
-    np.testing.assert_allclose(empty, 1.0)  # nothing of the rare class to weight
+def test_affinity_first_plane_carries_the_foreground() -> None:
+    """The first voxel along an axis has no neighbour: PyTC writes the foreground mask."""
+    label = np.array([[[1, 1, 0], [2, 2, 0]]])  # (1, 2, 3)
+    z, y, x = affinity(label)
+    np.testing.assert_array_equal(z, [[[1, 1, 0], [1, 1, 0]]])  # the single slice: label > 0
+    np.testing.assert_array_equal(y, [[[1, 1, 0], [0, 0, 0]]])  # row 0: fg; row 1: 2 != 1
+    np.testing.assert_array_equal(x, [[[1, 1, 0], [1, 1, 0]]])
 
 
-def test_make_weights_per_loss() -> None:
-    target = np.zeros((1, 1, 4, 5), np.float32)
-    target[..., 0, :] = 1
-    weights = make_weights([target], [["1", "0"]])
-    assert weights[0][1] is None
-    assert weights[0][0] is not None and weights[0][0].shape == target.shape
-    with pytest.raises(TargetError, match="WEIGHT_OPT '2'"):
-        make_weights([target], [["2"]])
-    with pytest.raises(TargetError, match="one list of weight options per target"):
-        make_weights([target, target], [["1"]])
+def test_contour_with_background_is_sobel_plus_dilation() -> None:
+    """'4-1-1' on a straight vertical edge between two instances: the [1, 0, -1] difference
+    marks the two columns beside it, the 3x3 dilation one more on each side: 4 px."""
+    label = np.zeros((1, 8, 8), np.uint16)
+    label[:, :, :4], label[:, :, 4:] = 1, 2
+    out = contour(label, 1, background=True)[0, 0]
+    np.testing.assert_array_equal(out[0], [0, 0, 1, 1, 1, 1, 0, 0])
+    no_dilation = make_target(label, "4-0-1")
+    assert no_dilation is not None and no_dilation[0, 0, 0].tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+
+
+def test_contour_without_background_ignores_the_background() -> None:
+    """'4-S-0' marks only windows with two different non-zero ids (no int64 overflow)."""
+    label = np.zeros((1, 6, 6), np.int64)
+    label[0, 1:3, 1:3] = 7  # an instance alone in background: no contour
+    assert not contour(label, 1, background=False).any()
+    label[0, 3:5, 1:3] = 9  # a touching instance: the two rows whose 3x3 window sees both
+    rows_marked = np.nonzero(contour(label, 1, background=False)[0, 0].any(axis=1))[0]
+    assert rows_marked.tolist() == [2, 3]
+
+
+# --- what the data pipeline calls --------------------------------------------------------------
+
+
+def test_supervision_erodes_per_target_and_weighs_per_loss() -> None:
+    seg = load("targets/labels.npz")["seg3d"]
+    case = load("targets/erode_dilate/case2_seg3d.npz")  # ['0', '4-1-1'], erosion [1, 2]
+    cfg = {
+        "MODEL": {
+            "TARGET_OPT": ["0", "4-1-1"],
+            "LABEL_EROSION": [1, 2],
+            "LOSS_OPTION": [["WeightedBCEWithLogitsLoss", "DiceLoss"], ["WeightedMSE"]],
+            "WEIGHT_OPT": [["1", "0"], ["1"]],
+        },
+        "DATASET": {"REDUCE_LABEL": False},
+    }
+    targets, weights = Supervision.from_config(cfg)(seg)
+    np.testing.assert_array_equal(targets[0], case["target_0"])
+    np.testing.assert_array_equal(targets[1], case["target_1"])
+    assert weights[0][0] is not None and weights[0][1] is None and weights[1][0] is not None
+
+
+def test_supervision_squeezes_2d_and_keeps_semantic_ids() -> None:
+    label = np.array([[[0, 5, 5], [3, 3, 0]]], np.uint16)  # (1, 2, 3)
+    cfg: dict[str, dict[str, Any]] = {
+        "MODEL": {
+            "TARGET_OPT": ["9-6", "1"],
+            "LOSS_OPTION": [["WeightedCE"], ["DiceLoss"]],
+            "WEIGHT_OPT": [["0"], ["0"]],
+        },
+        "DATASET": {"DO_2D": True, "REDUCE_LABEL": True},
+    }
+    (semantic, polarity), _ = Supervision.from_config(cfg)(label)
+    # '9' turns REDUCE_LABEL off: ids are classes, and polarity keeps 5 odd, 3 odd.
+    np.testing.assert_array_equal(semantic, [[0, 5, 5], [3, 3, 0]])
+    assert polarity.shape == (3, 2, 3) and polarity[1].sum() == 0
+    cfg["MODEL"]["TARGET_OPT"] = ["0-2", "1"]
+    cfg["MODEL"]["LOSS_OPTION"] = [["DiceLoss"], ["DiceLoss"]]
+    (binary, polarity), _ = Supervision.from_config(cfg)(label)
+    # Reduced: 3 -> 1, 5 -> 2 before the targets are made, as PyTC does.
+    np.testing.assert_array_equal(binary[0], [[0, 1, 1], [0, 0, 0]])
+    assert polarity[1].sum() == 2
