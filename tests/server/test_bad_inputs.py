@@ -14,6 +14,7 @@ import asyncio
 import json
 import socket
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ import numpy as np
 import pytest
 import websockets
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from backend.wire import MAX_DEPTH
@@ -251,6 +254,11 @@ _BODIES = [
         ("limit",), **_upload("big.npy", b"x" * 5000)),
 ]  # fmt: skip
 
+_BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
 _CREATE_FIELDS = [
     Bad("unknown field", "POST", "/api/runs", 400, "bad_request", ("overide", "overrides"),
         body={"config": "<free>", "overide": ["SOLVER.BASE_LR", "0.1"]}),
@@ -296,12 +304,20 @@ _CREATE_FIELDS = [
         body={"config": "- 1\n- 2\n"}),
     Bad("config with a Python tag", "POST", "/api/runs", 422, "invalid_config",
         body={"config": "SOLVER: !!python/object/apply:os.system ['true']\n"}),
+    Bad("config with a NUL", "POST", "/api/runs", 422, "invalid_config", ("character",),
+        body={"config": "SOLVER:\n  BASE_LR: 0.1\x00\n"}),
+    Bad("config nested 10000 deep", "POST", "/api/runs", 422, "invalid_config",
+        ("nested too deeply",), body={"config": "[" * 10_000}),
+    Bad("config of aliases of aliases", "POST", "/api/runs", 422, "invalid_config",
+        ("aliases",), body={"config": _BILLION_LAUGHS}),
     Bad("unknown config key", "POST", "/api/runs", 422, "invalid_config",
         body={"config": "<free>", "overrides": ["SOLVER.BASE_LRR", "0.1"]},
         problem="SOLVER.BASE_LRR"),
 ]  # fmt: skip
 
 _OTHER_FIELDS = [
+    Bad("validate a config with a NUL", "POST", "/api/config/validate", 200, None,
+        body={"config": "SOLVER:\n  BASE_LR: 0.1\x00\n"}, problem=""),
     Bad("validate base a number", "POST", "/api/config/validate", 400, "bad_request", ("base",),
         body={"config": "x: 1", "base": 5}),
     Bad("validate overrides of bools", "POST", "/api/config/validate", 400, "bad_request",
@@ -499,7 +515,7 @@ def test_bad_request(scene: Scene, row: Bad) -> None:
         for fragment in row.says:
             assert fragment.lower() in error["message"].lower(), error["message"]
         problems = error["details"].get("problems", [])
-    if row.problem is not None:
+    if row.problem is not None:  # a key the problems name as an error ("" for the whole text)
         keys = {p["key"] for p in problems if p["level"] == "error"}
         assert row.problem in keys, problems
     assert scene.snapshot() == before, "a refused request wrote something"
@@ -512,6 +528,83 @@ def test_a_response_holding_infinity_is_still_json(scene: Scene) -> None:
     status, body, _ = scene.server.request("POST", "/api/config/validate", config)
     assert status == 200 and body["values"]["SOLVER"]["BASE_LR"] is None
     assert "BASE_LR: .inf" in body["yaml"]
+
+
+# --- random requests: whatever a client sends, never a 500 -----------------------------------
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+_FIELDS = ["config", "base", "overrides", "name", "log_path", "seed", "id", "path", "reuse_output"]
+_bodies = st.dictionaries(st.sampled_from(_FIELDS) | st.text(max_size=6), _json, max_size=5)
+# Commands that cannot start anything: an unknown run, a Training run, an Idle run's stop.
+_POSTS = [
+    "/api/runs",
+    "/api/config/validate",
+    "/api/paths/check",
+    "/api/paths/output",
+    "/api/runs/<idle>/stop",
+    "/api/runs/<training>/start",
+    "/api/runs/nope/resume",
+]
+_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+
+
+def assert_answered(scene: Scene, status: int, body: Any, before: Any) -> None:
+    assert status < 500, body
+    if status >= 400:
+        assert set(body["error"]) == {"code", "message", "details"}, body
+        assert scene.snapshot() == before, "a refused request wrote something"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(route=st.sampled_from(_POSTS), body=_bodies | _json)
+def test_no_json_body_is_a_500(scene: Scene, route: str, body: Any) -> None:
+    before = scene.snapshot()
+    raw = json.dumps(body).encode()
+    status, answer, _ = scene.server.request("POST", scene.fill(route), raw=raw, headers=JSON)
+    assert_answered(scene, status, answer, before)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    route=st.sampled_from(
+        [
+            "/api/files?path=",
+            "/api/files/info?path=",
+            "/api/files/thumbnail?size=64&path=",
+            "/api/files/thumbnail?path=vols/cube.npy&z=",
+            "/api/runs/<idle>/artifact?path=",
+            "/api/events?after=",
+            "/api/runs/<training>/events?limit=",
+            "/api/runs/<idle>/export?format=",
+        ]
+    ),
+    value=_text,
+)
+def test_no_query_is_a_500(scene: Scene, route: str, value: str) -> None:
+    before = scene.snapshot()
+    path = scene.fill(route) + urllib.parse.quote(value, safe="")
+    status, answer, _ = scene.server.request("GET", path)
+    assert_answered(scene, status, answer, before)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(config=_text | st.sampled_from(["SOLVER:\n  BASE_LR: ", "MODEL: {", "- [", "&a *a"]))
+def test_no_config_text_is_a_500(scene: Scene, config: str) -> None:
+    before = scene.snapshot()
+    status, answer, _ = scene.server.request("POST", "/api/config/validate", {"config": config})
+    assert status == 200, answer
+    status, answer, _ = scene.server.request("POST", "/api/runs", {"config": config})
+    assert_answered(scene, status, answer, before)
 
 
 # --- the HTTP transport ---------------------------------------------------------------------
