@@ -179,13 +179,22 @@ def _check_choices(checks: Checks, key: Key, value: Any) -> None:
             suggestion = f"{key.leaf}: {show(instead)}"
         elif item in key.pytc_only:
             message = f"{item!r} is a PyTC option Trainboard does not support"
-            suggestion = f"use one of the supported values, e.g. {key.choices[0]!r}"
+            suggestion = _use(key, value, key.choices[0], "use one of the supported values, e.g.")
         else:
             message = f"{item!r} is not a valid value"
             close = difflib.get_close_matches(item, [*key.choices, *key.pytc_only], n=1)
-            suggestion = f"did you mean {close[0]!r}?" if close else f"e.g. {key.choices[0]!r}"
+            instead = close[0] if close and close[0] in key.choices else key.choices[0]
+            suggestion = _use(key, value, instead, "did you mean" if close else "e.g.")
         checks.report(ERROR, key.name, message, expected=f"one of {allowed}", suggestion=suggestion)
         return
+
+
+def _use(key: Key, value: Any, instead: str, words: str) -> str:
+    """`LEAF: 'value'` for a single-valued key, which applies as it is written; inside a
+    list, the value in words (the rest of the list is the user's)."""
+    if isinstance(value, str):
+        return f"{key.leaf}: {show(instead)}"
+    return f"{words} {instead!r}" + ("?" if words == "did you mean" else "")
 
 
 # --- targets, losses and output channels --------------------------------------------------

@@ -86,7 +86,7 @@ def test_problem_without_location_names_the_config(tmp_path: Path) -> None:
 
 
 def test_json_output(tmp_path: Path) -> None:
-    config = write(tmp_path, "bad.yaml", "MODEL:\n  ARCHITECTURE: fpn_3d\n")
+    config = write(tmp_path, "bad.yaml", "MODEL:\n  ARCHITECTURE: unet_4d\n")
     code, out = cli("validate", str(config), "--json", "--no-check-paths")
     assert code == 1
     problems = json.loads(out)

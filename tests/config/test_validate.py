@@ -114,7 +114,7 @@ def test_enum_values_list_the_allowed_ones() -> None:
     problem = one(check(minimal(), "MODEL.NORM_MODE", "batchnorm"), "MODEL.NORM_MODE")
     assert problem.expected == "one of bn, sync_bn, in, gn, none"
     problem = one(check(minimal(), "SOLVER.NAME", "adam"), "SOLVER.NAME")
-    assert problem.suggestion == "did you mean 'Adam'?"
+    assert problem.suggestion == "NAME: 'Adam'"  # applies as written
     problem = one(check(minimal(), "MODEL.OUTPUT_ACT", "[['sigmod']]"), "MODEL.OUTPUT_ACT")
     assert "sigmoid" in problem.suggestion
 
@@ -125,7 +125,7 @@ def test_pytc_architectures_trainboard_does_not_train() -> None:
         assert "does not support" in problem.message
         assert problem.expected == "one of unet_3d, unet_2d, unet_plus_3d, unet_plus_2d"
     problem = one(check(minimal(), "MODEL.ARCHITECTURE", "unet3d"), "MODEL.ARCHITECTURE")
-    assert problem.suggestion == "did you mean 'unet_3d'?"
+    assert problem.suggestion == "ARCHITECTURE: 'unet_3d'"
 
 
 def test_unsupported_losses_and_schedulers() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from multiprocessing.connection import Connection
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from backend.config import load_config, validate
-from backend.job import TrainJob
+from backend.job import TrainJob, decode_batch
 from backend.trainer.checkpoint import PYTC_KEYS, read_checkpoint
 from backend.trainer.child import run
 from backend.trainer.emitter import Emitter
@@ -32,8 +33,8 @@ class ListConn:
     def __init__(self) -> None:
         self.events: list[Event] = []
 
-    def send(self, batch: list[Event]) -> None:
-        self.events.extend(batch)
+    def send_bytes(self, payload: bytes) -> None:  # the emitter's wire format
+        self.events.extend(decode_batch(payload))
 
     def close(self) -> None:
         pass
@@ -168,7 +169,7 @@ def test_unreadable_data_fails_naming_the_file(tmp_path: Path) -> None:
     broken = Path(job.config["DATASET"]["INPUT_PATH"]) / "train_image.npy"
     broken.write_bytes(b"garbage")
     code, events = train(job)
-    assert code == 1 and [t for t, _, _ in events] == ["failed"]
+    assert code == 1 and [t for t, _, _ in events if t != "log"] == ["failed"]
     failed = of(events, "failed")[0]
     assert "train_image.npy" in failed["message"]
     assert "DATASET.INPUT_PATH" in failed["hint"]
@@ -237,7 +238,8 @@ def test_float_volume_with_nan_is_strict_json(tmp_path: Path) -> None:
     code, _ = train(job)
     assert code == 1
     text = (Path(job.log_path) / "events.jsonl").read_text()
-    assert "NaN" not in text and "Infinity" not in text
+    for line in text.splitlines():  # strict: no NaN or Infinity literal (messages may say so)
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {line}"))
 
 
 @pytest.mark.parametrize(
