@@ -24,9 +24,10 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
 from starlette.staticfiles import NotModifiedResponse, StaticFiles
 from starlette.types import Scope
 
@@ -34,7 +35,7 @@ from backend import api
 from backend.commands import Commands
 from backend.errors import ApiError
 from backend.hub import Hub
-from backend.reconcile import reconcile
+from backend.reconcile import auto_resume, reconcile
 from backend.runs import RunService
 from backend.security import TokenMiddleware
 from backend.settings import Settings
@@ -83,7 +84,8 @@ def create_app(settings: Settings) -> Starlette:
             await store.close()
 
     routes: list[BaseRoute] = [
-        Mount("/api", routes=api.routes),
+        # JSON answers (a run's summary carries its config) are gzipped; images are not.
+        Mount("/api", app=GZipMiddleware(Router(routes=api.routes), minimum_size=1024)),
         WebSocketRoute("/ws", websocket_endpoint),
         _frontend(settings.frontend_dir),
     ]
@@ -114,13 +116,16 @@ async def _start(settings: Settings, store: EventStore) -> Context:
     reconciled = await reconcile(service, supervisor, kill_grace_s=supervisor.kill_grace_s)
     if reconciled:
         log.warning("reconciled %d run(s) left training: %s", len(reconciled), reconciled)
+    commands = Commands(service, supervisor, base_dir=settings.data_root.resolve())
+    if settings.auto_resume:
+        await auto_resume(commands)
     return Context(
         settings=settings,
         store=store,
         service=service,
         supervisor=supervisor,
         hub=hub,
-        commands=Commands(service, supervisor, base_dir=settings.data_root.resolve()),
+        commands=commands,
         gpus=detect_gpus(),
     )
 

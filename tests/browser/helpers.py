@@ -136,3 +136,45 @@ def shot(page: Any, name: str, full_page: bool = False) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+TINY = [
+    "SOLVER.ITERATION_TOTAL", "10", "SOLVER.SAMPLES_PER_BATCH", "1",
+    "SOLVER.ITERATION_SAVE", "10", "SOLVER.ITERATION_VAL", "10",
+    "MODEL.INPUT_SIZE", "[1, 64, 64]", "MONITOR.ITERATION_NUM", "[1, 10]",
+]  # fmt: skip
+
+
+def create_run(
+    server: Server, name: str, *, start: bool = True, extra: tuple[str, ...] = ()
+) -> Any:
+    """A tiny 2D demo run made over REST (a fresh output folder), started unless told not."""
+    preset = next(p for p in server.api("GET", "/api/presets")["presets"] if p["name"] == "demo_2d")
+    output = server.data_root / "demo" / "outputs" / name.replace(" ", "-")
+    overrides = [*TINY, "DATASET.OUTPUT_PATH", str(output), *extra]
+    body = {"name": name, "config": preset["yaml"], "overrides": overrides}
+    run = server.api("POST", "/api/runs", body)["run"]
+    if start:
+        server.api("POST", f"/api/runs/{run['run_id']}/start", {})
+    return run
+
+
+def wait_run(server: Server, run_id: str, *states: str, timeout: float = 400.0) -> Any:
+    """Poll the run's summary until it reaches one of `states` (and is not stopping)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = server.api("GET", f"/api/runs/{run_id}")["run"]
+        if run["state"] in states and not run.get("stopping"):
+            return run
+        if run["state"] in ("Complete", "Error", "Stopped"):
+            raise AssertionError(f"run {run_id} ended {run['state']}, not {states}: {run}")
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} did not reach {states} in {timeout} s: {run}")
+
+
+def horizontal_overflow(page: Any) -> int:
+    """How many CSS pixels the page is wider than its viewport (0: no sideways scrolling)."""
+    overflow: int = page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    return overflow
