@@ -14,6 +14,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -422,6 +423,67 @@ def _required_path(request: Request) -> str:
     return path
 
 
+# --- augmentation preview (backend/augment/preview.py; docs/data.md) --------------------
+
+# One preview at a time: each is bounded (8 samples, bounded reads), and they queue.
+_PREVIEW_LIMITER = anyio.CapacityLimiter(1)
+MAX_PREVIEW_SEED = 2**31 - 1
+
+
+async def augment_preview(request: Request) -> Response:
+    """A few augmented samples (middle slices, image and label) of the config's data."""
+    ctx = context(request)
+    body = await read_json(request, ctx.settings.max_json_bytes)
+    known_fields(body, ("config", "base", "overrides", "count", "seed"), "a preview request")
+    count, seed = body.pop("count", 4), body.pop("seed", 0)
+    for name, value, high in (("count", count, 8), ("seed", seed, MAX_PREVIEW_SEED)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+            raise bad_request(f"'{name}' must be an integer from {int(name == 'count')} to {high}")
+    if count == 0:
+        raise bad_request("'count' must be an integer from 1 to 8")
+    config, base, overrides = _config_source(body)
+    root = ctx.settings.data_root.resolve()
+    answer = await anyio.to_thread.run_sync(
+        _augment_preview, config, base, overrides, count, seed, root, limiter=_PREVIEW_LIMITER
+    )
+    return JSONResponse(answer)
+
+
+def _augment_preview(
+    config: str, base: str | None, overrides: list[str], count: int, seed: int, root: Path
+) -> dict[str, Any]:
+    import base64
+
+    from backend.augment.preview import PreviewError, blocking_problems, preview
+    from backend.config import load_config
+
+    loaded = load_config(text=config, base_text=base, overrides=overrides)
+    errors = blocking_problems(loaded)
+    if errors:
+        message = (
+            f"the config has {len(errors)} error(s); first: {errors[0].key}: {errors[0].message}"
+        )
+        raise ApiError(
+            422, "invalid_config", message, {"problems": [p.to_json() for p in errors]}
+        )
+    try:
+        samples = preview(loaded.values, root, count=count, seed=seed, confine_to=root)
+    except PreviewError as exc:
+        raise ApiError(
+            403 if exc.code == "outside_data_root" else 422, exc.code, str(exc)
+        ) from None
+
+    def url(png: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+    return {
+        "samples": [
+            {"image": url(s.image_png), "label": url(s.label_png), "applied": list(s.applied)}
+            for s in samples
+        ]
+    }
+
+
 # --- errors ------------------------------------------------------------------------------
 
 
@@ -464,6 +526,7 @@ routes = [
     Route("/config/defaults", config_defaults),
     Route("/config/schema", config_schema),
     Route("/config/validate", config_validate, methods=["POST"]),
+    Route("/augment/preview", augment_preview, methods=["POST"]),
     Route("/presets", presets),
     Route("/runs", list_runs),
     Route("/runs", create_run, methods=["POST"]),

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 _REGISTRARS = [
     ("backend.serve", "add_serve_parser", ("serve",)),
     ("backend.config.cli", "add_validate_parser", ("validate",)),
+    ("backend.augment.cli", "add_preview_parser", ("augment-preview",)),
     ("backend.trainer.cli", "add_train_parser", ("train",)),
     ("backend.demo", "add_demo_parser", ("demo-data",)),
     (
