@@ -132,6 +132,29 @@ async def test_a_final_event_in_the_file_ends_the_run_as_the_trainer_reported(
     assert service.get(run_id).state is State.STOPPED
 
 
+@pytest.mark.parametrize(
+    ("stop_data", "interrupted"),
+    [
+        (None, True),  # the trainer stopped because its server went away
+        ({"deadline_s": 30}, False),  # the user had asked for the stop
+        ({"deadline_s": 30, "reason": "server_shutdown"}, True),
+    ],
+)
+async def test_a_recovered_stop_says_whether_the_server_caused_it(
+    tmp_path: Path, service: RunService, stop_data: dict[str, Any] | None, interrupted: bool
+) -> None:
+    run_id = await training_run(service, tmp_path)
+    if stop_data is not None:
+        await service.command(run_id, "stop", stop_data)
+    write_log(service, run_id, [line(ev.STOPPED, 3, iteration=1, checkpoint="/out/c1")])
+    await reconcile(service)
+    [stopped] = [e for e in await events_of(service, run_id) if e.type == ev.STOPPED]
+    assert bool(stopped.data.get("interrupted")) is interrupted
+    shown = service.get(run_id).to_json()
+    assert (shown["interrupted"] is not None) is interrupted
+    assert shown["resumable_from"] == {"path": "/out/c1", "iteration": 1}
+
+
 async def test_without_a_log_file_the_run_is_just_interrupted(
     tmp_path: Path, service: RunService
 ) -> None:
