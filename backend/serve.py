@@ -146,6 +146,12 @@ def serve_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: {cannot_listen(args.host, args.port, exc)}", file=sys.stderr)
         return 2
+    refusal = check_store(args.db)
+    if refusal is not None:
+        for sock in sockets:
+            sock.close()
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     try:
         token = given or load_or_create_token(token_file(args.db))
     except OSError as exc:
@@ -245,6 +251,22 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "warning") -> 
     )
 
 
+def check_store(db: Path) -> str | None:
+    """The store's own refusal (not Trainboard's, newer, held by another process,
+    read-only...), or None. Checked before uvicorn's start-up, and before the token file is
+    written, so that a refused start leaves nothing behind; a new store is created."""
+    from backend.store import EventStore, StoreError
+
+    async def probe() -> None:
+        await (await EventStore.open(db)).close()
+
+    try:
+        asyncio.run(probe())
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
 def listen(host: str, port: int) -> list[socket.socket]:
     """Bound sockets for every address of `host`, before anything else is done, so that a
     port in use or a wrong host is refused before the store or the data root is touched."""
@@ -283,14 +305,7 @@ async def run(
     import uvicorn
 
     from backend.server import create_app
-    from backend.store import EventStore, StoreError
 
-    try:
-        # Fail early, with the store's own message, rather than inside uvicorn's start-up.
-        await (await EventStore.open(settings.db_path)).close()
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level))
     announce = asyncio.create_task(_announce(server, settings))
     try:

@@ -138,9 +138,13 @@ class EventStore:
         if synchronous not in ("NORMAL", "FULL"):
             raise StoreError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         path = str(path)
+        connection = aiosqlite.connect(path, isolation_level=None, timeout=0.2)
         try:
-            db = await aiosqlite.connect(path, isolation_level=None, timeout=0.2)
+            db = await connection
         except sqlite3.Error as exc:
+            # aiosqlite's worker thread still has to report its own stop to this loop:
+            # wait for it, or it reports to a closed loop ("Event loop is closed").
+            await asyncio.to_thread(connection._thread.join, 5)
             raise StoreError(f"cannot open {path}: {exc}") from exc
         try:
             await _check_existing(db, path)

@@ -67,6 +67,8 @@ def _places(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "a_file").write_text("x")
     (tmp / "a_folder").mkdir()
     db, root = str(tmp / "events.db"), str(tmp / "data")
+    dangling = tmp / "dangling.db"
+    dangling.symlink_to(tmp / "nowhere" / "events.db")
     return {
         "data root is a file": (["--db", db, "--data-root", str(tmp / "a_file")], "is a file"),
         "db folder missing": (
@@ -78,11 +80,20 @@ def _places(tmp: Path) -> dict[str, tuple[list[str], str]]:
             "which is a file",
         ),
         "db is a folder": (["--db", str(tmp / "a_folder"), "--data-root", root], "is a folder"),
+        # SQLite itself refuses it: the store's message, and no stray thread traceback.
+        "db a dangling link": (["--db", str(dangling), "--data-root", root], "cannot open"),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["data root is a file", "db folder missing", "db inside a file", "db is a folder"]
+    "case",
+    [
+        "data root is a file",
+        "db folder missing",
+        "db inside a file",
+        "db is a folder",
+        "db a dangling link",
+    ],
 )
 @pytest.mark.parametrize("token", [["--token", "0123456789"], []])
 def test_start_up_refusals_are_one_clear_line_and_write_nothing(
