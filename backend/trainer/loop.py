@@ -219,11 +219,11 @@ class TrainingLoop:
         return restored.notes
 
     def _own_checkpoints(self) -> list[str]:
-        """Fallbacks for a resume, newest first: the run's own paths when the job lists them,
-        else every numbered checkpoint in the output folder (`resume_own` checks the owner)."""
-        listed = getattr(self.job, "checkpoints", None)
-        if listed:
-            return [str(p) for p in listed]
+        """Fallbacks for a resume, newest first: the run's own paths (`TrainJob`, from its
+        `checkpoint` events), else every numbered checkpoint in the output folder
+        (`resume_own` reads the owner of each before loading it)."""
+        if self.job.own_checkpoints:
+            return list(self.job.own_checkpoints)
         folder = Path(self.job.output_path)
         found = folder.glob(CHECKPOINT_NAME.replace("%05d", "*")) if folder.is_dir() else []
         numbered = [(p.name[len("checkpoint_") : -len(".pth.tar")], p) for p in found]

@@ -323,13 +323,17 @@ def test_pre_model_resumes_a_checkpoint_as_pytc_does(tmp_path: Path) -> None:
     assert any("resumed at iteration 6, as PyTC does" in d["message"] for d in of(events, "log"))
 
 
-def test_resume_falls_back_to_the_runs_previous_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("listed", [True, False], ids=["listed by the job", "found in OUTPUT"])
+def test_resume_falls_back_to_the_runs_previous_checkpoint(tmp_path: Path, listed: bool) -> None:
     job = tiny_job(tmp_path, ITERATION_TOTAL=6, ITERATION_SAVE=3, ITERATION_VAL=100)
     train(job)
     out = Path(job.output_path)
     (out / "checkpoint_00006.pth.tar").write_bytes(b"torn")  # the latest is unreadable
     longer = tiny_job(tmp_path, ITERATION_TOTAL=8, ITERATION_SAVE=3, ITERATION_VAL=100)
-    resume = replace(longer, attempt=2, resume_from=str(out / "checkpoint_00006.pth.tar"))
+    own = [str(out / "checkpoint_00006.pth.tar"), str(out / "checkpoint_00003.pth.tar")]
+    resume = replace(
+        longer, attempt=2, resume_from=own[0], own_checkpoints=tuple(own) if listed else ()
+    )
     code, events = train(resume)
     assert code == 0
     assert of(events, "trainer_ready")[0]["start_iteration"] == 3
