@@ -103,3 +103,33 @@ def test_a_run_never_resumes_from_another_runs_checkpoint(server: LiveServer) ->
     assert refusals, [e["data"] for e in after if e["type"] in ("log", "failed")]
     starts = [e["data"]["start_iteration"] for e in after if e["type"] == "trainer_ready"]
     assert starts in ([], [0])  # nothing loaded, or a fresh start: never B's weights
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"path": "/etc"}, 403, "outside_data_root"),
+        ({"path": "../up"}, 403, "outside_data_root"),
+        ({}, 400, "bad_request"),
+        ({"path": 3}, 400, "bad_request"),
+        ({"path": "out/x", "pth": "out/y"}, 400, "bad_request"),
+    ],
+)
+def test_output_path_checks_are_confined_to_the_data_root(
+    server: LiveServer, body: dict[str, Any], status: int, code: str
+) -> None:
+    got, answer, _ = server.request("POST", "/api/paths/output", body)
+    assert (got, answer["error"]["code"]) == (status, code), answer
+
+
+def test_a_free_output_path_is_proposed_as_it_is(server: LiveServer) -> None:
+    status, answer, _ = server.request("POST", "/api/paths/output", {"path": "out/fresh"})
+    root = server.settings.data_root.resolve()
+    assert (status, answer) == (
+        200,
+        {
+            "path": str(root / "out" / "fresh"),
+            "owner": None,
+            "proposed": str(root / "out" / "fresh"),
+        },
+    )
