@@ -70,7 +70,7 @@ from backend.trainer.data import (
 )
 from backend.trainer.device import DeviceChoice, choose_device
 from backend.trainer.emitter import Emitter
-from backend.trainer.losses import Criterion, build_criterion, predict
+from backend.trainer.losses import Criterion, build_criterion, foreground, foreground_truth
 from backend.trainer.metrics import BinaryCounts
 from backend.trainer.models import build_model, count_parameters
 from backend.trainer.optim import (
@@ -441,7 +441,8 @@ class TrainingLoop:
                 loss, probs = self._evaluate_batch(vb)
                 loss_sum += loss * len(vb.tiles)
                 tiles += len(vb.tiles)
-                counts.add(probs, vb.targets[0].to(probs.device), vb.mask.to(probs.device))
+                truth = foreground_truth(self.cfg, vb.targets[0]).to(probs.device)
+                counts.add(probs, truth, vb.mask.to(probs.device))
                 if preview is not None:
                     preview.paste(vb, probs)
         path = None
@@ -458,7 +459,7 @@ class TrainingLoop:
         targets = [t.to(device) for t in vb.targets]
         weights = [[None if w is None else w.to(device) for w in row] for row in vb.weights]
         loss, _ = self.criterion.compute(output, targets, weights)
-        return loss, predict(self.cfg, output)[0]
+        return loss, foreground(self.cfg, output)
 
 
 class _PreviewCanvas:

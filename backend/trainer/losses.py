@@ -347,7 +347,6 @@ class _Keys:
     """The per-target, per-loss keys read as PyTC reads them."""
 
     losses: list[list[Any]]
-    weights: list[list[Any]]
     acts: list[list[Any]]
     kwargs: list[list[dict[str, Any]]] = field(default_factory=list)
 
@@ -420,7 +419,6 @@ def build_criterion(cfg: Config) -> Criterion:
     losses = rows(model.get("LOSS_OPTION"), len(targets))
     keys = _Keys(
         losses=losses,
-        weights=rows(model.get("WEIGHT_OPT"), len(targets)),
         acts=rows(model.get("OUTPUT_ACT"), len(targets)),
         kwargs=_loss_kwargs(model, losses) if len(losses) == len(targets) else [],
     )
@@ -428,37 +426,41 @@ def build_criterion(cfg: Config) -> Criterion:
     return Criterion(specs, _regularizers(model, targets))
 
 
-def _prediction(spec: TargetSpec, x: Tensor, target: TargetOption) -> Tensor:
-    if spec.classes:
-        return F.softmax(x, dim=1)
+def _first_target(cfg: Config) -> TargetOption:
+    return parse_target(cfg["MODEL"]["TARGET_OPT"][0], _do_2d(cfg))
+
+
+def foreground(cfg: Config, outputs: Tensor) -> Tensor:
+    """The first target's foreground probability, for validation Dice / IoU and the preview:
+    its sigmoid for masks, 1 - P(class 0) for class targets ('1-1', '9-N'), (tanh + 1) / 2
+    for distance transforms and flows (foreground where the distance is positive)."""
+    target = _first_target(cfg)
+    x = torch.split(outputs.float(), [target.channels, outputs.shape[1] - target.channels], 1)[0]
+    if target.classes:
+        return 1.0 - F.softmax(x, dim=1)[:, :1]
     if target.signed:
-        return torch.tanh(x)
+        return (torch.tanh(x) + 1.0) / 2.0
     return torch.sigmoid(x)
 
 
-def predict(cfg: Config, outputs: Tensor) -> list[Tensor]:
-    """Per-target predictions for validation metrics and previews, float32: sigmoid for
-    masks (binary, polarity, affinity, contour), softmax over the classes of '1-1' / '9-N',
-    tanh for distance transforms and flows."""
-    do_2d = _do_2d(cfg)
-    targets = [parse_target(opt, do_2d) for opt in cfg["MODEL"]["TARGET_OPT"]]
-    sizes = [t.channels for t in targets]
-    if sum(sizes) != outputs.shape[1]:
-        raise ValueError(f"outputs have {outputs.shape[1]} channels, targets need {sum(sizes)}")
-    parts = torch.split(outputs.float(), sizes, dim=1)
-    return [
-        _prediction(TargetSpec(t.text, t.channels, (), t.classes), x, t)
-        for t, x in zip(targets, parts, strict=True)
-    ]
+def foreground_truth(cfg: Config, target: Tensor) -> Tensor:
+    """The first target as a 0 / 1 map shaped like `foreground`'s."""
+    option = _first_target(cfg)
+    if option.classes:
+        return (target > 0).unsqueeze(1).float()
+    if option.signed:
+        return (target > 0).float()
+    return target.float()
 
 
 __all__ = [
     "LOSS_KWARGS",
     "Criterion",
     "build_criterion",
+    "foreground",
+    "foreground_truth",
     "gan_loss",
     "label_smoothing_ce",
-    "predict",
 ]
 
 

@@ -16,9 +16,10 @@ from backend.trainer.losses import (
     LOSSES,
     build_criterion,
     dice_loss,
+    foreground,
+    foreground_truth,
     gan_loss,
     label_smoothing_ce,
-    predict,
     weighted_bce,
     weighted_bce_with_logits,
     weighted_mae,
@@ -223,21 +224,21 @@ def test_same_loss_twice_keeps_both_components() -> None:
     close(parts["0_DiceLoss_0_1"], 2 * parts["0_DiceLoss_0_0"])
 
 
-# --- predictions -----------------------------------------------------------------------------
+# --- validation maps -------------------------------------------------------------------------
 
 
-def test_predict_splits_and_applies_sigmoid() -> None:
-    cfg = make_cfg(TARGET_OPT=["0", "2"], OUT_PLANES=4)
-    out = torch.randn(2, 4, 2, 3, 3, dtype=torch.bfloat16)
-    binary, affinity = predict(cfg, out)
-    assert binary.shape == (2, 1, 2, 3, 3) and affinity.shape == (2, 3, 2, 3, 3)
-    assert binary.dtype == torch.float32
-    torch.testing.assert_close(affinity, torch.sigmoid(out[:, 1:].float()))
-
-
-def test_predict_channel_mismatch() -> None:
-    with pytest.raises(ValueError, match="outputs have 2 channels, targets need 1"):
-        predict(make_cfg(), torch.zeros(1, 2, 4))
+def test_foreground_of_each_kind_of_first_target() -> None:
+    out = torch.randn(2, 4, 3, 3)
+    binary = make_cfg(TARGET_OPT=["0", "2"], OUT_PLANES=4, do_2d=True)
+    torch.testing.assert_close(foreground(binary, out), torch.sigmoid(out[:, :1]))
+    classes = make_cfg(TARGET_OPT=["9-4"], OUT_PLANES=4)
+    background = torch.softmax(out, dim=1)[:, :1]
+    torch.testing.assert_close(foreground(classes, out), 1 - background)
+    labels = torch.tensor([[[0, 2, 3]]])
+    assert foreground_truth(classes, labels).tolist() == [[[[0.0, 1.0, 1.0]]]]
+    distance = make_cfg(TARGET_OPT=["6"], OUT_PLANES=1)
+    torch.testing.assert_close(foreground(distance, out[:, :1]), (torch.tanh(out[:, :1]) + 1) / 2)
+    assert foreground_truth(distance, torch.tensor([[-0.5, 0.2]])).tolist() == [[0.0, 1.0]]
 
 
 # --- configuration errors --------------------------------------------------------------------
