@@ -464,6 +464,7 @@ class _Tables:
     acts: list[list[Any]]
     weights: list[list[Any]]
     has_mask: bool
+    do_2d: bool
 
 
 def _losses(
@@ -477,6 +478,7 @@ def _losses(
         acts=rows(model.get("OUTPUT_ACT"), len(losses)),
         weights=rows(model.get("WEIGHT_OPT"), len(losses)),
         has_mask=bool(dataset.get("VALID_MASK_NAME")),
+        do_2d=bool(dataset.get("DO_2D", False)),
     )
     out: list[Constraint] = []
     for i, target in enumerate(targets):
@@ -518,8 +520,13 @@ def _loss_fits(tables: _Tables, target: TargetOption | None, i: int, j: int) -> 
     if weight is not None and weight_kind(weight) == "unet":
         try:
             unet_weights(weight)
+            if tables.do_2d:
+                raise OptionError(
+                    f"WEIGHT_OPT {weight!r}: PyTC makes the U-Net weight from 3D labels only"
+                )
         except OptionError as exc:
-            fix = {"MODEL.WEIGHT_OPT": _replace(tables.weights, i, j, "2-10-5")}
+            good = "1" if tables.do_2d else "2-10-5"
+            fix = {"MODEL.WEIGHT_OPT": _replace(tables.weights, i, j, good)}
             out.append(Constraint("MODEL.WEIGHT_OPT", f"{where}: {exc}", fix))
     return out
 

@@ -46,6 +46,11 @@ REFUSED: dict[str, dict[str, str]] = {
         **RAW_BCE,
         "DATASET.LABEL_NAME": "is not set",
     },
+    # Its second target's LOSS_KWARGS row is empty where PyTC indexes one entry per loss
+    # (IndexError building the Criterion).
+    "misc/SingleCell/SingleCell-UNet3D-MultiSeg.yaml": {
+        "MODEL.LOSS_KWARGS_KEY": "one entry per loss"
+    },
     # Overlays that set no loss over a base that sets none: the same default loss.
     "CREMI/CREMI-Foreground-FPN-RepVGG.yaml": RAW_BCE,
     "CREMI/CREMI-Foreground-FPN-ResNet.yaml": RAW_BCE,
