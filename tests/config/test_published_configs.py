@@ -54,6 +54,8 @@ REFUSED: dict[str, dict[str, str]] = {
     # Overlays that set no loss over a base that sets none: the same default loss.
     "CREMI/CREMI-Foreground-FPN-RepVGG.yaml": RAW_BCE,
     "CREMI/CREMI-Foreground-FPN-ResNet.yaml": RAW_BCE,
+    # PyTC's efficientnet FPN reads 5 block counts; the base keeps the default 4 (IndexError).
+    "SNEMI/SNEMI-Affinity-EffNet.yaml": {"MODEL.BLOCKS": "the efficientnet backbone reads 5"},
 }
 
 
