@@ -463,9 +463,7 @@ def _augment_preview(
         message = (
             f"the config has {len(errors)} error(s); first: {errors[0].key}: {errors[0].message}"
         )
-        raise ApiError(
-            422, "invalid_config", message, {"problems": [p.to_json() for p in errors]}
-        )
+        raise ApiError(422, "invalid_config", message, {"problems": [p.to_json() for p in errors]})
     try:
         samples = preview(loaded.values, root, count=count, seed=seed, confine_to=root)
     except PreviewError as exc:
@@ -497,11 +495,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
     code = codes.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
-    where = f"{request.method} {request.url.path}"
-    if exc.status_code == 404:
+    path = request.url.path
+    where, in_api = f"{request.method} {path}", path.startswith("/api/")
+    if exc.status_code == 404 and in_api:
         message = f"there is no {where}; the routes are listed in docs/protocol.md"
+    elif exc.status_code == 404:
+        message = f"the browser app has no file {path}"
     elif exc.status_code == 405:
-        message = f"{where} is not allowed; use {' or '.join(_methods_of(request.url.path))}"
+        methods = _methods_of(path) if in_api else ["GET"]  # pages and the WebSocket
+        message = f"{where} is not allowed; use {' or '.join(methods)}"
     else:
         message = str(exc.detail)
     error = {"code": code, "message": message, "details": {}}

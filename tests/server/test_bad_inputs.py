@@ -107,6 +107,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
                 "1.0e+300", "1e400"
             ),
             "<tiny:nan-mean>": _config(root, "nan", DATASET__MEAN=float("nan")),
+            "<tiny:outside>": _config(root, "outside", DATASET__INPUT_PATH=str(outside)),
         }
         assert "1e400" in texts["<tiny:huge-lr>"]
         status, body, _ = server.request("POST", "/api/runs", {"config": texts["<tiny>"]})
@@ -334,6 +335,24 @@ _OTHER_FIELDS = [
         ("'ids'", "did you mean 'id'"), body={"ids": "abc"}),
     Bad("validate overrides an object", "POST", "/api/config/validate", 400, "bad_request",
         ("overrides",), body={"config": "x: 1", "overrides": {"SOLVER.BASE_LR": 1}}),
+    Bad("preview count 0", "POST", "/api/augment/preview", 400, "bad_request", ("count",),
+        body={"config": "<tiny>", "count": 0}),
+    Bad("preview count 9", "POST", "/api/augment/preview", 400, "bad_request", ("count",),
+        body={"config": "<tiny>", "count": 9}),
+    Bad("preview count a bool", "POST", "/api/augment/preview", 400, "bad_request", ("count",),
+        body={"config": "<tiny>", "count": True}),
+    Bad("preview seed a string", "POST", "/api/augment/preview", 400, "bad_request", ("seed",),
+        body={"config": "<tiny>", "seed": "1"}),
+    Bad("preview unknown field", "POST", "/api/augment/preview", 400, "bad_request",
+        ("did you mean 'count'",), body={"config": "<tiny>", "counts": 2}),
+    Bad("preview without config", "POST", "/api/augment/preview", 400, "bad_request",
+        ("config",), body={}),
+    Bad("preview of a config that is not YAML", "POST", "/api/augment/preview", 422,
+        "invalid_config", body={"config": "SOLVER: [unclosed"}),
+    Bad("preview of data outside", "POST", "/api/augment/preview", 403, "outside_data_root",
+        body={"config": "<tiny:outside>"}),
+    Bad("preview NaN", "POST", "/api/augment/preview", 400, "bad_request", ("NaN",),
+        raw=b'{"config": "x", "seed": NaN}', headers=JSON),
     Bad("path check without path", "POST", "/api/paths/check", 400, "bad_request", ("path",),
         body={}),
     Bad("path check path a number", "POST", "/api/paths/check", 400, "bad_request", ("path",),
@@ -457,6 +476,10 @@ _UPLOADS = [
 
 _ROUTES_AND_AUTH = [
     Bad("unknown route", "GET", "/api/nothing", 404, "not_found", ("docs/protocol.md",)),
+    Bad("the API root", "GET", "/api/", 404, "not_found", ("docs/protocol.md",)),
+    Bad("POST a page", "POST", "/", 405, "method_not_allowed", ("use GET",), body={}),
+    Bad("a missing page file", "GET", "/assets/missing.js", 404, "not_found", ("browser app",)),
+    Bad("POST the WebSocket path", "POST", "/ws", 404, "not_found", body={}),
     Bad("unknown run route", "GET", "/api/runs/<idle>/nothing", 404, "not_found"),
     Bad("unknown command", "POST", "/api/runs/<idle>/explode", 404, "not_found", body={}),
     Bad("DELETE runs", "DELETE", "/api/runs", 405, "method_not_allowed", ("GET or POST",)),
@@ -551,6 +574,7 @@ _POSTS = [
     "/api/config/validate",
     "/api/paths/check",
     "/api/paths/output",
+    "/api/augment/preview",
     "/api/runs/<idle>/stop",
     "/api/runs/<training>/start",
     "/api/runs/nope/resume",
@@ -781,6 +805,44 @@ async def test_bad_frame(scene: Scene, row: BadFrame) -> None:
         await ws.close()
     assert await asyncio.to_thread(scene.snapshot) == before
     await asyncio.to_thread(assert_still_up, scene)
+
+
+_frames = st.one_of(
+    _text,
+    _json.map(json.dumps),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["subscribe", "unsubscribe", "command", "ping", "pong", "x"])},
+        optional={
+            "run_id": _json,
+            "after": _json,
+            "id": _json | st.uuids().map(str),
+            "command": st.sampled_from(["create", "start", "stop", "resume"]) | _json,
+            "data": _json,
+            "ts": _json,
+        },
+    ).map(json.dumps),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(frames=st.lists(_frames, min_size=1, max_size=4))
+def test_no_frame_drops_the_socket_or_writes(scene: Scene, frames: list[str]) -> None:
+    async def exchange() -> None:
+        ws = await _connect(scene)
+        try:
+            for frame in frames:
+                await ws.send(frame)
+            await ws.send(json.dumps({"type": "ping", "ts": "end"}))
+            while (answer := await _answer(ws)) != {"type": "pong", "ts": "end"}:
+                if answer["type"] in ("error", "result") and "error" in answer:
+                    assert answer["error"]["code"] != "internal", answer
+        finally:
+            await ws.close()
+
+    before = scene.snapshot()
+    asyncio.run(exchange())
+    assert scene.snapshot() == before
+    assert_still_up(scene)
 
 
 @pytest.mark.anyio
