@@ -484,6 +484,7 @@ def _check_solver(checks: Checks) -> None:
     _check_pre_model(checks)
     if total is None:
         return
+    _check_swa(checks, total)
     for name, what in (
         ("SOLVER.ITERATION_SAVE", "checkpoint"),
         ("SOLVER.ITERATION_VAL", "validation"),
@@ -507,6 +508,23 @@ def _check_solver(checks: Checks) -> None:
                 expected=f"less than {total}",
                 suggestion=f"WARMUP_ITERS: {max(total // 10, 0)}",
             )
+
+
+def _check_swa(checks: Checks, total: int) -> None:
+    """SWA that never starts changes nothing: no averaging, no checkpoint_swa.pth.tar."""
+    if not checks.ok("SOLVER.SWA.ENABLED", "SOLVER.SWA.START_ITER"):
+        return
+    start = checks.value("SOLVER.SWA.START_ITER")
+    if checks.value("SOLVER.SWA.ENABLED") and start >= total:
+        checks.report(
+            WARNING,
+            "SOLVER.SWA.START_ITER",
+            f"{start} is not below ITERATION_TOTAL {total}: SWA never starts, nothing is "
+            "averaged and no checkpoint_swa.pth.tar is written",
+            expected=f"less than {total}",
+            suggestion=f"START_ITER: {total // 2}",
+            near=("SOLVER.SWA.ENABLED",),
+        )
 
 
 def _check_pre_model(checks: Checks) -> None:

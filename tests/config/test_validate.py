@@ -134,6 +134,14 @@ def test_unsupported_losses_and_schedulers() -> None:
     assert "WeightedBCEWithLogitsLoss" in problem.suggestion
 
 
+def test_swa_that_never_starts_warns() -> None:
+    swa = minimal(SOLVER="  ITERATION_TOTAL: 100\n  SWA: {ENABLED: True, START_ITER: 100}\n")
+    problem = one(check(swa), "SOLVER.SWA.START_ITER", "warning")
+    assert "never starts" in problem.message and problem.suggestion == "START_ITER: 50"
+    on_time = minimal(SOLVER="  ITERATION_TOTAL: 100\n  SWA: {ENABLED: True, START_ITER: 60}\n")
+    assert not at_key(check(on_time), "SOLVER.SWA.START_ITER", "warning")
+
+
 def test_every_scheduler_pytc_builds_is_accepted_and_onecycle_says_why_not() -> None:
     for name in ("MultiStepLR", "WarmupMultiStepLR", "WarmupCosineLR", "ReduceLROnPlateau"):
         assert not at_key(
