@@ -224,7 +224,8 @@ def test_artifacts_are_confined_to_the_run_folders(server: LiveServer) -> None:
     status, _, headers = server.request("GET", base + "page.html")
     assert headers["content-type"] == "application/octet-stream"  # never rendered as a page
     assert "attachment" in headers["content-disposition"]
-    for bad in ("/etc/passwd", "../../../../etc/passwd", str(server.settings.db_path)):
+    (log_dir / "leak.log").symlink_to("/etc/passwd")  # a name inside that leads out
+    for bad in ("/etc/passwd", "../../../../etc/passwd", str(server.settings.db_path), "leak.log"):
         assert server.request("GET", base + bad)[0] == 403
     assert server.request("GET", base + "missing.png")[0] == 404
 

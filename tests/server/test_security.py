@@ -13,7 +13,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from backend.security import PathError, confine, sanitize_filename
+from backend.security import MalformedPath, PathError, confine, sanitize_filename
 from tests.server.live import TOKEN, LiveServer, make_settings
 
 
@@ -146,6 +146,18 @@ def test_confine_unit(tmp_path: Path) -> None:
     for bad in ("../out", "a/../../out", "/etc/passwd", "link", "link/x", "a/\x00", "..\\out"):
         with pytest.raises(PathError):
             confine(root, bad)
+
+
+def test_malformed_paths_are_refused_before_the_filesystem_sees_them(tmp_path: Path) -> None:
+    for bad, says in [
+        ("a/\x00b", "NUL byte"),
+        ("n" * 256, "256 bytes long"),
+        ("x/" + "é" * 128 + "/y", "256 bytes long"),  # bytes, not characters
+        ("a/" * 2100, "longer than 4096 bytes"),
+    ]:
+        with pytest.raises(MalformedPath, match=says):
+            confine(tmp_path, bad)
+    assert confine(tmp_path, "n" * 255) == tmp_path.resolve() / ("n" * 255)
 
 
 def test_sanitize_filename() -> None:

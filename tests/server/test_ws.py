@@ -262,6 +262,9 @@ async def test_create_by_websocket_with_a_repeated_id(server: LiveServer) -> Non
         ('{"type": "command", "command": "start"}', "bad_frame"),
         ('{"type": "command", "id": "x", "command": "explode"}', "bad_frame"),
         ('{"type": "command", "id": "x", "command": "start", "data": []}', "bad_frame"),
+        ('{"type": "ping", "ts": NaN}', "bad_frame"),
+        ('{"type": "ping", "ts": Infinity}', "bad_frame"),
+        ("[" * 40 + "]" * 40, "bad_frame"),  # deeper than any frame may nest
     ],
 )
 async def test_malformed_frames_get_an_error_and_the_connection_stays(
