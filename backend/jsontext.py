@@ -5,7 +5,7 @@ nearly all events, but it writes a non-finite float as `null` where `json.dumps(
 allow_nan=False)` raises. `dumps` keeps the strict contract: output that holds `null`
 (rare: a failed event's `iteration: null`, a cleaned NaN) is checked with the stdlib,
 which raises on a non-finite value, so a NaN is never silently stored as null.
-Integers beyond 64 bits, which orjson refuses, go through the stdlib too.
+Integers beyond 64 bits and non-string keys, which orjson refuses, go through the stdlib.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 
-_OPTIONS = orjson.OPT_NON_STR_KEYS  # int keys become strings, as with `json`
 _strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
 
 
@@ -23,9 +22,9 @@ def dumps(value: Any) -> bytes:
     """Compact JSON bytes; ValueError for a non-finite float or absurd nesting, TypeError
     for what JSON cannot hold (as `json.dumps(value, allow_nan=False)` would)."""
     try:
-        encoded = orjson.dumps(value, option=_OPTIONS)
+        encoded = orjson.dumps(value)
     except orjson.JSONEncodeError:
-        # Big ints or deep nesting (the stdlib copes), or the stdlib's own TypeError.
+        # Non-str keys, big ints or deep nesting (the stdlib copes), or its own TypeError.
         try:
             return _strict(value).encode()
         except RecursionError as exc:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import math
 import os
 import queue
@@ -290,8 +291,13 @@ class Emitter:
         line = _describe(type_, data, self.log_every, self._eta)
         if line is None:
             return None
-        stamp = _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-        return f"{stamp} {line}\n"
+        return f"{_stamp(int(ts))} {line}\n"
+
+
+@functools.lru_cache(maxsize=64)
+def _stamp(second: int) -> str:
+    """train.log's timestamp (local time; lines of the same second share one)."""
+    return _dt.datetime.fromtimestamp(second).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _open_spool(path: Path) -> IO[bytes]:
@@ -316,7 +322,7 @@ def _level(type_: str, data: dict[str, Any]) -> str:
 
 # --- strict JSON ---------------------------------------------------------------------------
 
-_LINE = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+_LINE = orjson.OPT_APPEND_NEWLINE  # non-str keys: TypeError, then strict_json (str keys)
 
 
 def json_line(type_: str, data: dict[str, Any], ts: float) -> bytes:
