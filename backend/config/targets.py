@@ -342,6 +342,14 @@ def default_activation(loss: str, target: TargetOption | None) -> str:
     return "none"
 
 
+def fit_activation(loss: str, act: Any, target: TargetOption | None = None) -> str:
+    """`act` if the loss can train with it, else the loss's default activation."""
+    text = str(act)
+    if text not in ACTIVATIONS or (loss == "WeightedBCE" and text not in ("sigmoid", "softmax")):
+        return default_activation(loss, target)
+    return text
+
+
 def default_weight_option(loss: str) -> str:
     """The WEIGHT_OPT a suggestion fills in: class balance for the BCE losses and MAE."""
     return "0" if loss in ("DiceLoss", "WSDiceLoss", "WeightedCE", "WeightedMSE") else "1"
@@ -473,10 +481,11 @@ def _losses(
     targets: list[TargetOption | None],
     losses: list[list[Any]],
 ) -> list[Constraint]:
+    shape = [len(row) for row in losses]
     tables = _Tables(
         losses=[[str(n) for n in row] for row in losses],
-        acts=rows(model.get("OUTPUT_ACT"), len(losses)),
-        weights=rows(model.get("WEIGHT_OPT"), len(losses)),
+        acts=_shaped(rows(model.get("OUTPUT_ACT"), len(losses)), shape),
+        weights=_shaped(rows(model.get("WEIGHT_OPT"), len(losses)), shape),
         has_mask=bool(dataset.get("VALID_MASK_NAME")),
         do_2d=bool(dataset.get("DO_2D", False)),
     )
@@ -485,6 +494,12 @@ def _losses(
         for j in range(len(losses[i])):
             out += _loss_fits(tables, target, i, j)
     return out
+
+
+def _shaped(table: list[list[Any]], shape: list[int]) -> list[list[Any]]:
+    # A table not shaped like LOSS_OPTION is reported (with its fix) by validate.py's shape
+    # check; its entries are not checked against the losses until it fits.
+    return table if [len(row) for row in table] == shape else []
 
 
 def _at(table: list[list[Any]], i: int, j: int) -> Any:

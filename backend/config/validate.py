@@ -36,6 +36,7 @@ from backend.config.targets import (
     default_activation,
     default_loss,
     default_weight_option,
+    fit_activation,
 )
 from backend.config.valuetypes import describe, leaves, matches, type_name
 
@@ -314,7 +315,8 @@ def _reshape(
         row = []
         for j, loss in enumerate(inner):
             if i < len(value) and j < len(value[i]):
-                row.append(value[i][j])
+                kept = value[i][j]
+                row.append(fit_activation(loss, kept) if name == "MODEL.OUTPUT_ACT" else kept)
             elif fill is not None:
                 row.append(fill)
             elif name == "MODEL.OUTPUT_ACT":

@@ -4,13 +4,16 @@ The full Criterion against PyTC's is in test_criterion_parity.py."""
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
+from backend.config.targets import criterion_problems
 from backend.trainer import regularizers
 from backend.trainer.losses import (
     LOSSES,
@@ -25,6 +28,8 @@ from backend.trainer.losses import (
     weighted_mae,
     weighted_mse,
 )
+from tests.config.test_criterion_constraints import REFUSED
+from tests.config.test_criterion_constraints import config as constraint_config
 from tests.trainer.golden import entries, entry_id, load
 
 
@@ -326,3 +331,23 @@ def test_matches_pytc(entry: dict[str, Any]) -> None:
 def test_refuses_what_pytc_cannot_compute(entry: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         _call(entry)
+
+
+# --- one table for validation and trainer ------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=[c[0] for c in REFUSED])
+def test_trainer_refuses_what_validation_reports_and_builds_its_fix(case: Any) -> None:
+    _, model, _, words = case
+    values = constraint_config(**copy.deepcopy(model))
+    with pytest.raises(ValueError, match=re.escape(words)):
+        build_criterion(values)
+    for _ in range(6):
+        errors = [p for p in criterion_problems(values) if p.error]
+        if not errors:
+            break
+        for dotted, value in errors[0].fix.items():
+            section, leaf = dotted.split(".")
+            values[section][leaf] = value
+    criterion = build_criterion(values)
+    assert criterion.out_channels == values["MODEL"]["OUT_PLANES"]
