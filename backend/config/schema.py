@@ -15,6 +15,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from backend.config import architectures as arch
 from backend.config.targets import (
     ACTIVATIONS,
     FAMILIES,
@@ -29,17 +30,11 @@ Widget = Literal["slider", "log-slider", "select", "toggle", "number", "text", "
 
 SECTIONS_TOP = ("SYSTEM", "MODEL", "DATASET", "AUGMENTOR", "SOLVER", "MONITOR", "INFERENCE")
 
-SUPPORTED_ARCHITECTURES = ("unet_3d", "unet_2d", "unet_plus_3d", "unet_plus_2d")
-ARCHITECTURES_2D = ("unet_2d", "unet_plus_2d")
-# PyTC models Trainboard does not train: known, so the error can say so.
-PYTC_ONLY_ARCHITECTURES = (
-    "fpn_3d",
-    "deeplabv3a",
-    "deeplabv3b",
-    "deeplabv3c",
-    "unetr",
-    "swinunetr",
-)
+# Every model of PyTC v1.0.0's model map (backend/config/architectures.py: what each reads).
+SUPPORTED_ARCHITECTURES = arch.ARCHITECTURES
+ARCHITECTURES_2D = arch.ARCHITECTURES_2D
+UNET_ARCHITECTURES = arch.UNETS
+PYTC_ONLY_ARCHITECTURES: tuple[str, ...] = ()
 # Names used by older PyTC releases and the configs written for them.
 OLD_ARCHITECTURE_NAMES: dict[str, str] = {
     "unet_residual_3d": "unet_3d",
@@ -204,17 +199,23 @@ _key("SYSTEM.DEBUG", False, "bool", "PyTC debug mode")
 # --- MODEL --------------------------------------------------------------------------------
 _key("MODEL.ARCHITECTURE", "unet_3d", "str", "network architecture", core=True,
      choices=SUPPORTED_ARCHITECTURES, pytc_only=PYTC_ONLY_ARCHITECTURES)
-_key("MODEL.BLOCK_TYPE", "residual", "str", "U-Net building block", core=True,
-     choices=("residual", "residual_se"), pytc_only=("residual_pa", "residual_se_pa"))
-_key("MODEL.BACKBONE", "resnet", "str", "FPN backbone",
-     choices=("resnet", "repvgg", "botnet", "efficientnet"))
-_key("MODEL.DEPLOY_MODE", False, "bool", "RepVGG deploy mode")
+_key("MODEL.BLOCK_TYPE", "residual", "str",
+     "building block: U-Nets residual / residual_se (3D also residual_pa, residual_se_pa); "
+     "fpn_3d resnet / botnet residual(_se), efficientnet inverted_res(_dilated)", core=True,
+     choices=arch.BLOCK_TYPES)
+_key("MODEL.BACKBONE", "resnet", "str",
+     "fpn_3d: resnet, repvgg, botnet, efficientnet; deeplabv3*: resnet50 ... wide_resnet101_2",
+     core=True, choices=arch.BACKBONES)
+_key("MODEL.DEPLOY_MODE", False, "bool", "RepVGG deploy mode (one fused conv per block)",
+     core=True)
 _key("MODEL.FILTERS", [28, 36, 48, 64, 80], "list[int]", "channels per U-Net level",
      core=True, minimum=1)
-_key("MODEL.BLOCKS", [2, 2, 2, 2], "list[int]", "blocks per backbone stage", minimum=1)
-_key("MODEL.KERNEL_SIZES", [3, 3, 5, 3, 3], "list[int]", "kernel sizes (EfficientNet)",
+_key("MODEL.BLOCKS", [2, 2, 2, 2], "list[int]", "blocks per fpn_3d backbone stage", core=True,
      minimum=1)
-_key("MODEL.ATTENTION", "squeeze_excitation", "str", "attention type (EfficientNet)")
+_key("MODEL.KERNEL_SIZES", [3, 3, 5, 3, 3], "list[int]", "kernel sizes (EfficientNet)",
+     core=True, minimum=1)
+_key("MODEL.ATTENTION", "squeeze_excitation", "str", "attention type (EfficientNet)",
+     core=True)
 _key("MODEL.ISOTROPY", [False, False, False, True, True], "list[bool]",
      "per level: isotropic (3,3,3) kernels and z downsampling, else anisotropic (1,3,3)",
      core=True)
@@ -249,7 +250,7 @@ _key("MODEL.NORM_MODE", "bn", "str", "normalisation layers (sync_bn on one devic
      core=True,
      choices=("bn", "sync_bn", "in", "gn", "none"))
 _key("MODEL.ACT_MODE", "elu", "str", "activation layers", core=True,
-     choices=("relu", "elu", "leaky_relu"), pytc_only=("gelu", "swish", "efficient_swish", "none"))
+     choices=arch.ACT_MODES)
 _key("MODEL.POOLING_LAYER", False, "bool", "downsample with pooling instead of strides",
      core=True)
 _key("MODEL.MIXED_PRECESION", False, "bool",
@@ -276,31 +277,35 @@ _key("MODEL.PRE_MODEL_LAYER", "", "str|list[str]", "layers to take from the pret
 _key("MODEL.PRE_MODEL_ITER", 0, "int", "iteration to start at with SOLVER.ITERATION_RESTART",
      core=True, minimum=0)
 _key("MODEL.PRE_MODEL_LAYER_SELECT", -1, "int|list[int]", "older PyTC: layer selection")
-_key("MODEL.RETURN_FEATS", None, "any", "return these feature maps (3D U-Net)")
-_key("MODEL.AUX_OUT", False, "bool", "auxiliary output (2D DeepLabV3)")
-# UNETR / Swin UNETR (PyTC models Trainboard does not train).
-_key("MODEL.SWIN_UNETR_FEATURE_SIZE", 48, "int", "Swin UNETR feature size", minimum=1)
-_key("MODEL.DEPTHS", [2, 2, 2, 2], "list[int]", "Swin UNETR layers per stage", minimum=1)
+_key("MODEL.RETURN_FEATS", None, "any", "return these feature maps (3D U-Net)", core=True)
+_key("MODEL.AUX_OUT", False, "bool", "auxiliary output (2D DeepLabV3), trained as PyTC does",
+     core=True)
+# UNETR / Swin UNETR (MONAI building blocks, as PyTC).
+_key("MODEL.SWIN_UNETR_FEATURE_SIZE", 48, "int", "Swin UNETR feature size", minimum=1, core=True)
+_key("MODEL.DEPTHS", [2, 2, 2, 2], "list[int]", "Swin UNETR layers per stage", minimum=1, core=True)
 _key("MODEL.SWIN_UNETR_NUM_HEADS", [3, 6, 12, 24], "list[int]", "Swin UNETR attention heads",
      minimum=1)
-_key("MODEL.NORM_NAME", "instance", "str", "UNETR normalisation")
+_key("MODEL.NORM_NAME", "instance", "str", "UNETR / Swin UNETR normalisation", core=True,
+     choices=arch.UNETR_NORMS)
 _key("MODEL.SWIN_UNETR_DROPOUT_RATE", 0.0, "float", "Swin UNETR dropout", minimum=0.0,
      maximum=1.0)
-_key("MODEL.ATTN_DROP_RATE", 0.0, "float", "attention dropout", minimum=0.0, maximum=1.0)
-_key("MODEL.DROPOUT_PATH_RATE", 0.0, "float", "drop-path rate", minimum=0.0, maximum=1.0)
-_key("MODEL.NORMALIZE", True, "bool", "normalise intermediate features (Swin UNETR)")
-_key("MODEL.USE_CHECKPOINT", False, "bool", "gradient checkpointing (Swin UNETR)")
-_key("MODEL.SPATIAL_DIMS", 3, "int", "spatial dimensions (UNETR)", minimum=2, maximum=3)
-_key("MODEL.DOWNSAMPLE", "merging", "str", "Swin UNETR downsampling")
-_key("MODEL.USE_V2", False, "bool", "Swin UNETR v2")
-_key("MODEL.UNETR_FEATURE_SIZE", 16, "int", "UNETR feature size", minimum=1)
-_key("MODEL.HIDDEN_SIZE", 768, "int", "UNETR hidden size", minimum=1)
-_key("MODEL.MLP_DIM", 3072, "int", "UNETR feed-forward size", minimum=1)
-_key("MODEL.UNETR_NUM_HEADS", 12, "int", "UNETR attention heads", minimum=1)
-_key("MODEL.POS_EMBED", "perceptron", "str", "UNETR position embedding")
-_key("MODEL.CONV_BLOCK", True, "bool", "UNETR convolutional block")
-_key("MODEL.RES_BLOCK", True, "bool", "UNETR residual block")
-_key("MODEL.UNETR_DROPOUT_RATE", 0.0, "float", "UNETR dropout", minimum=0.0, maximum=1.0)
+_key("MODEL.ATTN_DROP_RATE", 0.0, "float", "attention dropout", minimum=0.0, maximum=1.0, core=True)
+_key("MODEL.DROPOUT_PATH_RATE", 0.0, "float", "drop-path rate", minimum=0.0, maximum=1.0, core=True)
+_key("MODEL.NORMALIZE", True, "bool", "normalise intermediate features (Swin UNETR)", core=True)
+_key("MODEL.USE_CHECKPOINT", False, "bool", "gradient checkpointing (Swin UNETR)", core=True)
+_key("MODEL.SPATIAL_DIMS", 3, "int", "spatial dimensions (UNETR)", minimum=2, maximum=3, core=True)
+_key("MODEL.DOWNSAMPLE", "merging", "str", "Swin UNETR patch merging", core=True,
+     choices=arch.SWIN_DOWNSAMPLES)
+_key("MODEL.USE_V2", False, "bool", "Swin UNETR v2", core=True)
+_key("MODEL.UNETR_FEATURE_SIZE", 16, "int", "UNETR feature size", minimum=1, core=True)
+_key("MODEL.HIDDEN_SIZE", 768, "int", "UNETR hidden size", minimum=1, core=True)
+_key("MODEL.MLP_DIM", 3072, "int", "UNETR feed-forward size", minimum=1, core=True)
+_key("MODEL.UNETR_NUM_HEADS", 12, "int", "UNETR attention heads", minimum=1, core=True)
+_key("MODEL.POS_EMBED", "perceptron", "str", "UNETR patch embedding", core=True,
+     choices=arch.POS_EMBEDS)
+_key("MODEL.CONV_BLOCK", True, "bool", "UNETR convolutional block", core=True)
+_key("MODEL.RES_BLOCK", True, "bool", "UNETR residual block", core=True)
+_key("MODEL.UNETR_DROPOUT_RATE", 0.0, "float", "UNETR dropout", minimum=0.0, maximum=1.0, core=True)
 
 # --- DATASET ------------------------------------------------------------------------------
 _key("DATASET.DATA_SCALE", [1.0, 1.0, 1.0], "list[float]", "resampling of the input (z, y, x)",

@@ -14,6 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from backend.config import architectures
 from backend.config.context import Checks, show
 from backend.config.holdout import check_holdout
 from backend.config.load import LoadedConfig
@@ -27,6 +28,7 @@ from backend.config.schema import (
     PYTC_CANNOT_RUN,
     SUPPORTED_ARCHITECTURES,
     SWITCHABLE_SECTIONS,
+    UNET_ARCHITECTURES,
     WARMUP_SCHEDULERS,
     Key,
     pooling_factors,
@@ -339,12 +341,14 @@ def _check_model(checks: Checks) -> None:
     is_2d = arch in ARCHITECTURES_2D
     if do_2d and not is_2d:
         twin = arch.replace("_3d", "_2d")
+        if twin not in ARCHITECTURES_2D:  # 3D-only models: train them in 3D
+            twin = ""
         checks.report(
             ERROR,
             "MODEL.ARCHITECTURE",
             f"{arch!r} is a 3D model but DATASET.DO_2D is True",
-            expected="a 2D model (unet_2d, unet_plus_2d) for 2D training",
-            suggestion=f"ARCHITECTURE: {twin}",
+            expected=f"a 2D model ({', '.join(ARCHITECTURES_2D)}) for 2D training",
+            suggestion=f"ARCHITECTURE: {twin}" if twin else "DO_2D: False",
             near=("DATASET.DO_2D",),
         )
     if is_2d and not do_2d:
@@ -365,9 +369,13 @@ def _check_model(checks: Checks) -> None:
             suggestion=f"INPUT_SIZE: {show([1, *size[1:]])}",
             near=("DATASET.DO_2D", "MODEL.ARCHITECTURE"),
         )
-    _check_isotropy(checks, is_2d)
+    if arch in UNET_ARCHITECTURES:
+        _check_isotropy(checks, is_2d)
+        _check_divisible(checks, arch, size, do_2d or is_2d)
     _check_output_size(checks, size)
-    _check_divisible(checks, arch, size, do_2d or is_2d)
+    if checks.ok(*architectures.READS):  # the per-architecture table (engineer a)
+        for p in architectures.architecture_problems(checks.loaded.values):
+            checks.report(p.level, p.key, p.message, p.expected, p.suggestion)
     if checks.ok("MODEL.MIXED_PRECESION", "SYSTEM.NUM_GPUS") and (
         checks.value("MODEL.MIXED_PRECESION") and checks.value("SYSTEM.NUM_GPUS") == 0
     ):

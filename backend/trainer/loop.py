@@ -72,7 +72,7 @@ from backend.trainer.device import DeviceChoice, choose_device
 from backend.trainer.emitter import Emitter
 from backend.trainer.losses import Criterion, build_criterion, foreground, foreground_truth
 from backend.trainer.metrics import BinaryCounts
-from backend.trainer.models import build_model, count_parameters
+from backend.trainer.models import build_model, count_parameters, primary_output, training_output
 from backend.trainer.optim import (
     Schedule,
     build_averaging,
@@ -279,7 +279,7 @@ class TrainingLoop:
         batch = batch.to(device, non_blocking=device.type == "cuda")
         state = self.state
         with self.device.autocast():
-            output = self.model(batch.image)
+            output = training_output(self.model(batch.image))  # dict for DeepLab's aux
         loss, parts = self.criterion.compute(output, batch.targets, batch.weights)
         scaled = loss / self.step_every if self.step_every > 1 else loss
         torch.autograd.backward(state.scaler.scale(scaled))
@@ -455,11 +455,11 @@ class TrainingLoop:
     def _evaluate_batch(self, vb: ValBatch) -> tuple[Tensor, Tensor]:
         device = self.device.device
         with self.device.autocast():
-            output = self.model(vb.image.to(device))
+            output = training_output(self.model(vb.image.to(device)))
         targets = [t.to(device) for t in vb.targets]
         weights = [[None if w is None else w.to(device) for w in row] for row in vb.weights]
         loss, _ = self.criterion.compute(output, targets, weights)
-        return loss, foreground(self.cfg, output)
+        return loss, foreground(self.cfg, primary_output(output))
 
 
 class _PreviewCanvas:

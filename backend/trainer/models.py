@@ -18,6 +18,15 @@ from typing import Any, cast
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backend.config.architectures import (
+    ARCHITECTURES as SUPPORTED_ARCHITECTURES,
+)
+from backend.config.architectures import (
+    DEEPLAB_BACKBONES,
+    EFFICIENTNET_BLOCKS,
+    FPN_BACKBONES,
+    architecture_problems,
+)
 from backend.trainer.blocks import (
     BLOCKS,
     BLOCKS_2D,
@@ -30,20 +39,7 @@ from backend.trainer.blocks import (
 
 Config = Mapping[str, Any]
 
-SUPPORTED_ARCHITECTURES = (
-    "unet_3d",
-    "unet_2d",
-    "unet_plus_3d",
-    "unet_plus_2d",
-    "fpn_3d",
-    "unetr",
-    "deeplabv3a",
-    "deeplabv3b",
-    "deeplabv3c",
-)
 SUPPORTED_BLOCK_TYPES = tuple(BLOCKS)
-FPN_BACKBONES = ("resnet", "repvgg", "botnet", "efficientnet")
-EFFICIENTNET_BLOCKS = ("inverted_res", "inverted_res_dilated")
 
 
 class UNet(nn.Module):
@@ -283,12 +279,12 @@ def _unetr(cfg: Config, arch: str) -> nn.Module:
 
 
 def _deeplab(cfg: Config, arch: str) -> nn.Module:
-    from backend.trainer.arch.deeplab import BACKBONES, DeepLabV3
+    from backend.trainer.arch.deeplab import DeepLabV3
 
     m = cfg["MODEL"]
     return DeepLabV3(
         arch,
-        _choice("MODEL.BACKBONE", m["BACKBONE"], tuple(BACKBONES)),
+        _choice("MODEL.BACKBONE", m["BACKBONE"], DEEPLAB_BACKBONES),
         layer_options(cfg, 2),
         in_channels=int(m["IN_PLANES"]),
         out_channels=int(m["OUT_PLANES"]),
@@ -339,12 +335,39 @@ def _fpn(cfg: Config, arch: str) -> nn.Module:
     )
 
 
+def _swinunetr(cfg: Config, arch: str) -> nn.Module:
+    from backend.trainer.arch.swinunetr import DOWNSAMPLES, SwinUNETR
+
+    m = cfg["MODEL"]
+    depths = [int(d) for d in m["DEPTHS"]]
+    is_isotropic = bool(cfg["DATASET"]["IS_ISOTROPIC"])
+    isotropy = [True] * len(depths) if is_isotropic else [bool(v) for v in m["ISOTROPY"]]
+    return SwinUNETR(
+        in_channels=int(m["IN_PLANES"]),
+        out_channels=int(m["OUT_PLANES"]),
+        depths=depths,
+        num_heads=[int(h) for h in m["SWIN_UNETR_NUM_HEADS"]],
+        feature_size=int(m["SWIN_UNETR_FEATURE_SIZE"]),
+        norm_name=str(m["NORM_NAME"]),
+        drop_rate=float(m["SWIN_UNETR_DROPOUT_RATE"]),
+        attn_drop_rate=float(m["ATTN_DROP_RATE"]),
+        dropout_path_rate=float(m["DROPOUT_PATH_RATE"]),
+        normalize=bool(m["NORMALIZE"]),
+        use_checkpoint=bool(m["USE_CHECKPOINT"]),
+        downsample=_choice("MODEL.DOWNSAMPLE", m["DOWNSAMPLE"], DOWNSAMPLES),
+        use_v2=bool(m["USE_V2"]),
+        is_isotropic=is_isotropic,
+        isotropy=isotropy,
+    )
+
+
 _BUILDERS: dict[str, Callable[[Config, str], nn.Module]] = {
     "unet_3d": _unet,
     "unet_2d": _unet,
     "unet_plus_3d": _unet,
     "unet_plus_2d": _unet,
     "unetr": _unetr,
+    "swinunetr": _swinunetr,
     "fpn_3d": _fpn,
     "deeplabv3a": _deeplab,
     "deeplabv3b": _deeplab,
@@ -353,9 +376,29 @@ _BUILDERS: dict[str, Callable[[Config, str], nn.Module]] = {
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """The model named by MODEL.ARCHITECTURE, configured from MODEL.* (see docs/models.md)."""
+    """The model named by MODEL.ARCHITECTURE, configured from MODEL.* (see docs/models.md).
+
+    Raises ValueError with validation's own message for anything validation calls an error
+    (`backend.config.architectures`): the trainer refuses exactly what validation refuses."""
     arch = _choice("MODEL.ARCHITECTURE", cfg["MODEL"]["ARCHITECTURE"], SUPPORTED_ARCHITECTURES)
+    errors = [p for p in architecture_problems(cfg) if p.is_error]
+    if errors:
+        raise ValueError("; ".join(p.format().split(": error: ", 1)[-1] for p in errors))
     return _BUILDERS[arch](cfg, arch)
+
+
+def training_output(result: Any) -> Tensor | dict[str, Tensor]:
+    """What the losses score: the output, or DeepLab's {'out', 'aux'} dict (PyTC sums the
+    losses of both); MODEL.RETURN_FEATS features are left out, as training reads none."""
+    if isinstance(result, tuple):
+        return cast(Tensor, result[0])
+    return cast("Tensor | dict[str, Tensor]", result)
+
+
+def primary_output(result: Any) -> Tensor:
+    """The one prediction for metrics and previews: the output, or DeepLab's 'out'."""
+    out = training_output(result)
+    return out["out"] if isinstance(out, dict) else out
 
 
 def _return_feats(model_cfg: Config, ndim: int) -> list[int] | None:

@@ -21,7 +21,19 @@ from backend.config.valuetypes import coerce, describe, matches
 
 
 def test_constants() -> None:
-    assert SUPPORTED_ARCHITECTURES == ("unet_3d", "unet_2d", "unet_plus_3d", "unet_plus_2d")
+    # PyTC v1.0.0's whole model map.
+    assert set(SUPPORTED_ARCHITECTURES) == {
+        "unet_3d",
+        "unet_2d",
+        "unet_plus_3d",
+        "unet_plus_2d",
+        "fpn_3d",
+        "deeplabv3a",
+        "deeplabv3b",
+        "deeplabv3c",
+        "unetr",
+        "swinunetr",
+    }
     assert OLD_ARCHITECTURE_NAMES["unet_residual_3d"] == "unet_3d"
     assert OLD_ARCHITECTURE_NAMES["unet_super"] == "unet_plus_3d"
 

@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from backend.config.architectures import ARCHITECTURES
 from backend.trainer.blocks import LayerOptions, NonLocalBlock, SqueezeExcitation
-from backend.trainer.models import SUPPORTED_ARCHITECTURES, build_model, count_parameters
+from backend.trainer.models import build_model, count_parameters
 
 ARCH_3D = ("unet_3d", "unet_plus_3d")
 ARCH_2D = ("unet_2d", "unet_plus_2d")
+UNETS = ARCH_3D + ARCH_2D  # the other architectures: test_models_parity.py, test_models_train.py
 
 
 def make_cfg(dataset: dict[str, Any] | None = None, **model: Any) -> dict[str, Any]:
@@ -91,7 +93,7 @@ def test_2d_ignores_isotropy_length() -> None:
     assert run(model, (1, 1, 16, 16)).shape == (1, 1, 16, 16)
 
 
-@pytest.mark.parametrize("arch", SUPPORTED_ARCHITECTURES)
+@pytest.mark.parametrize("arch", UNETS)
 @pytest.mark.parametrize("block", ["residual", "residual_se"])
 def test_block_types(arch: str, block: str) -> None:
     model = build_model(make_cfg(ARCHITECTURE=arch, BLOCK_TYPE=block))
@@ -101,7 +103,7 @@ def test_block_types(arch: str, block: str) -> None:
     assert run(model, shape).shape == shape
 
 
-@pytest.mark.parametrize("arch", SUPPORTED_ARCHITECTURES)
+@pytest.mark.parametrize("arch", UNETS)
 @pytest.mark.parametrize("norm", ["bn", "sync_bn", "in", "gn", "none"])
 def test_norm_modes(arch: str, norm: str) -> None:
     model = build_model(make_cfg(ARCHITECTURE=arch, NORM_MODE=norm))
@@ -171,7 +173,7 @@ def test_dataset_is_isotropic_makes_everything_isotropic() -> None:
 
 
 def test_single_level() -> None:
-    for arch in SUPPORTED_ARCHITECTURES:
+    for arch in UNETS:
         model = build_model(make_cfg(ARCHITECTURE=arch, FILTERS=[4], ISOTROPY=[False]))
         shape = (1, 1, 2, 8, 8) if arch.endswith("3d") else (1, 1, 8, 8)
         assert run(model, shape).shape == shape
@@ -214,7 +216,7 @@ def test_count_parameters() -> None:
     assert count_parameters(deep) > n
 
 
-@pytest.mark.parametrize("arch", SUPPORTED_ARCHITECTURES)
+@pytest.mark.parametrize("arch", UNETS)
 def test_backward(arch: str) -> None:
     model = build(make_cfg(ARCHITECTURE=arch, OUT_PLANES=2))
     shape = (2, 1, 4, 16, 16) if arch.endswith("3d") else (2, 1, 16, 16)
@@ -242,7 +244,7 @@ def test_outputs_are_raw_logits() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "supported"),
     [
-        ("ARCHITECTURE", "fpn_2d", "unet_3d, unet_2d, unet_plus_3d, unet_plus_2d"),
+        ("ARCHITECTURE", "fpn_2d", ", ".join(ARCHITECTURES)),
         ("BLOCK_TYPE", "bottleneck", "residual, residual_se, residual_pa, residual_se_pa"),
         ("NORM_MODE", "batch", "bn, sync_bn, in, gn, none"),
         ("ACT_MODE", "prelu", "relu, leaky_relu, elu, gelu, silu, swish, efficient_swish, none"),

@@ -444,15 +444,59 @@ def _depthwise(
     )
 
 
-ATTENTIONS = ("squeeze_excitation", "none")
-
-
 def make_attention(name: str, channels: int, opts: LayerOptions) -> nn.Module:
-    """MODEL.ATTENTION of the EfficientNet blocks: squeeze-excitation (reduction 8, ReLU)
-    or none (PyTC treats every other name as none)."""
+    """MODEL.ATTENTION of the EfficientNet blocks: squeeze-excitation (reduction 8, ReLU),
+    strip or plane pooling; any other name is none, as in PyTC."""
     if name == "squeeze_excitation":
         return SqueezeExcitation(channels, opts, reduction=8, act="relu")
+    if name in PoolingAttention.PLANS:
+        return PoolingAttention(name, channels)
     return nn.Identity()
+
+
+class PoolingAttention(nn.Module):
+    """Strip pooling (averages along lines: z, y, x) or plane pooling (over planes: zy, yx,
+    xz); each pooled map gets a conv to a quarter of the channels, the three ReLU'd maps are
+    summed, a 1x1 conv and a sigmoid give the gate."""
+
+    # per branch: (pooled output size, conv kernel), in PyTC's registration order
+    PLANS: dict[str, dict[str, tuple[tuple[int | None, ...], tuple[int, int, int]]]] = {
+        "strip_pool": {
+            "z": ((None, 1, 1), (3, 1, 1)),
+            "y": ((1, None, 1), (1, 3, 1)),
+            "x": ((1, 1, None), (1, 1, 3)),
+        },
+        "plane_pool": {
+            "zy": ((None, None, 1), (3, 3, 1)),
+            "yx": ((1, None, None), (1, 3, 3)),
+            "xz": ((None, 1, None), (3, 1, 3)),
+        },
+    }
+
+    def __init__(self, name: str, channels: int) -> None:
+        super().__init__()
+        plan = self.PLANS[name]
+        self.axes = list(plan)
+        mid = channels // 4
+        for axis, (pooled, _) in plan.items():
+            setattr(self, f"pool_{axis}", nn.AdaptiveAvgPool3d(pooled))
+        for axis, (_, kernel) in plan.items():
+            pad = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
+            setattr(self, f"conv_{axis}", nn.Conv3d(channels, mid, kernel, padding=pad))
+        self.relu = nn.ReLU(inplace=True)
+        self.conv1x1x1 = nn.Conv3d(mid, channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[2:]
+        fusion = sum(
+            # ReLU before broadcasting: the same values, and in place on the small map
+            self.relu(getattr(self, f"conv_{a}")(getattr(self, f"pool_{a}")(x))).expand(
+                -1, -1, *size
+            )
+            for a in self.axes
+        )
+        gate: Tensor = self.conv1x1x1(fusion).sigmoid()
+        return x * gate
 
 
 class DilatedStem(nn.Module):
