@@ -474,6 +474,35 @@ _UPLOADS = [
         **_upload("a.npy")),
 ]  # fmt: skip
 
+# Names that are accepted once made safe: (the client's name, the name stored).
+_SANITISED = [
+    ("../../../etc/x.npy", "x.npy"),
+    ("..\\..\\x.npy", "x.npy"),
+    ("a\u0000b.npy", "a_b.npy"),
+    ("/abs/path/y.yaml", "y.yaml"),
+    ("...hidden.npy", "hidden.npy"),
+    ("n" * 300 + ".tif", "n" * 196 + ".tif"),
+    ("é vol (1).h5", "vol_1_.h5"),
+    ("%2e%2e%2fz.npy", "2e_2e_2fz.npy"),
+]
+
+
+@pytest.mark.parametrize(("name", "stored"), _SANITISED, ids=[n for n, _ in _SANITISED])
+def test_upload_names_are_made_safe(scene: Scene, name: str, stored: str) -> None:
+    folder = scene.server.settings.data_root / "vols"
+    before = set(folder.iterdir())
+    status, body, _ = scene.server.request(
+        "POST", "/api/files/upload?dir=vols", **_upload(name, b"abc")
+    )
+    try:
+        assert status == 201, body
+        assert body["path"] == f"vols/{stored}"
+        assert set(folder.iterdir()) - before == {folder / stored}
+        assert (folder / stored).read_bytes() == b"abc"
+    finally:
+        (folder / stored).unlink(missing_ok=True)
+
+
 _ROUTES_AND_AUTH = [
     Bad("unknown route", "GET", "/api/nothing", 404, "not_found", ("docs/protocol.md",)),
     Bad("the API root", "GET", "/api/", 404, "not_found", ("docs/protocol.md",)),
