@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse as StarletteJSONResponse
 # Deeper than any request the protocol defines (a create body is two levels deep), and
 # shallow enough that echoing or storing a value can never hit a recursion limit.
 MAX_DEPTH = 32
-_NON_FINITE = ("NaN", "-NaN", "Infinity", "-Infinity")
+_NON_FINITE = ("NaN", "Infinity")  # orjson points past the sign of -Infinity
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
