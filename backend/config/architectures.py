@@ -209,7 +209,8 @@ def _fpn(model: Values, dataset: Values, out: _Findings) -> None:
         fixed = (blocks + [blocks[-1] if blocks else 2] * need)[:need]
         out.error(
             "MODEL.BLOCKS",
-            f"has {len(blocks)} entries; the {backbone} backbone reads {need}",
+            f"has {len(blocks)} entries; the {backbone} backbone reads {need} (PyTC "
+            "fails with an IndexError)",
             f"at least {need} block counts",
             f"BLOCKS: {_show(fixed)}",
         )
