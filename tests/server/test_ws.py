@@ -386,3 +386,16 @@ async def test_heartbeat_pings_and_closes_silent_clients(tmp_path: Any) -> None:
         await answering.close()
     finally:
         live.stop()
+
+
+async def test_a_server_shutting_down_closes_with_1012(tmp_path: Any) -> None:
+    live = LiveServer(make_settings(tmp_path)).start()
+    ws = await connect(live)
+    await ws.send(json.dumps({"type": "subscribe", "run_id": None}))
+    assert (await receive(ws))["type"] == "subscribed"
+    stopping = asyncio.create_task(asyncio.to_thread(live.stop))
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await receive(ws)
+    await stopping
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1012  # reconnect later
