@@ -4,16 +4,22 @@ Prints figures; asserts nothing. Three kinds of process:
 
 - the server: the real app (`create_app`) under uvicorn, with a synthetic producer that
   records metric events at a fixed rate through the real ingest path
-  (`RunService.record` -> group commit -> hub -> each client's outbox and sender);
+  (`RunService.record` -> group commit -> hub -> each client's outbox and sender), and,
+  at the same time, a second run trained by the synthetic trainer (`--trainer-rate`,
+  10,000 events/s by default) in a real spawned child, through the real child -> pipe
+  -> spool -> store -> hub path: the load a fast training run puts on the server;
 - the clients, in processes of their own so they do not share the server's loop: each
-  subscribes to every run and notes, for every event, receipt time minus the emit time
-  the producer put in its data (`t`), and how many events it received per second;
+  subscribes to the producer's run and notes, for every event, receipt time minus the
+  emit time the producer put in its data (`t`), and how many events it received per
+  second (gaps are checked on the run's gapless `version`);
 - this orchestrator, which also times a plain `trainboard serve` from spawn to its
   first answer and reads its resident memory once idle.
 
-The last line is machine-readable: `p99_ms_100_clients=<n> events_per_s=<n>` (the p99
-emit-to-receipt latency over all events of all 100 clients, and the lowest rate any of
-them sustained).
+The server's resident memory is printed before and after the scenarios. The last line
+is machine-readable: `p99_ms_100_clients=<n> events_per_s=<n> trainer_events_per_s=<n>
+rss_mib_before=<n> rss_mib_after=<n>` (the p99 emit-to-receipt latency over all events
+of all 100 clients, the lowest rate any of them sustained, the rate the trainer's events
+were stored at meanwhile, and the server's RSS around the scenarios).
 """
 
 from __future__ import annotations
@@ -34,14 +40,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token-0123456789"
-SEQ = re.compile(rb'"seq":(\d+)')
+SEQ = re.compile(rb'"version":(\d+)')  # per run, gapless
 EMIT = re.compile(rb'"t":([0-9.e+-]+)')
 
 
 # --- the server process ---------------------------------------------------------------------
 
 
-async def serve(port_file: Path, data: Path) -> None:
+async def serve(port_file: Path, data: Path, trainer_rate: float) -> None:
     import uvicorn
 
     from backend.events import NewEvent
@@ -50,7 +56,12 @@ async def serve(port_file: Path, data: Path) -> None:
     from backend.settings import Settings
 
     settings = Settings(
-        token=TOKEN, db_path=data / "events.db", data_root=data / "root", port=0, frontend_dir=None
+        token=TOKEN,
+        db_path=data / "events.db",
+        data_root=data / "root",
+        port=0,
+        frontend_dir=None,
+        job_options={"synthetic": {"rate": trainer_rate}, "flush_interval": 0.05},
     )
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
     serving = asyncio.create_task(server.serve())
@@ -95,6 +106,27 @@ async def serve(port_file: Path, data: Path) -> None:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         return count / wall, cpu / count
 
+    async def trainer(command: str) -> str:
+        """Start or stop the synthetic trainer's run; how many events it has stored."""
+        if command == "start":
+            made = await ctx.service.create(
+                {
+                    "name": "synthetic-trainer",
+                    "config": "{}",
+                    "output_path": str(data / "trainer-out"),
+                    "log_path": str(data / "trainer-log"),
+                    "total_iterations": 0,
+                }
+            )
+            trainer_run.append(made.run_id)
+            await ctx.supervisor.start(made.run_id)
+        elif command == "stop":
+            await ctx.supervisor.stop(trainer_run[0])
+            await ctx.supervisor.wait(trainer_run[0])
+        # The producer's run (the clients follow it) and the trainer's event count.
+        return f"{run_id} {ctx.service.get(trainer_run[0]).run.version}"
+
+    trainer_run: list[str] = []
     loop = asyncio.get_running_loop()
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         words = line.split()
@@ -104,6 +136,8 @@ async def serve(port_file: Path, data: Path) -> None:
         elif words and words[0] == "ingest":
             rate, cpu = await ingest(int(words[1]), int(words[2]))
             print(f"ingest {rate} {cpu}", flush=True)
+        elif words and words[0] == "trainer":
+            print(f"trainer {await trainer(words[1])}", flush=True)
         elif words and words[0] == "quit":
             break
     server.should_exit = True
@@ -113,7 +147,7 @@ async def serve(port_file: Path, data: Path) -> None:
 # --- the client processes -------------------------------------------------------------------
 
 
-async def clients(url: str, count: int, warmup: float) -> None:
+async def clients(url: str, count: int, warmup: float, run_id: str) -> None:
     import websockets
 
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -121,15 +155,16 @@ async def clients(url: str, count: int, warmup: float) -> None:
         await websockets.connect(url, additional_headers=headers, max_size=None, compression=None)
         for _ in range(count)
     ]
-    stats = [{"count": 0, "first": 0.0, "last": 0.0, "gaps": 0, "seq": 0} for _ in connections]
+    stats = [{"count": 0, "first": 0.0, "last": 0.0, "gaps": 0, "seq": -1} for _ in connections]
     latencies: list[float] = []
     start_t: list[float] = []
 
     async def follow(i: int, ws: Any, ready: asyncio.Event) -> None:
         hello = json.loads(await ws.recv())
         stat = stats[i]
-        stat["seq"] = hello["last_seq"]
-        await ws.send(json.dumps({"type": "subscribe", "run_id": None, "after": hello["last_seq"]}))
+        await ws.send(
+            json.dumps({"type": "subscribe", "run_id": run_id, "after": hello["last_seq"]})
+        )
         while True:
             raw = await ws.recv(decode=False)
             received = time.time()
@@ -145,8 +180,8 @@ async def clients(url: str, count: int, warmup: float) -> None:
             # of the frame the latency of its oldest one (an upper bound).
             n = raw.count(b'"seq":')
             first = int(SEQ.search(raw).group(1))  # type: ignore[union-attr]
-            last = int(SEQ.match(raw, raw.rfind(b'"seq":')).group(1))  # type: ignore[union-attr]
-            if first != stat["seq"] + 1 or last - first + 1 != n:
+            last = int(SEQ.match(raw, raw.rfind(b'"version":')).group(1))  # type: ignore[union-attr]
+            if (stat["seq"] >= 0 and first != stat["seq"] + 1) or last - first + 1 != n:
                 stat["gaps"] += 1
             stat["seq"] = last
             oldest = float(EMIT.search(raw).group(1))  # type: ignore[union-attr]
@@ -206,6 +241,8 @@ async def catch_up(url: str) -> None:
 
 
 def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan  # no client got past its warm-up: the server fell that far behind
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
@@ -267,13 +304,20 @@ def _rss_mib(pid: int) -> float:
 
 
 def scenario(
-    server: subprocess.Popen[str], url: str, n: int, rate: float, seconds: float, per_proc: int
+    server: subprocess.Popen[str],
+    url: str,
+    run_id: str,
+    n: int,
+    rate: float,
+    seconds: float,
+    per_proc: int,
 ) -> dict[str, Any]:
     procs = []
     for start in range(0, n, per_proc):
+        count = str(min(per_proc, n - start))
         procs.append(
             subprocess.Popen(
-                [sys.executable, __file__, "clients", url, str(min(per_proc, n - start)), "1.0"],
+                [sys.executable, __file__, "clients", url, count, "1.0", "--run-id", run_id],
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -305,7 +349,7 @@ def scenario(
         "produced": produced,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
-        "max_ms": max(latencies),
+        "max_ms": max(latencies, default=math.nan),
         "rate_min": min(rates),
         "rate_mean": sum(rates) / len(rates),
         "gaps": gaps,
@@ -323,14 +367,26 @@ def summary(r: dict[str, Any]) -> str:
     )
 
 
-def orchestrate(rate: float, seconds: float, per_proc: int) -> None:
+def trainer(server: subprocess.Popen[str], command: str) -> tuple[str, int]:
+    """Start/stop/poll the synthetic trainer: (the producer's run id, trainer events)."""
+    assert server.stdin is not None and server.stdout is not None
+    server.stdin.write(f"trainer {command}\n")
+    server.stdin.flush()
+    _, run_id, events = server.stdout.readline().split()
+    return run_id, int(events)
+
+
+def orchestrate(rate: float, seconds: float, per_proc: int, trainer_rate: float) -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         ready, rss = start_to_ready(tmp)
         print(f"server start-to-ready {ready:.2f} s, idle RSS {rss:.0f} MiB (trainboard serve)")
         port_file = tmp / "port"
         server = subprocess.Popen(
-            [sys.executable, __file__, "server", str(port_file), str(tmp / "bench")],
+            [
+                *(sys.executable, __file__, "server", str(port_file), str(tmp / "bench")),
+                *("--trainer-rate", str(trainer_rate)),
+            ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -358,10 +414,27 @@ def orchestrate(rate: float, seconds: float, per_proc: int) -> None:
                 f"ingest alone (record -> store -> hub, no client): {float(ingest_rate):,.0f} "
                 f"events/s, {float(cpu_per_event) * 1e6:.1f} us of server CPU per event"
             )
+            run_id, _ = trainer(server, "start")
+            time.sleep(2.0)  # the child is up and emitting
+            _, trained = trainer(server, "poll")
+            began = time.perf_counter()
+            rss_before = _rss_mib(server.pid)
+            print(
+                f"synthetic trainer at {trainer_rate:,.0f} events/s in a real child (its own "
+                f"run); server RSS {rss_before:.0f} MiB before the scenarios"
+            )
             for n in (1, 10, 100):
-                result = scenario(server, url, n, rate, seconds, per_proc)
+                result = scenario(server, url, run_id, n, rate, seconds, per_proc)
                 results.append(result)
                 print(summary(result), flush=True)
+            _, trained_after = trainer(server, "poll")
+            trainer_per_s = (trained_after - trained) / (time.perf_counter() - began)
+            rss_after = _rss_mib(server.pid)
+            trainer(server, "stop")
+            print(
+                f"the trainer's events stored meanwhile: {trainer_per_s:,.0f} events/s; "
+                f"server RSS {rss_after:.0f} MiB after"
+            )
             history = subprocess.run(
                 [sys.executable, __file__, "catch-up", url],
                 cwd=ROOT,
@@ -381,7 +454,11 @@ def orchestrate(rate: float, seconds: float, per_proc: int) -> None:
             server.stdin.flush()
             server.wait(60)
         last = results[-1]
-        print(f"p99_ms_100_clients={last['p99_ms']:.1f} events_per_s={last['rate_min']:.0f}")
+        print(
+            f"p99_ms_100_clients={last['p99_ms']:.1f} events_per_s={last['rate_min']:.0f} "
+            f"trainer_events_per_s={trainer_per_s:.0f} rss_mib_before={rss_before:.0f} "
+            f"rss_mib_after={rss_after:.0f}"
+        )
 
 
 def main() -> None:
@@ -390,27 +467,32 @@ def main() -> None:
     server = sub.add_parser("server")
     server.add_argument("port_file", type=Path)
     server.add_argument("data", type=Path)
+    server.add_argument("--trainer-rate", type=float, default=10_000)
     client = sub.add_parser("clients")
     client.add_argument("url")
     client.add_argument("count", type=int)
     client.add_argument("warmup", type=float)
+    client.add_argument("--run-id", required=True)
     history = sub.add_parser("catch-up")
     history.add_argument("url")
     parser.add_argument("--rate", type=float, default=10_000, help="events per second")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--clients-per-process", type=int, default=50)
+    parser.add_argument(
+        "--trainer-rate", type=float, default=10_000, help="synthetic trainer events/s"
+    )
     args = parser.parse_args()
     from backend.serve import loop_factory
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         if args.mode == "server":
-            runner.run(serve(args.port_file, args.data))
+            runner.run(serve(args.port_file, args.data, args.trainer_rate))
         elif args.mode == "clients":
-            runner.run(clients(args.url, args.count, args.warmup))
+            runner.run(clients(args.url, args.count, args.warmup, args.run_id))
         elif args.mode == "catch-up":
             runner.run(catch_up(args.url))
         else:
-            orchestrate(args.rate, args.seconds, args.clients_per_process)
+            orchestrate(args.rate, args.seconds, args.clients_per_process, args.trainer_rate)
 
 
 if __name__ == "__main__":
