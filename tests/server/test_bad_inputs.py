@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import time
 import urllib.parse
 import uuid
@@ -82,6 +83,19 @@ def _config(data_root: Path, name: str, **changes: Any) -> str:
     return yaml.safe_dump(tree, sort_keys=False)
 
 
+def _crafted_volumes(folder: Path) -> None:
+    """Files that claim to be volumes and are not quite: what an upload could bring."""
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000, 100000), }"
+    header = header.ljust(117) + "\n"
+    lying = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode()
+    (folder / "lying.npy").write_bytes(lying + b"\x00" * 64)  # 8 PB promised, 64 B given
+    (folder / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (folder / "empty.npy").write_bytes(b"")
+    np.save(folder / "line.npy", np.zeros(7, dtype=np.uint8))
+    np.save(folder / "no_slices.npy", np.zeros((0, 5, 5), dtype=np.uint8))
+    np.save(folder / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+
+
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     tmp = tmp_path_factory.mktemp("bad-inputs")
@@ -94,6 +108,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     np.save(root / "vols" / "cube.npy", np.zeros((2, 8, 8), dtype=np.uint8))
     (root / "vols" / "notes.txt").write_text("not a volume")
     (root / "vols" / "fake.h5").write_text("not HDF5")
+    _crafted_volumes(root / "vols")
     with h5py.File(root / "vols" / "v.h5", "w") as h5:
         h5["main"] = np.zeros((2, 8, 8), dtype=np.uint8)
     (root / "escape").symlink_to(outside, target_is_directory=True)
@@ -426,6 +441,14 @@ _PATHS = [
     Bad("missing HDF5 dataset", "GET", "/api/files/info?path=vols/v.h5:nothere", 422,
         "invalid_volume", ("nothere",)),
     Bad("not HDF5 inside", "GET", "/api/files/info?path=vols/fake.h5", 422, "invalid_volume"),
+    *[
+        Bad(f"{route} of {name}", "GET", f"/api/files/{route}?path=vols/{name}", 422,
+            "invalid_volume", ("vols/" + name,))
+        for name in ("lying.npy", "truncated.png", "empty.npy", "line.npy", "pickled.npy")
+        for route in ("info", "thumbnail")
+    ],
+    Bad("thumbnail of no slices", "GET", "/api/files/thumbnail?path=vols/no_slices.npy", 422,
+        "invalid_volume"),
     Bad("artifact symlink out", "GET", "/api/runs/<idle>/artifact?path=leak.log", 403,
         "forbidden", ("inside the run",)),
     Bad("artifact dotdot", "GET", "/api/runs/<idle>/artifact?path=../../../outside/secret.log",
