@@ -149,3 +149,40 @@ def test_a_group_sigterm_with_data_workers_is_still_a_stop(tmp_path: Path, spawn
     os.kill(child.process.pid, signal.SIGTERM)
     assert child.drain() == 0, child.of("failed")
     assert child.types()[-1] == "stopped"
+
+
+def test_warnings_and_logging_records_become_log_events(tmp_path: Path) -> None:
+    import logging
+    import warnings
+
+    from backend.trainer.child import _logs_to
+    from backend.trainer.emitter import Emitter
+
+    emitter = Emitter(None, tmp_path, attempt=1)
+    with _logs_to(emitter), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("the volume is float64; casting", UserWarning, stacklevel=1)
+        logging.getLogger("some.library").error("could not open the cache")
+        logging.getLogger("some.library").info("below WARNING: not shown by default")
+    logging.getLogger("some.library").error("after the run: not an event")
+    emitter.close()
+    logs = [r["data"] for r in read_jsonl(tmp_path) if r["type"] == "log"]
+    assert [(d["level"], d["logger"], d["source"]) for d in logs] == [
+        ("warning", "py.warnings", "trainer"),
+        ("error", "some.library", "trainer"),
+    ]
+    assert "the volume is float64; casting" in logs[0]["message"]
+    assert logs[1]["message"] == "could not open the cache"
+    assert "could not open the cache" in (tmp_path / "train.log").read_text()
+
+
+def test_the_synthetic_trainer_runs_through_the_real_child(tmp_path: Path, spawn: Spawn) -> None:
+    job = replace(tiny_job(tmp_path), options={"synthetic": {"rate": 5000, "seconds": 1}})
+    child = spawn(job)
+    assert child.drain() == 0
+    types = child.types()
+    assert types[0] == "trainer_ready" and types[-1] == "completed"
+    metrics = child.of("metric")
+    assert [m["iteration"] for m in metrics] == list(range(1, len(metrics) + 1))
+    assert child.of("completed")[0]["iteration"] == len(metrics) > 0
+    assert [r["type"] for r in read_jsonl(job.log_path)] == types, "the spool is the pipe"
