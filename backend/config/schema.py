@@ -73,6 +73,9 @@ PYTC_CANNOT_RUN: dict[tuple[str, str], tuple[str, str]] = {
 }
 # Float keys where an infinite value means something (every other key must be finite).
 INFINITE_ALLOWED = ("SOLVER.CLIP_GRADIENTS.NORM_TYPE",)
+# Keys whose range is advice: PyTC (and torch) train with values outside it, so a value
+# outside is a warning, not an error (GAMMA 2 raises the rate at each step, and so on).
+ADVISORY_RANGES = ("SOLVER.GAMMA", "SOLVER.MOMENTUM", "SOLVER.WARMUP_FACTOR")
 MULTISTEP_SCHEDULERS = ("MultiStepLR", "WarmupMultiStepLR")
 WARMUP_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR")
 OUTPUT_ACTIVATIONS = ACTIVATIONS

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import math
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from backend.config.load import LoadedConfig
 from backend.config.paths import check_machine
 from backend.config.problems import ERROR, WARNING, Problem
 from backend.config.schema import (
+    ADVISORY_RANGES,
     ARCHITECTURES_2D,
     INFINITE_ALLOWED,
     KEYS,
@@ -98,7 +98,7 @@ def _check_key(checks: Checks, key: Key) -> None:
         )
     _check_range(checks, key, value)
     _check_choices(checks, key, value)
-    if len(checks.problems) == count:
+    if not any(p.is_error for p in checks.problems[count:]):
         checks.valid.add(key.name)
 
 
@@ -137,10 +137,12 @@ def _check_range(checks: Checks, key: Key, value: Any) -> None:
         if not isinstance(number, int | float) or isinstance(number, bool):
             continue
         if not _in_range(key, number):
+            advisory = key.name in ADVISORY_RANGES  # PyTC trains with it: never refused
             checks.report(
-                ERROR,
+                WARNING if advisory else ERROR,
                 key.name,
-                f"{number!r} is out of range",
+                f"{number!r} is out of range"
+                + (" (PyTC accepts it; training is unlikely to go well)" if advisory else ""),
                 expected=range_words(key),
                 suggestion=f"the default is {show(key.default)}",
             )
@@ -472,13 +474,18 @@ def _check_solver(checks: Checks) -> None:
     scheduler = checks.value("SOLVER.LR_SCHEDULER_NAME")
     if checks.ok("SOLVER.STEPS"):
         steps: list[int] = checks.value("SOLVER.STEPS")
-        if any(b <= a for a, b in pairwise(steps)):
+        if steps != sorted(steps) and scheduler in MULTISTEP_SCHEDULERS:
+            # PyTC's WarmupMultiStepLR refuses milestones out of order; torch's MultiStepLR
+            # counts them, so there the order changes nothing. Repeats decay twice in both.
+            strict = scheduler == "WarmupMultiStepLR"
             checks.report(
-                ERROR,
+                ERROR if strict else WARNING,
                 "SOLVER.STEPS",
-                f"{show(steps)} is not increasing",
-                expected="strictly increasing iterations",
-                suggestion=f"STEPS: {show(sorted(set(steps)))}",
+                f"{show(steps)} is not in increasing order"
+                + ("" if strict else f": {scheduler} reads it as {show(sorted(steps))}"),
+                expected="increasing iterations",
+                suggestion=f"STEPS: {show(sorted(steps))}",
+                near=("SOLVER.LR_SCHEDULER_NAME",),
             )
         elif total is not None and scheduler in MULTISTEP_SCHEDULERS:
             late = [s for s in steps if s >= total]

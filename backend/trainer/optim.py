@@ -213,7 +213,9 @@ def build_scheduler(cfg: Config, optimizer: Optimizer) -> LRScheduler:
     method = str(solver["WARMUP_METHOD"])
     gamma = float(solver["GAMMA"])
     if name == "MultiStepLR":
-        return MultiStepLR(optimizer, _milestones(solver["STEPS"]), gamma=gamma)
+        # torch's counts its milestones: their order changes nothing (PyTC accepts any).
+        steps = sorted(int(step) for step in solver["STEPS"])
+        return MultiStepLR(optimizer, steps, gamma=gamma)
     if name == "WarmupMultiStepLR":
         milestones = _milestones(solver["STEPS"])
         return WarmupMultiStepLR(

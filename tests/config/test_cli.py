@@ -40,7 +40,9 @@ def test_valid_config_exits_zero(tmp_path: Path) -> None:
 
 
 def test_problems_are_printed_compiler_style(tmp_path: Path) -> None:
-    config = write(tmp_path, "bad.yaml", minimal(SOLVER="  BASE_LRR: 0.1\n  GAMMA: 2\n"))
+    config = write(
+        tmp_path, "bad.yaml", minimal(SOLVER="  BASE_LRR: 0.1\n  SAMPLES_PER_BATCH: 0\n")
+    )
     code, out = cli("validate", str(config), "--no-check-paths")
     assert code == 1
     *lines, summary = out.splitlines()
@@ -48,8 +50,8 @@ def test_problems_are_printed_compiler_style(tmp_path: Path) -> None:
     assert lines == [
         f"{config}:10: error: SOLVER.BASE_LRR: non-existent config key "
         "(suggestion: did you mean SOLVER.BASE_LR?)",
-        f"{config}:11: error: SOLVER.GAMMA: 2.0 is out of range "
-        "(expected > 0 and <= 1; suggestion: the default is 0.1)",
+        f"{config}:11: error: SOLVER.SAMPLES_PER_BATCH: 0 is out of range "
+        "(expected >= 1; suggestion: the default is 2)",
     ]
     for line in lines:
         assert LINE.match(line)

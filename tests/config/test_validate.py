@@ -91,13 +91,16 @@ def test_ranges() -> None:
         "SOLVER.ITERATION_TOTAL": ("0", ">= 1"),
         "SOLVER.SAMPLES_PER_BATCH": ("0", ">= 1"),
         "SYSTEM.NUM_GPUS": ("-1", ">= 0"),
-        "SOLVER.MOMENTUM": ("1.5", ">= 0 and <= 1"),
+        "SOLVER.WEIGHT_DECAY": ("-0.1", ">= 0"),
         "AUGMENTOR.FLIP.P": ("2", ">= 0 and <= 1"),
         "SOLVER.BETAS": ("(0.9, 1.0)", ">= 0 and < 1"),
         "MODEL.INPUT_SIZE": ("[0, 64, 64]", ">= 1"),
     }
     for key, (value, expected) in cases.items():
         assert one(check(minimal(), key, value), key).expected == expected, key
+    # Advice, not limits: PyTC trains with these, so they warn.
+    for key, value in (("SOLVER.MOMENTUM", "1.5"), ("SOLVER.GAMMA", "2.0")):
+        assert "PyTC accepts it" in one(check(minimal(), key, value), key, "warning").message
 
 
 def test_nan_is_out_of_range() -> None:
@@ -299,9 +302,16 @@ def test_output_size_differing_from_input_size_warns() -> None:
     assert problem.suggestion == "OUTPUT_SIZE: [8, 64, 64]"
 
 
-def test_steps_must_increase() -> None:
-    problem = one(check(minimal(SOLVER="  STEPS: (35000, 30000)\n")), "SOLVER.STEPS")
+def test_steps_out_of_order() -> None:
+    warmup = "  LR_SCHEDULER_NAME: WarmupMultiStepLR\n  STEPS: (35000, 30000)\n"
+    problem = one(check(minimal(SOLVER=warmup)), "SOLVER.STEPS")  # PyTC refuses them
     assert problem.suggestion == "STEPS: [30000, 35000]"
+    plain = one(check(minimal(SOLVER="  STEPS: (35000, 30000)\n")), "SOLVER.STEPS", "warning")
+    assert "MultiStepLR reads it as [30000, 35000]" in plain.message  # torch counts them
+    repeated = check(minimal(SOLVER=warmup.replace("(35000, 30000)", "(30000, 30000)")))
+    assert not at_key(repeated, "SOLVER.STEPS"), "a repeated step decays twice, as in PyTC"
+    cosine = "  LR_SCHEDULER_NAME: WarmupCosineLR\n  STEPS: (35000, 30000)\n"
+    assert not [p for p in check(minimal(SOLVER=cosine)) if p.key == "SOLVER.STEPS"]
 
 
 def test_intervals_longer_than_the_run_warn() -> None:

@@ -166,6 +166,12 @@ def test_warmup_cosine_curve() -> None:
     assert lrs[11:] == pytest.approx([cosine(11), cosine(12)])
 
 
+def test_multistep_reads_its_steps_in_any_order_as_torch_does() -> None:
+    assert lr_curve(make_cfg(BASE_LR=0.1, STEPS=[5, 3], GAMMA=0.1), 7) == lr_curve(
+        make_cfg(BASE_LR=0.1, STEPS=[3, 5], GAMMA=0.1), 7
+    )
+
+
 def test_bias_group_follows_its_own_base_rate() -> None:
     cfg = make_cfg(BASE_LR=0.1, BIAS_LR_FACTOR=2.0, STEPS=[1])
     model = tiny_model()
@@ -223,7 +229,10 @@ def test_state_round_trip_resumes_the_curve(overrides: dict[str, Any]) -> None:
             {"LR_SCHEDULER_NAME": "WarmupMultiStepLR", "WARMUP_METHOD": "exp"},
             "SOLVER.WARMUP_METHOD 'exp' is not supported; supported: linear, constant",
         ),
-        ({"STEPS": [5, 3]}, r"SOLVER.STEPS must be increasing iterations, got \[5, 3\]"),
+        (
+            {"LR_SCHEDULER_NAME": "WarmupMultiStepLR", "STEPS": [5, 3]},
+            r"SOLVER.STEPS must be increasing iterations, got \[5, 3\]",
+        ),
         (
             {"LR_SCHEDULER_NAME": "WarmupCosineLR", "ITERATION_TOTAL": 0},
             "SOLVER.ITERATION_TOTAL must be positive",
