@@ -238,6 +238,7 @@ def test_float_volume_with_nan_is_strict_json(tmp_path: Path) -> None:
     code, _ = train(job)
     assert code == 1
     text = (Path(job.log_path) / "events.jsonl").read_text()
+
     def refuse(name: str) -> None:
         pytest.fail(f"{name} literal in events.jsonl")
 
