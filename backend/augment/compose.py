@@ -226,16 +226,18 @@ class Compose:
 
 
 def smooth_mask(label: np.ndarray) -> np.ndarray:
-    """PyTC's AUGMENTOR.SMOOTH: per slice and id, Gaussian-smooth (sigma 2) and threshold
-    the mask at 0.5, twice; where smoothed objects meet, the later id wins."""
-    out = np.zeros_like(label)
-    for z in range(label.shape[0]):
-        plane = label[z]
+    """PyTC's AUGMENTOR.SMOOTH: per slice and id (in increasing order), the id's mask is
+    Gaussian-smoothed (sigma 2, edges repeated) and thresholded at 0.5, twice, then written
+    back over the slice as it stands, so a later id wins where two meet."""
+    out = np.array(label)
+    for z in range(out.shape[0]):
+        plane = out[z]
         for index in np.unique(plane):
             if index == 0:
                 continue
             binary = (plane == index).astype(np.float64)
             for _ in range(2):
-                binary = (gaussian_filter(binary, 2.0) > 0.5).astype(np.float64)
-            out[z][binary > 0] = index
+                binary = (gaussian_filter(binary, 2.0, mode="nearest") > 0.5).astype(np.float64)
+            plane[plane == index] = 0
+            plane[binary > 0] = index
     return out

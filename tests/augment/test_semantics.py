@@ -30,6 +30,7 @@ from backend.augment import (
     Streams,
     build_augmentor,
 )
+from backend.augment.compose import smooth_mask
 
 SEEDS = range(4)
 GEOMETRIC: dict[str, Callable[[], Augmentation]] = {
@@ -305,3 +306,13 @@ def test_smooth_keeps_ids_and_rounds_corners() -> None:
     base = sample(augmentor.sample_size)
     out = augmentor(base, Streams.seeded(1))
     assert set(np.unique(out["label"])) <= set(np.unique(base["label"]))
+
+
+def test_smooth_mask_rounds_corners_and_drops_specks() -> None:
+    label = np.zeros((1, 20, 20), np.uint16)
+    label[0, 4:14, 4:14] = 3
+    label[0, 17, 17] = 5
+    out = smooth_mask(label)
+    assert out[0, 17, 17] == 0  # a one-pixel speck is smoothed away
+    assert out[0, 4, 4] == 0 and out[0, 9, 9] == 3  # a corner is rounded, the inside kept
+    assert set(np.unique(out)) <= {0, 3}
