@@ -2,7 +2,8 @@
 
 Legal commands append exactly one event, illegal ones append nothing, trainer reports
 append exactly the events the machine admits, and folding the stored events always gives
-the live state.
+the live state. Command ids recorded in events are found again, live and after a reload,
+pointing at the first event that recorded them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from backend.runs import RunService
 from backend.store import EventStore
 
 REPORTABLE = [*ev.TRAINER_TYPES, ev.STOP_ESCALATED, "bogus"]
+COMMAND_IDS = st.one_of(st.none(), st.sampled_from(["c1", "c2", "c3"]))
 
 
 class RunLifecycleMachine(RuleBasedStateMachine):
@@ -50,13 +52,21 @@ class RunLifecycleMachine(RuleBasedStateMachine):
         assert self.store.last_seq == before + 1 and event.version == 1
         return event.run_id
 
-    @rule(run_id=runs, command=st.sampled_from(["start", "stop", "resume", "create", "nap"]))
-    def command(self, run_id: str, command: str) -> None:
+    @rule(
+        run_id=runs,
+        command=st.sampled_from(["start", "stop", "resume", "create", "nap"]),
+        command_id=COMMAND_IDS,
+        shutdown=st.booleans(),
+    )
+    def command(self, run_id: str, command: str, command_id: str | None, shutdown: bool) -> None:
         run = self.service.get(run_id).run
         before_seq, before_version = self.store.last_seq, run.version
         legal = command in run.legal_commands()
+        data: dict[str, Any] = {} if command_id is None else {"command_id": command_id}
+        if command == "stop" and shutdown:
+            data["reason"] = "server_shutdown"
         try:
-            self.run(self.service.command(run_id, command))
+            self.run(self.service.command(run_id, command, data))
         except IllegalCommand as exc:
             assert not legal
             assert exc.legal == run.legal_commands()
@@ -65,12 +75,20 @@ class RunLifecycleMachine(RuleBasedStateMachine):
             assert legal
             assert self.store.last_seq == before_seq + 1 and run.version == before_version + 1
 
-    @rule(run_id=runs, types=st.lists(st.sampled_from(REPORTABLE), max_size=6))
-    def report(self, run_id: str, types: list[str]) -> None:
+    @rule(
+        run_id=runs,
+        types=st.lists(st.sampled_from(REPORTABLE), max_size=6),
+        interrupted=st.booleans(),
+        iteration=st.integers(0, 3),
+    )
+    def report(self, run_id: str, types: list[str], interrupted: bool, iteration: int) -> None:
         run = self.service.get(run_id).run
         expected = sum(admissible(run, types))
         before = self.store.last_seq
-        stored = self.run(self.service.record(run_id, [NewEvent(t, {"n": 1}) for t in types]))
+        data = {"n": 1, "iteration": iteration, "path": f"/c{iteration}"}
+        if interrupted:
+            data.update(interrupted=True, checkpoint=f"/c{iteration}")
+        stored = self.run(self.service.record(run_id, [NewEvent(t, data) for t in types]))
         assert len(stored) == expected == self.store.last_seq - before
 
     @invariant()
@@ -85,6 +103,21 @@ class RunLifecycleMachine(RuleBasedStateMachine):
                 live.run.version,
             )
             assert summarize(stored, run_id).to_json() == live.to_json()
+
+    @invariant()
+    def command_ids_are_found_again(self) -> None:
+        first: dict[str, tuple[str, int]] = {}
+        for event in self.run(self.store.read_all(0, 100_000)):
+            command_id = event.data.get("command_id")
+            if event.type in ev.COMMAND_EVENTS.values() and command_id:
+                first.setdefault(command_id, (event.run_id, event.version))
+        reloaded = RunService(self.store)
+        self.run(reloaded.load())
+        for service in (self.service, reloaded):
+            for command_id in ("c1", "c2", "c3"):
+                found = service.find_command(command_id)
+                where = None if found is None else (found[0].run.run_id, found[1].version)
+                assert where == first.get(command_id)
 
     @invariant()
     def listeners_heard_every_event_once(self) -> None:
