@@ -50,7 +50,8 @@ class RunLifecycleMachine(RuleBasedStateMachine):
         before = self.store.last_seq
         event = self.run(self.service.create({"name": name}))
         assert self.store.last_seq == before + 1 and event.version == 1
-        return event.run_id
+        run_id: str = event.run_id
+        return run_id
 
     @rule(
         run_id=runs,
