@@ -283,7 +283,9 @@ export class Wizard {
 
   /** Set a parameter in the YAML (a slider moved). */
   setParam(key, value, hint) {
-    const next = setKey(this.configYaml, key, value, hint);
+    // A key the overrides already set is changed there: the overrides win over the text.
+    const overridden = this.overrides.some((k, j) => j % 2 === 0 && k === key);
+    const next = overridden ? null : setKey(this.configYaml, key, value, hint);
     if (next === null) {
       // The file writes this section in flow style: carry it as a KEY VALUE override.
       const ov = [...this.overrides];

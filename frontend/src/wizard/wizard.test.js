@@ -107,4 +107,12 @@ describe('the wizard state', () => {
     expect(w.runBody()).toEqual({ name: 'demo (retry)', config: 'A:\n  B: 1\n', base: 'X:\n  Y: 2\n', overrides: ['A.B', '3'], seed: 7 });
     expect(w.retryOf.error.message).toBe('NaN');
   });
+
+  it('a key the overrides set is changed in the overrides, which win over the text', () => {
+    const w = new Wizard(new MemoryStorage());
+    w.loadFromRun('r1', { name: 'old', source: { config: demo2d.yaml, base: null, overrides: ['DATASET.OUTPUT_PATH', '/out/old'] } }, null);
+    w.setData('DATASET.OUTPUT_PATH', '/out/fresh');
+    expect(w.overrides).toEqual(['DATASET.OUTPUT_PATH', '/out/fresh']);
+    expect(w.runBody().overrides).toEqual(['DATASET.OUTPUT_PATH', '/out/fresh']);
+  });
 });
