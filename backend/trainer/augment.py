@@ -16,11 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from backend.augment import Compose, Streams, build_augmentor
 
 Shape3 = tuple[int, int, int]
+
+# One OpenCV thread per process: a data worker is one core's worth of work, and OpenCV's
+# own thread pool would only compete with the model and the other workers.
+cv2.setNumThreads(1)
 
 
 @dataclass(frozen=True)
