@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 MAX_PAGE = 10_000
 DEFAULT_PAGE = 1_000
 MAX_SEQ = 2**62  # beyond any store's reach, and within SQLite's 64-bit integers
+PARSE_IN_THREAD_BYTES = 256 * 1024
 
 
 def context(conn: HTTPConnection) -> Context:
@@ -62,7 +63,9 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        value = wire.loads(body)
+        # A big body takes a while to parse: off the event loop, which serves everyone.
+        big = len(body) > PARSE_IN_THREAD_BYTES
+        value = await files.in_thread(wire.loads, body) if big else wire.loads(body)
     except wire.WireError as exc:
         raise bad_request(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

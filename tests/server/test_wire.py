@@ -40,6 +40,14 @@ def test_nesting_is_bounded_exactly() -> None:
         loads("[" + deepest + "]")
 
 
+def test_a_wide_body_is_checked_whole() -> None:
+    wide = [[{"a": [1]}] for _ in range(10_000)]
+    assert loads(json.dumps(wide)) == wide
+    deep = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    with pytest.raises(WireError, match=r"at \[10000\]\[0\]\[0\]"):  # the last one
+        loads(json.dumps(wide)[:-1] + "," + deep[:1] + deep + deep[-1:] + "]")
+
+
 def test_ordinary_json_reads_as_the_standard_library_does() -> None:
     text = '{"a": [1, 2.5, -0.0, "é", null, true], "b": {"c": 12345678901234567890}}'
     assert loads(text) == json.loads(text)
