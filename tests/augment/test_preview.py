@@ -241,3 +241,9 @@ def test_route_refusals(server: LiveServer, body: dict, status: int, code: str) 
     got, answer, _ = server.request("POST", "/api/augment/preview", body)
     assert (got, answer["error"]["code"]) == (status, code), answer
     assert answer["error"]["message"]
+
+
+def test_route_needs_the_token(server: LiveServer) -> None:
+    body = {"config": CONFIG.format(path="vols")}
+    status, answer, _ = server.request("POST", "/api/augment/preview", body, token=None)
+    assert status == 401 and answer["error"]["code"] == "unauthorized"
