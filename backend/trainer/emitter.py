@@ -3,7 +3,9 @@
 `emit(type, data)` only appends `(type, data, ts)` to a list (about a microsecond).
 Every `flush_interval` seconds (checked against the timestamp `emit` takes anyway) the
 pending events are handed, as one batch, to the emitter's writer thread; the training
-thread goes straight back to work. The writer thread, in batch order:
+thread goes straight back to work (unless `MAX_QUEUED_BATCHES` batches are already waiting:
+then it waits, as it would on a full pipe, so memory stays bounded). The writer thread,
+in batch order:
 
 1. stamps every event's data with `attempt` and `n` (this child's counter, from 1) so
    the parent can recover events from the spool after a crash and skip those it has;
@@ -63,6 +65,7 @@ from backend.job import EVENTS_FILE, LOG_FILE
 
 FINAL_TYPES = (COMPLETED, FAILED, STOPPED)
 DEFAULT_FLUSH_INTERVAL = 0.25
+MAX_QUEUED_BATCHES = 64  # batches handed to the writer thread and not yet written
 SOURCE = "trainer"  # the `source` of the log events the trainer writes
 
 Pending = tuple[str, dict[str, Any], float]
@@ -136,7 +139,10 @@ class Emitter:
             batch.append(self._foreign.popleft())
         if not (batch or sync):
             return
-        done = threading.Event() if sync else None
+        # Bounded: if the writer falls far behind (the parent stopped reading the pipe),
+        # the training thread waits for it, as it would on a full pipe.
+        wait = sync or self._jobs.qsize() >= MAX_QUEUED_BATCHES
+        done = threading.Event() if wait else None
         self._jobs.put((batch, sync, done))
         if done is not None:
             while not done.wait(1.0):
