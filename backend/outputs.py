@@ -13,7 +13,8 @@ to explicitly (`reuse_output`). A folder is another run's when, in this order:
    PyTC's own), named as such.
 
 A run always owns its own folder (a resume writes into it). Paths are compared after
-resolving symlinks. Torch-free and store-free: callers pass the runs they know.
+resolving symlinks; a known run's folder is resolved once per process (a create checks
+thousands of runs). Torch-free and store-free: callers pass the runs they know.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -88,7 +90,7 @@ def owner_of(path: str, run_id: str | None, runs: Mapping[str, KnownRun]) -> Own
     users = [
         (run.created_at or 0.0, rid, run)
         for rid, run in runs.items()
-        if run.output_path and os.path.realpath(run.output_path) == real
+        if run.output_path and _resolved(run.output_path) == real
     ]
     if any(rid == run_id for _, rid, _ in users):
         return None
@@ -114,7 +116,7 @@ def propose(path: str, runs: Mapping[str, KnownRun]) -> str:
     folder = Path(path)
     match = _SUFFIX.match(folder.name)
     stem, first = (match["stem"], int(match["n"]) + 1) if match else (folder.name, 2)
-    taken = {os.path.realpath(r.output_path) for r in runs.values() if r.output_path}
+    taken = {_resolved(r.output_path) for r in runs.values() if r.output_path}
     for n in range(first, first + _MAX_PROPOSALS):
         candidate = str(folder.with_name(f"{stem}-{n}"))
         if os.path.realpath(candidate) in taken:
@@ -170,6 +172,12 @@ def describe(path: str, runs: Mapping[str, KnownRun]) -> dict[str, Any]:
         "owner": None if owner is None else owner.to_json(with_state=True),
         "proposed": path if owner is None else propose(path, runs),
     }
+
+
+@lru_cache(maxsize=1 << 16)
+def _resolved(known_output_path: str) -> str:
+    """A known run's folder with symlinks resolved (cached: it does not move)."""
+    return os.path.realpath(known_output_path)
 
 
 def _state(run: Any) -> str | None:
