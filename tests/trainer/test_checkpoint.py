@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from backend.trainer.checkpoint import (
     PYTC_KEYS,
@@ -22,6 +23,7 @@ from backend.trainer.checkpoint import (
 )
 from backend.trainer.device import choose_device
 from backend.trainer.metrics import BinaryCounts, dice_score, iou_score
+from backend.trainer.optim import Schedule
 
 
 def make_state(seed: int = 0, out: int = 1) -> TrainingState:
@@ -31,6 +33,11 @@ def make_state(seed: int = 0, out: int = 1) -> TrainingState:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [2, 4], 0.1)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     return TrainingState(model, optimizer, scheduler, scaler, meta={"run_id": "r"})
+
+
+def torch_scheduler(state: TrainingState) -> LRScheduler:
+    assert isinstance(state.scheduler, LRScheduler)
+    return state.scheduler
 
 
 def first_weight(state: TrainingState) -> torch.Tensor:
@@ -44,7 +51,7 @@ def train_steps(state: TrainingState, n: int) -> None:
         loss.backward()
         state.optimizer.step()
         state.optimizer.zero_grad()
-        state.scheduler.step()
+        torch_scheduler(state).step()
         state.iteration += 1
 
 
@@ -68,7 +75,7 @@ def test_resume_restores_everything(tmp_path: Path) -> None:
     fresh = make_state(seed=2)
     restored = restore(fresh, path)
     assert restored.iteration == 3
-    assert fresh.scheduler.get_last_lr() == state.scheduler.get_last_lr()
+    assert torch_scheduler(fresh).get_last_lr() == torch_scheduler(state).get_last_lr()
     for a, b in zip(
         state.model.state_dict().values(), fresh.model.state_dict().values(), strict=True
     ):
@@ -86,7 +93,7 @@ def test_restart_loads_weights_only(tmp_path: Path) -> None:
     fresh = make_state(seed=2)
     restored = restore(fresh, path, restart=True)
     assert restored.iteration == 0
-    assert fresh.scheduler.last_epoch == 0 and not fresh.optimizer.state
+    assert torch_scheduler(fresh).last_epoch == 0 and not fresh.optimizer.state
     assert torch.equal(first_weight(fresh), first_weight(state))
 
 
@@ -154,3 +161,72 @@ def test_checkpoint_with_python_objects_is_refused_safely(tmp_path: Path) -> Non
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, path)
     with pytest.raises(CheckpointError, match="safe load refuses"):
         read_checkpoint(path)
+
+
+def solver_state(name: str, scheduler: str, seed: int = 0) -> TrainingState:
+    from backend.trainer.optim import build_optimizer, build_schedule
+    from tests.trainer.test_optim import make_cfg
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
+    cfg = make_cfg(NAME=name, LR_SCHEDULER_NAME=scheduler, STEPS=[2, 4])
+    optimizer = build_optimizer(cfg, model)
+    schedule = build_schedule(cfg, optimizer)
+    return TrainingState(model, optimizer, schedule, torch.amp.GradScaler("cuda", enabled=False))
+
+
+@pytest.mark.parametrize(
+    ("saved", "resumed", "words"),
+    [
+        (("SGD", "MultiStepLR"), ("Adam", "MultiStepLR"),
+         "holds SGD optimizer state but SOLVER.NAME builds Adam"),
+        (("Adam", "MultiStepLR"), ("AdamW", "MultiStepLR"),
+         "holds Adam optimizer state but SOLVER.NAME builds AdamW"),
+        (("SGD", "WarmupCosineLR"), ("SGD", "MultiStepLR"),
+         "holds WarmupCosineLR scheduler state but SOLVER.LR_SCHEDULER_NAME builds MultiStepLR"),
+        (("SGD", "ReduceLROnPlateau"), ("SGD", "WarmupMultiStepLR"),
+         "holds ReduceLROnPlateau scheduler state"),
+    ],
+)  # fmt: skip
+def test_a_changed_solver_is_named_on_resume(
+    tmp_path: Path, saved: tuple[str, str], resumed: tuple[str, str], words: str
+) -> None:
+    state = solver_state(*saved)
+    train_steps_with(state, 2)
+    path = save_checkpoint(state, tmp_path / "c.pth.tar")
+    with pytest.raises(CheckpointError, match=words) as caught:
+        restore(solver_state(*resumed, seed=1), path)
+    assert "ITERATION_RESTART: True" in str(caught.value)
+
+
+def test_another_models_optimizer_state_is_named(tmp_path: Path) -> None:
+    state = make_state()
+    path = save_checkpoint(state, tmp_path / "c.pth.tar")
+    other = solver_state("Adam", "MultiStepLR")  # the same model, one group per parameter
+    checkpoint = read_checkpoint(path)
+    checkpoint["trainboard"]["run_id"] = "r"
+    with pytest.raises(CheckpointError, match="has 1 optimizer parameter groups, this model 6"):
+        restore(other, save_dict(checkpoint, tmp_path / "d.pth.tar"))
+
+
+def test_reduce_on_plateau_resumes_its_patience(tmp_path: Path) -> None:
+    state = solver_state("SGD", "ReduceLROnPlateau")
+    train_steps_with(state, 3)
+    path = save_checkpoint(state, tmp_path / "c.pth.tar")
+    fresh = solver_state("SGD", "ReduceLROnPlateau", seed=1)
+    restore(fresh, path)
+    assert isinstance(fresh.scheduler, Schedule) and isinstance(state.scheduler, Schedule)
+    assert fresh.scheduler.state_dict() == state.scheduler.state_dict()
+    assert fresh.scheduler.state_dict()["num_bad_epochs"] == 2  # loss 1.0 three times
+
+
+def train_steps_with(state: TrainingState, n: int) -> None:
+    """As `train_steps`, stepping the schedule as the loop does (with the loss)."""
+    assert isinstance(state.scheduler, Schedule)
+    for index in range(n):
+        loss = state.model(torch.ones(2, 1, 6, 6)).pow(2).mean()
+        loss.backward()
+        state.optimizer.step()
+        state.optimizer.zero_grad()
+        state.scheduler.step(index, 1.0)
+        state.iteration += 1
