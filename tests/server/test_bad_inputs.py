@@ -909,6 +909,19 @@ async def test_an_oversized_frame_closes_1009_and_the_server_stays(scene: Scene)
 
 
 @pytest.mark.anyio
+@pytest.mark.anyio
+async def test_a_text_frame_that_is_not_utf8_closes_1007_and_the_server_stays(
+    scene: Scene,
+) -> None:
+    ws = await _connect(scene)
+    await ws.send(b"\xff\xfe", text=True)  # a text frame, not valid UTF-8
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await _answer(ws)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    await asyncio.to_thread(assert_still_up, scene)
+
+
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer wrong-token-123"}, {"Authorization": f"Basic {TOKEN}"}],
