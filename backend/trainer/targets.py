@@ -149,16 +149,28 @@ def affinity(
     return np.stack(channels).astype(np.float32)
 
 
+def _dense_ids(label: np.ndarray) -> np.ndarray:
+    """Ids renumbered 1..N (0 stays 0), so `find_objects` lists N boxes whatever the ids."""
+    values, inverse = np.unique(label, return_inverse=True)
+    dense = inverse.reshape(label.shape).astype(np.int64)
+    if values[0] != 0:
+        dense += 1
+    return dense
+
+
 def _components(label: np.ndarray, connectivity: int) -> np.ndarray:
-    """Connected components of equal ids (skimage `label` semantics), numbered from 1."""
+    """Connected components of equal ids (skimage `label` semantics), numbered from 1; each
+    id is labelled within its bounding box."""
+    seg = _dense_ids(label)
     out = np.zeros(label.shape, np.int64)
     structure = ndimage.generate_binary_structure(label.ndim, connectivity)
     count = 0
-    for value in np.unique(label):
-        if value == 0:
+    for value, box in enumerate(ndimage.find_objects(seg), start=1):
+        if box is None:
             continue
-        parts, n = ndimage.label(label == value, structure=structure)
-        out[parts > 0] = parts[parts > 0] + count
+        mask = seg[box] == value
+        parts, n = ndimage.label(mask, structure=structure)
+        out[box][mask] = parts[mask] + count
         count += n
     return out
 
@@ -205,12 +217,25 @@ def contour(label: np.ndarray, half: int, background: bool) -> np.ndarray:
     return result
 
 
-def _fill_small_holes(mask: np.ndarray) -> np.ndarray:
-    """Background components (face connectivity) of at most HOLE_SIZE become foreground."""
-    holes, _ = ndimage.label(~mask, structure=ndimage.generate_binary_structure(mask.ndim, 1))
+def _fill_small_holes(
+    mask: np.ndarray, cut: Sequence[tuple[int, int]], whole: Callable[[np.ndarray], int]
+) -> np.ndarray:
+    """Background components (face connectivity) of at most HOLE_SIZE become foreground.
+
+    `mask` may be a crop of the instance's mask: `cut` lists the (axis, side) faces where
+    the crop cuts the volume (side 0 the low face, -1 the high one). A component touching a
+    cut face goes on outside the crop; `whole(part)` measures it in the uncropped volume,
+    only when the crop alone would call it small (rare)."""
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    holes, _ = ndimage.label(~mask, structure=structure)
     sizes = np.bincount(holes.ravel())
     small = sizes <= HOLE_SIZE
     small[0] = False
+    touching = {
+        int(c) for axis, side in cut for c in np.unique(np.take(holes, side, axis=axis)) if c
+    }
+    for component in touching & set(np.nonzero(small)[0].tolist()):
+        small[component] = whole(holes == component) <= HOLE_SIZE
     result: np.ndarray = mask | small[holes]
     return result
 
@@ -228,21 +253,46 @@ def instance_distance(
     label: np.ndarray, spacing: Sequence[float], padding: bool, erosion: int
 ) -> np.ndarray:
     """Per instance (connected components of equal ids): holes filled, optionally eroded by
-    a disk / ball, EDT normalised by its own maximum; background -1."""
+    a disk / ball, EDT normalised by its own maximum; background -1.
+
+    Each instance is processed in its bounding box grown by `erosion + 3`, which gives the
+    same values as the whole volume: the grown faces are background, so every distance,
+    erosion and hole inside is what it is in the volume (see `_fill_small_holes`)."""
     seg = _components(label, label.ndim)
     if padding:
         seg = np.pad(seg, EDT_PAD)
     out = np.full(seg.shape, -1.0)
     footprint = _ball(erosion, seg.ndim) if erosion > 0 else None
-    for index in range(1, int(seg.max()) + 1):
-        mask = _fill_small_holes(seg == index)
+    margin = erosion + 3
+    structure = ndimage.generate_binary_structure(seg.ndim, 1)
+    for index, box in enumerate(ndimage.find_objects(seg), start=1):
+        if box is None:
+            continue
+        crop = tuple(
+            slice(max(0, b.start - margin), min(n, b.stop + margin))
+            for b, n in zip(box, seg.shape, strict=True)
+        )
+        cut = [
+            (axis, side)
+            for axis, (c, n) in enumerate(zip(crop, seg.shape, strict=True))
+            for side, is_cut in ((0, c.start > 0), (-1, c.stop < n))
+            if is_cut
+        ]
+
+        def whole(part: np.ndarray, index: int = index, crop: tuple[slice, ...] = crop) -> int:
+            """Size in the whole volume of the background component `part` of the crop."""
+            labelled = ndimage.label(seg != index, structure=structure)[0]
+            return int(np.count_nonzero(labelled == labelled[crop][part][0]))
+
+        mask = _fill_small_holes(seg[crop] == index, cut, whole)
         if footprint is not None:
             mask = ndimage.binary_erosion(mask, footprint, border_value=1)
         if not mask.any():
             continue
         edt = ndimage.distance_transform_edt(mask, sampling=spacing)
         energy = edt / (edt.max() + EPS)
-        out[mask] = np.maximum(out[mask], energy[mask])
+        region = out[crop]
+        region[mask] = np.maximum(region[mask], energy[mask])
     if padding:
         out = out[tuple(slice(EDT_PAD, -EDT_PAD) for _ in range(out.ndim))]
     return out

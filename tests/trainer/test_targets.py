@@ -7,12 +7,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
 
 from backend.trainer.supervision import Supervision
 from backend.trainer.targets import (
+    HOLE_SIZE,
     TargetError,
+    _ball,
     affinity,
     contour,
+    instance_distance,
     make_target,
     reduce_label,
     seg_to_targets,
@@ -154,3 +160,49 @@ def test_supervision_squeezes_2d_and_keeps_semantic_ids() -> None:
     # Reduced: 3 -> 1, 5 -> 2 before the targets are made, as PyTC does.
     np.testing.assert_array_equal(binary[0], [[0, 1, 1], [0, 0, 0]])
     assert polarity[1].sum() == 2
+
+
+# --- the instance EDT in bounding boxes equals its whole-volume definition ---------------------
+
+
+def _instance_distance_whole(label: np.ndarray, erosion: int) -> np.ndarray:
+    """The definition, one whole-volume pass per instance (PyTC v1.0.0's way)."""
+    out = np.full(label.shape, -1.0)
+    faces = ndimage.generate_binary_structure(label.ndim, 1)
+    for value in np.unique(label[label > 0]):
+        parts, n = ndimage.label(label == value, np.ones((3,) * label.ndim))
+        for part in range(1, n + 1):
+            mask = parts == part
+            holes, _ = ndimage.label(~mask, faces)
+            small = np.bincount(holes.ravel()) <= HOLE_SIZE
+            small[0] = False
+            mask = mask | small[holes]
+            if erosion:
+                mask = ndimage.binary_erosion(mask, _ball(erosion, label.ndim), border_value=1)
+            if mask.any():
+                edt = ndimage.distance_transform_edt(mask)
+                out[mask] = np.maximum(out[mask], (edt / (edt.max() + 1e-6))[mask])
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    erosion=st.integers(0, 2),
+    size=st.integers(3, 12),
+    ndim=st.sampled_from([2, 3]),
+)
+def test_instance_distance_in_boxes_equals_the_whole_volume(
+    seed: int, erosion: int, size: int, ndim: int
+) -> None:
+    """Random small labels put instances in corners, against borders and around tiny
+    background pockets: the cases where a cropped box could differ."""
+    rng = np.random.default_rng(seed)
+    shape = (size,) * ndim
+    label = rng.integers(0, 4, shape) * (rng.random(shape) < 0.8)
+    np.testing.assert_allclose(
+        instance_distance(label, (1.0,) * ndim, padding=False, erosion=erosion),
+        _instance_distance_whole(label, erosion),
+        rtol=0,
+        atol=1e-12,
+    )
