@@ -326,6 +326,8 @@ _CREATE_FIELDS = [
         ("nested too deeply",), body={"config": "[" * 10_000}),
     Bad("config of aliases of aliases", "POST", "/api/runs", 422, "invalid_config",
         ("aliases",), body={"config": _BILLION_LAUGHS}),
+    Bad("output folder of another run", "POST", "/api/runs", 409, "output_in_use",
+        ("reuse_output",), body={"config": "<tiny>"}),
     Bad("unknown config key", "POST", "/api/runs", 422, "invalid_config",
         body={"config": "<free>", "overrides": ["SOLVER.BASE_LRR", "0.1"]},
         problem="SOLVER.BASE_LRR"),
@@ -603,6 +605,19 @@ def test_a_response_holding_infinity_is_still_json(scene: Scene) -> None:
     status, body, _ = scene.server.request("POST", "/api/config/validate", config)
     assert status == 200 and body["values"]["SOLVER"]["BASE_LR"] is None
     assert "BASE_LR: .inf" in body["yaml"]
+
+
+def test_a_command_id_reused_for_another_command_is_409(scene: Scene) -> None:
+    before = scene.snapshot()
+    command_id = {"id": uuid.uuid4().hex}
+    path = f"/api/runs/{scene.idle}"
+    status, first, _ = scene.server.request("POST", path + "/stop", command_id)
+    assert status == 409 and first["error"]["code"] == "illegal_command"
+    assert scene.server.request("POST", path + "/stop", command_id)[1] == first  # remembered
+    status, body, _ = scene.server.request("POST", path + "/resume", command_id)
+    assert status == 409 and body["error"]["code"] == "id_reused"
+    assert "fresh id" in body["error"]["message"]
+    assert scene.snapshot() == before
 
 
 # --- random requests: whatever a client sends, never a 500 -----------------------------------
