@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import uuid
@@ -13,6 +14,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from backend.files import os_error
 from backend.security import MalformedPath, PathError, confine, sanitize_filename
 from tests.server.live import TOKEN, LiveServer, make_settings
 
@@ -158,6 +160,26 @@ def test_malformed_paths_are_refused_before_the_filesystem_sees_them(tmp_path: P
         with pytest.raises(MalformedPath, match=says):
             confine(tmp_path, bad)
     assert confine(tmp_path, "n" * 255) == tmp_path.resolve() / ("n" * 255)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (errno.ENOENT, 404, "not_found"),
+        (errno.ENOTDIR, 404, "not_found"),
+        (errno.EACCES, 403, "permission_denied"),
+        (errno.EPERM, 403, "permission_denied"),
+        (errno.EROFS, 403, "permission_denied"),
+        (errno.ENOSPC, 507, "no_space"),
+        (errno.ENAMETOOLONG, 400, "bad_path"),
+        (errno.ELOOP, 400, "bad_path"),
+        (errno.EIO, 400, "bad_path"),
+    ],
+)
+def test_filesystem_refusals_are_answers(error: int, status: int, code: str) -> None:
+    answer = os_error(OSError(error, os.strerror(error)), "vols/x.npy")
+    assert (answer.status, answer.code) == (status, code)
+    assert "x.npy" in answer.message
 
 
 def test_sanitize_filename() -> None:
