@@ -172,14 +172,16 @@ class Outbox:
             await self._drained.wait()
 
     async def take(self, max_frames: int = 16) -> list[str]:
-        """The next frames to send, in order; queued chunks packed into batches."""
+        """The next frames to send, in order; queued chunks packed into batches. About
+        `batch_bytes` in all: a client's frames are built as it sends them, so a hundred
+        clients never hold a hundred backlogs of encoded frames at once."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
         frames: list[str] = []
         batch: list[Chunk] = []  # whole chunks for the next frame
         size = count = 0
-        while self._items and len(frames) < max_frames:
+        while self._items and len(frames) < max_frames and self._room(frames):
             head = self._items[0]
             if isinstance(head, str):
                 if batch:
@@ -205,6 +207,9 @@ class Outbox:
             frames.append(_pack(batch))
         self._drained.set()
         return frames
+
+    def _room(self, frames: list[str]) -> bool:
+        return sum(map(len, frames)) < self.batch_bytes
 
     def _fits(self, count: int, size: int, chunk: Chunk) -> bool:
         if count + len(chunk) > self.batch_events:

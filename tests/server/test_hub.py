@@ -69,7 +69,7 @@ async def test_outbox_batches_by_count_and_bytes_and_keeps_order() -> None:
     assert outbox.put_events(chunk("4", "5", "6", "7", "8", "9"))
     long = '"' + "a" * 40 + '"'
     assert outbox.put_events(chunk(long, "10"))
-    frames = [json.loads(f) for f in await outbox.take()]
+    frames = await drain(outbox)
     assert frames == [
         {"type": "events", "events": [1, 2, 3]},
         {"type": "x"},
@@ -79,6 +79,15 @@ async def test_outbox_batches_by_count_and_bytes_and_keeps_order() -> None:
         {"type": "events", "events": [10]},
     ]
     assert outbox.events == 0 and outbox.frames == 0
+
+
+async def test_one_take_holds_about_one_batch_of_bytes() -> None:
+    outbox = Outbox(max_events=1000, batch_events=10, batch_bytes=100)
+    for i in range(50):
+        assert outbox.put_events(chunk(*[f'"{i:02d}{k:03d}"' for k in range(10)]))
+    frames = await outbox.take()  # it used to build up to 16 frames at once
+    assert len(frames) == 1 and json.loads(frames[0])["events"][0] == "00000"
+    assert outbox.events == 500 - 10, "the rest waits, unencoded, in shared chunks"
 
 
 async def test_a_chunk_sent_whole_is_one_frame_shared_by_every_subscriber() -> None:
