@@ -1,8 +1,10 @@
 """The data root as the browser sees it: listing, volume previews, path checks, uploads.
 
 Every path a client names goes through `security.confine` first, so nothing here can
-read or write outside the data root. Filesystem work runs in a thread (a listing on a
-network share, a thumbnail of a big TIFF) so the event loop keeps serving others.
+read or write outside the data root. What the filesystem still refuses (a missing file,
+a permission, a full disk) is an `ApiError` saying so (`os_errors`), never a 500.
+Filesystem work runs in a thread (a listing on a network share, a thumbnail of a big
+TIFF) so the event loop keeps serving others.
 """
 
 from __future__ import annotations

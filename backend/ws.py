@@ -2,8 +2,10 @@
 
 Everything the server sends goes through the connection's bounded `Outbox`, drained by a
 sender task, so neither the hub nor a command ever waits on a client's network. Frames
-from the client are read in order; commands run as tasks (at most a few per connection)
-so a slow command does not hold up the heartbeat or a new subscription.
+from the client are read in order, parsed strictly (`wire.loads`: no NaN, bounded
+nesting); a frame the server cannot act on gets an error frame and the socket stays open.
+Commands run as tasks (at most a few per connection) so a slow command does not hold up
+the heartbeat or a new subscription.
 """
 
 from __future__ import annotations
