@@ -134,7 +134,9 @@ class RunSummary:
             self.its_per_s = None
             self.iteration = data.get("iteration", self.iteration)
             if kind == ev.FAILED:
-                self.error = {k: data.get(k) for k in ("message", "hint", "exit_code")}
+                # cause / key / suggested: what "Fix configuration and retry" changes.
+                fields = ("message", "hint", "exit_code", "cause", "key", "suggested")
+                self.error = {k: data.get(k) for k in fields}
             checkpoint = data.get("checkpoint")
             if checkpoint:
                 self.last_checkpoint = checkpoint

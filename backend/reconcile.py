@@ -14,7 +14,8 @@ the child's last events may never have reached SQLite. For every run still Train
    reconcile again appends nothing. A recovered `stopped` that no user asked for (the
    trainer stopped because its server went away) is marked `interrupted: true`.
 3. If that recovered no final event, `failed {interrupted: true}` ends the run in Error,
-   from where it can be resumed from its last checkpoint.
+   from where it can be resumed from its last checkpoint — or, when a user's stop was
+   under way, `stopped {forced: true}`: the Stopped they asked for, not an interruption.
 
 Either way the run's summary then says it was interrupted (`RunSummary.interrupted`),
 which `trainboard serve --auto-resume` reads (`auto_resume`).
@@ -39,6 +40,7 @@ from backend.commands import Commands, Outcome
 from backend.events import NewEvent
 from backend.fsm.machine import State
 from backend.job import EVENTS_FILE
+from backend.projections import RunSummary
 from backend.runs import RunService
 from backend.supervisor import FINAL_TYPES, Supervisor, process_start_time
 
@@ -81,26 +83,35 @@ async def reconcile_run(service: RunService, run_id: str, *, kill_grace_s: float
     current = await _current_attempt(service, run_id)
     if current.pid is not None and current.pid_started is not None:
         await _end_orphan(current.pid, current.pid_started, kill_grace_s)
-    recovered = await recover_spool(service, run_id, current)
+    summary = service.get(run_id)
+    user_stop = summary.run.stopping and summary.stop_reason is None
+    recovered = await recover_spool(service, run_id, current, server_gone=not user_stop)
     if service.get(run_id).state is State.TRAINING:
-        await service.record(run_id, [NewEvent(ev.FAILED, dict(INTERRUPTED), time.time())])
+        await service.record(run_id, [_ending(service.get(run_id), user_stop)])
     log.info("run %s: reconciled, %d event(s) recovered from the log folder", run_id, recovered)
     return recovered
 
 
-async def recover_spool(service: RunService, run_id: str, current: _Attempt | None = None) -> int:
+async def recover_spool(
+    service: RunService,
+    run_id: str,
+    current: _Attempt | None = None,
+    *,
+    server_gone: bool = False,
+) -> int:
     """Append the current attempt's events that its spool (`events.jsonl`) holds and the
     store lacks, in file order; returns how many. Also used by the supervisor when a
-    child dies: it may have written a batch to its spool and died before sending it."""
+    child dies: it may have written a batch to its spool and died before sending it.
+    With `server_gone` (reconciliation), a recovered `stopped` is marked `interrupted`:
+    the trainer stopped because its server went away."""
     if current is None:
         current = await _current_attempt(service, run_id)
     recovered = 0
-    summary = service.get(run_id)
-    user_stop = summary.run.stopping and summary.stop_reason is None
-    if summary.log_path and current.attempt is not None:
+    log_path = service.get(run_id).log_path
+    if log_path and current.attempt is not None:
         chunk: list[NewEvent] = []
-        for new in _missing(Path(summary.log_path) / EVENTS_FILE, run_id, current):
-            if new.type == ev.STOPPED and not user_stop:
+        for new in _missing(Path(log_path) / EVENTS_FILE, run_id, current):
+            if new.type == ev.STOPPED and server_gone:
                 chunk.append(NewEvent(new.type, {**new.data, "interrupted": True}, new.ts))
             else:
                 chunk.append(new)
@@ -109,6 +120,21 @@ async def recover_spool(service: RunService, run_id: str, current: _Attempt | No
                 chunk = []
         recovered += len(await service.record(run_id, chunk))
     return recovered
+
+
+def _ending(summary: RunSummary, user_stop: bool) -> NewEvent:
+    """How a run the file did not end is ended: the Stopped a user had asked for (as the
+    supervisor does when a stopping child dies), else interrupted."""
+    if not user_stop:
+        return NewEvent(ev.FAILED, dict(INTERRUPTED), time.time())
+    latest = summary.resumable_from
+    data = {
+        "iteration": summary.iteration,
+        "checkpoint": latest["path"] if latest else None,
+        "forced": True,
+        "message": "the server stopped before the trainer confirmed the stop",
+    }
+    return NewEvent(ev.STOPPED, data, time.time())
 
 
 async def auto_resume(commands: Commands) -> dict[str, Outcome]:

@@ -37,7 +37,11 @@ async def test_summary_follows_a_run_and_rebuilds_from_the_log() -> None:
     assert (live.name, live.total, live.iteration, live.last_loss) == ("mito", 100, 31, 0.9)
     assert (live.best_dice, live.best_iteration) == (0.7, 20)
     assert live.last_checkpoint == "/o/checkpoint_00030.pth.tar"
-    assert live.error == {"message": "boom", "hint": "lower BASE_LR", "exit_code": None}
+    assert live.error == {
+        "message": "boom",
+        "hint": "lower BASE_LR",
+        **dict.fromkeys(("exit_code", "cause", "key", "suggested")),
+    }
     assert live.to_json()["legal_commands"] == ["resume"]
 
     rebuilt = RunService(store)

@@ -155,6 +155,23 @@ async def test_a_recovered_stop_says_whether_the_server_caused_it(
     assert shown["resumable_from"] == {"path": "/out/c1", "iteration": 1}
 
 
+async def test_a_stop_under_way_ends_stopped_not_interrupted(
+    tmp_path: Path, service: RunService
+) -> None:
+    run_id = await training_run(service, tmp_path)
+    await service.record(run_id, [NewEvent(ev.CHECKPOINT, {"iteration": 1, "path": "/out/c1"})])
+    await service.command(run_id, "stop", {"deadline_s": 30})
+    await reconcile(service)  # no log file: the trainer never confirmed the stop
+    last = (await events_of(service, run_id))[-1]
+    assert (last.type, last.data["forced"], last.data["checkpoint"]) == (
+        ev.STOPPED,
+        True,
+        "/out/c1",
+    )
+    shown = service.get(run_id).to_json()
+    assert shown["state"] == State.STOPPED and shown["interrupted"] is None
+
+
 async def test_without_a_log_file_the_run_is_just_interrupted(
     tmp_path: Path, service: RunService
 ) -> None:
@@ -165,7 +182,7 @@ async def test_without_a_log_file_the_run_is_just_interrupted(
     assert service.get(run_id).error == {
         "message": INTERRUPTED["message"],
         "hint": INTERRUPTED["hint"],
-        "exit_code": None,
+        **dict.fromkeys(("exit_code", "cause", "key", "suggested")),
     }
     assert service.get(other).state is State.IDLE
 
