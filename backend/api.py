@@ -78,7 +78,9 @@ def _json_kind(value: Any) -> str:
         return "an array"
     if isinstance(value, str):
         return "a string"
-    return "null" if value is None else f"'{value}'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else "a number"
 
 
 def too_large(limit: int) -> ApiError:
