@@ -158,12 +158,14 @@ def _dense_ids(label: np.ndarray) -> np.ndarray:
     return dense
 
 
-def _components(label: np.ndarray, connectivity: int) -> np.ndarray:
-    """Connected components of equal ids (skimage `label` semantics), numbered from 1; each
-    id is labelled within its bounding box."""
+def _components(label: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
+    """Connected components of equal ids (skimage `label` semantics: full connectivity
+    unless `structure` says otherwise), numbered from 1; each id is labelled within its
+    bounding box."""
     seg = _dense_ids(label)
     out = np.zeros(label.shape, np.int64)
-    structure = ndimage.generate_binary_structure(label.ndim, connectivity)
+    if structure is None:
+        structure = np.ones((3,) * label.ndim, bool)
     count = 0
     for value, box in enumerate(ndimage.find_objects(seg), start=1):
         if box is None:
@@ -175,26 +177,26 @@ def _components(label: np.ndarray, connectivity: int) -> np.ndarray:
     return out
 
 
-def _small_parts(plane: np.ndarray, threshold: int) -> np.ndarray:
-    parts = _components(plane, plane.ndim)
-    sizes = np.bincount(parts.ravel())
-    small = sizes < threshold
-    small[0] = False
-    result: np.ndarray = small[parts]
-    return result
+def _in_plane_structure(axis: int) -> np.ndarray:
+    """Full 2D connectivity within the planes normal to `axis`, none across them."""
+    structure = np.zeros((3, 3, 3), bool)
+    index: list[int | slice] = [slice(None)] * 3
+    index[axis] = 1
+    structure[tuple(index)] = True
+    return structure
 
 
 def small_objects(label: np.ndarray, threshold: int, ratio: int) -> np.ndarray:
-    """'3-T-R-X': components smaller than T per z-slice, or than T // R per y- and x-plane."""
+    """'3-T-R-X': components smaller than T per z-slice, or than T // R per y- and x-plane
+    (each plane's components labelled separately, in one pass per axis)."""
     if label.ndim != 3:
         raise TargetError("the small-object target '3' needs a 3D label")
     mask = np.zeros(label.shape, bool)
-    for z in range(label.shape[0]):
-        mask[z] |= _small_parts(label[z], threshold)
-    for y in range(label.shape[1]):
-        mask[:, y] |= _small_parts(label[:, y], threshold // ratio)
-    for x in range(label.shape[2]):
-        mask[:, :, x] |= _small_parts(label[:, :, x], threshold // ratio)
+    for axis, limit in ((0, threshold), (1, threshold // ratio), (2, threshold // ratio)):
+        parts = _components(label, _in_plane_structure(axis))
+        small = np.bincount(parts.ravel()) < limit
+        small[0] = False
+        mask |= small[parts]
     return mask[np.newaxis].astype(np.float32)
 
 
@@ -258,7 +260,7 @@ def instance_distance(
     Each instance is processed in its bounding box grown by `erosion + 3`, which gives the
     same values as the whole volume: the grown faces are background, so every distance,
     erosion and hole inside is what it is in the volume (see `_fill_small_holes`)."""
-    seg = _components(label, label.ndim)
+    seg = _components(label)
     if padding:
         seg = np.pad(seg, EDT_PAD)
     out = np.full(seg.shape, -1.0)
@@ -375,14 +377,18 @@ def diffusion_flows(masks: np.ndarray) -> np.ndarray:
         cy, cx = _center(iy + 1, ix + 1)
         centers.append((cy + box[0].start, cx + box[1].start))
         extents.append(box[0].stop - box[0].start + box[1].stop - box[1].start + 2)
-    cy_all, cx_all = np.array(centers).T
-    heat = np.zeros(padded.shape)
+    # Flat indices into the raveled heat map: one gather per step instead of two.
+    row = width + 2
+    pixels, neighbours = ys * row + xs, ny * row + nx
+    sources = np.array([cy * row + cx for cy, cx in centers])
+    inside = same.astype(np.float64)
+    heat = np.zeros(padded.size)
     for _ in range(2 * max(extents)):
-        heat[cy_all, cx_all] += 1
-        heat[ys, xs] = (heat[ny, nx] * same).mean(axis=0)
+        heat[sources] += 1
+        heat[pixels] = (np.take(heat, neighbours) * inside).mean(axis=0)
     heat = np.log1p(heat)
-    dy = heat[ny[2], nx[2]] - heat[ny[1], nx[1]]
-    dx = heat[ny[4], nx[4]] - heat[ny[3], nx[3]]
+    dy = heat[neighbours[2]] - heat[neighbours[1]]
+    dx = heat[neighbours[4]] - heat[neighbours[3]]
     norm = 1e-20 + np.sqrt(dy**2 + dx**2)
     flows[:, ys - 1, xs - 1] = np.stack([dy, dx]) / norm
     return flows
