@@ -924,7 +924,6 @@ async def test_an_oversized_frame_closes_1009_and_the_server_stays(scene: Scene)
 
 
 @pytest.mark.anyio
-@pytest.mark.anyio
 async def test_a_text_frame_that_is_not_utf8_closes_1007_and_the_server_stays(
     scene: Scene,
 ) -> None:
@@ -937,6 +936,7 @@ async def test_a_text_frame_that_is_not_utf8_closes_1007_and_the_server_stays(
     await asyncio.to_thread(assert_still_up, scene)
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer wrong-token-123"}, {"Authorization": f"Basic {TOKEN}"}],
