@@ -82,11 +82,12 @@ _PROBABILITY_LOSSES = ("WeightedBCE", "DiceLoss", "WSDiceLoss")
 
 
 class OptionError(ValueError):
-    """An option PyTC v1.0.0 cannot execute; `suggestion` is a form that works."""
+    """An option PyTC v1.0.0 cannot execute; `example` (a form that works, with what its
+    fields mean) ends the message."""
 
-    def __init__(self, message: str, suggestion: str | None = None) -> None:
-        super().__init__(message)
-        self.suggestion = suggestion
+    def __init__(self, message: str, example: str | None = None) -> None:
+        super().__init__(message if example is None else f"{message}: e.g. {example}")
+        self.example = example
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ def parse_target(option: Any, do_2d: bool = False) -> TargetOption:
     head, *fields = text.split("-") if text else [""]
     parser = _PARSERS.get(head[:1])
     if parser is None or len(head) != 1:
-        raise OptionError(f"{text!r} is not a PyTC target", "'0'")
+        raise OptionError(f"{text!r} is not a PyTC target", "'0' (targets are 0-7 or 9-N)")
     return parser(text, fields, do_2d)
 
 
@@ -238,7 +239,7 @@ def _dilated_distance(text: str, fields: list[str], do_2d: bool) -> TargetOption
 
 
 def _semantic(text: str, fields: list[str], do_2d: bool) -> TargetOption:
-    example = "'9-N' with N the number of classes, e.g. '9-2'"
+    example = "'9-2' (N = 2 classes)"
     if len(fields) != 1:
         raise OptionError(f"{text!r}: PyTC's Criterion needs the class count, 9-N", example)
     classes = _ints(text, fields, example)[0]

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from backend.config.targets import (
-    LOSS_KWARGS,
     TargetOption,
     criterion_problems,
     parse_target,
@@ -454,7 +453,6 @@ def foreground_truth(cfg: Config, target: Tensor) -> Tensor:
 
 
 __all__ = [
-    "LOSS_KWARGS",
     "Criterion",
     "build_criterion",
     "foreground",
