@@ -189,3 +189,17 @@ def test_the_progress_line() -> None:
     assert "25/100" in line and "25%" in line and "12.5 it/s" in line
     assert "ETA 0:00:06" in line and "loss 0.4321" in line
     assert "validation at 25: dice 0.9000" in out.getvalue()
+
+
+def test_a_config_caused_failure_prints_the_override_that_retries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from backend.trainer.cli import _report
+
+    error = {"message": "the loss is nan", "hint": "lower SOLVER.BASE_LR", "cause": "config"}
+    run = {"run_id": "r1", "last_checkpoint": None, "error": error}
+    assert _report({**run, "error": {**error, "key": "SOLVER.BASE_LR", "suggested": 0.001}}, None)
+    err = capsys.readouterr().err
+    assert "  retry with: SOLVER.BASE_LR 0.001" in err
+    _report(run, None)
+    assert "retry with" not in capsys.readouterr().err

@@ -206,6 +206,9 @@ def _report(run: dict[str, Any], state: State | None) -> int:
     print(f"run {run_id} failed: {error.get('message') or state}", file=sys.stderr)
     if error.get("hint"):
         print(f"  hint: {error['hint']}", file=sys.stderr)
+    if error.get("key") and error.get("suggested") is not None:
+        # The override that retries with the fix, as it would be typed.
+        print(f"  retry with: {error['key']} {error['suggested']!r}", file=sys.stderr)
     return EXIT_ERROR
 
 
