@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.config.schema import KEYS, SECTIONS_TOP, Key, defaults
+from backend.config.schema import ADVISORY_RANGES, KEYS, SECTIONS_TOP, Key, defaults
 from backend.config.valuetypes import alternatives, item_tag
 
 __all__ = ["config_json_schema", "defaults"]
@@ -76,7 +76,7 @@ def _alt_schema(alt: str, key: Key) -> dict[str, Any]:
     if alt.startswith("list["):
         return {"type": "array", "items": _type_schema(item_tag(alt), key)}
     schema: dict[str, Any] = {"type": _SIMPLE[alt]}
-    if alt in ("int", "float"):
+    if alt in ("int", "float") and key.name not in ADVISORY_RANGES:  # advice: validate warns
         if key.minimum is not None:
             schema["exclusiveMinimum" if key.exclusive_minimum else "minimum"] = key.minimum
         if key.maximum is not None:

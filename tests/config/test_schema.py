@@ -246,6 +246,15 @@ def test_json_schema_rejects_bad_values() -> None:
         assert where in found, where
 
 
+def test_json_schema_takes_what_pytc_takes_where_a_range_is_advice() -> None:
+    schema = config_json_schema()
+    tree = defaults()
+    tree["SOLVER"]["GAMMA"] = 2.0  # PyTC trains with it; validation warns
+    tree["SOLVER"]["MOMENTUM"] = 1.2
+    assert schema_errors(schema, tree) == []
+    assert "maximum" not in prop(schema, "SOLVER.GAMMA")
+
+
 def test_json_schema_carries_slider_metadata() -> None:
     schema = config_json_schema()
     lr = prop(schema, "SOLVER.BASE_LR")
