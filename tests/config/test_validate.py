@@ -103,6 +103,22 @@ def test_ranges() -> None:
         assert "PyTC accepts it" in one(check(minimal(), key, value), key, "warning").message
 
 
+def test_non_finite_numbers_are_errors_naming_the_key() -> None:
+    for key, value in (
+        ("SOLVER.BASE_LR", "1e400"),
+        ("DATASET.STD", "-1e999"),
+        ("SOLVER.BETAS", "[0.9, 1e400]"),
+    ):
+        problem = one(check(minimal(), key, value), key)
+        assert "is not a finite number" in problem.message, key
+    from_yaml = check(minimal(SOLVER="  BASE_LR: .inf\n  WEIGHT_DECAY: .nan\n"))
+    assert one(from_yaml, "SOLVER.BASE_LR").suggestion == "BASE_LR: 0.001"
+    assert "nan is not a finite number" in one(from_yaml, "SOLVER.WEIGHT_DECAY").message
+    # An infinite norm is the max norm: meaningful there, and only there.
+    inf_norm = check(minimal(), "SOLVER.CLIP_GRADIENTS.NORM_TYPE", "1e400")
+    assert not at_key(inf_norm, "SOLVER.CLIP_GRADIENTS.NORM_TYPE")
+
+
 def test_nan_is_out_of_range() -> None:
     assert at_key(check(minimal(SOLVER="  BASE_LR: .nan\n")), "SOLVER.BASE_LR")
 
