@@ -7,7 +7,9 @@ augmentation PyTC switches on by default (the demo itself switches them off), an
   (`backend.trainer.data.make_loader`) with 0 (in-process), 1 and 2 DataLoader workers,
   targets and weights included, at the demo 3D patch size;
 - `train_steps_per_s`: optimizer steps per second of the demo 3D model on one fixed batch
-  (forward, loss, backward, step), with the torch threads the trainer would use;
+  (forward, loss, backward, step), with the torch threads the trainer would use beside
+  that many workers (`backend.trainer.device.default_threads`: the CPUs less one per
+  worker, at least one);
 - `ahead`: samples_per_s / (train_steps_per_s x SAMPLES_PER_BATCH). Above 1 the workers
   make batches faster than the model eats them, so augmentation costs no training time
   (when there is a core for the workers besides the model's).
@@ -34,6 +36,7 @@ from backend.augment import BUILD_ORDER
 from backend.config import load_config
 from backend.demo import make_demo_dataset
 from backend.trainer.data import PatchSampler, load_training_data, make_batch, make_loader
+from backend.trainer.device import default_threads
 from backend.trainer.losses import build_criterion
 from backend.trainer.models import build_model
 from backend.trainer.optim import build_optimizer
@@ -50,8 +53,12 @@ def pytc_default_config(directory: Path) -> dict[str, Any]:
     return loaded.values
 
 
-def samples_per_s(cfg: dict[str, Any], workers: int, batches: int) -> float:
-    cfg = {**cfg, "SYSTEM": {**cfg["SYSTEM"], "NUM_CPUS": workers}}
+def with_workers(cfg: dict[str, Any], workers: int) -> dict[str, Any]:
+    return {**cfg, "SYSTEM": {**cfg["SYSTEM"], "NUM_CPUS": workers}}
+
+
+def samples_per_s(cfg: dict[str, Any], batches: int) -> float:
+    workers = int(cfg["SYSTEM"]["NUM_CPUS"])
     data = load_training_data(cfg)
     warmup = 2 + workers  # worker start-up and the prefetch queue filling
     loader = iter(
@@ -99,15 +106,17 @@ def main() -> None:
         batch_size = int(cfg["SOLVER"]["SAMPLES_PER_BATCH"])
         print(
             f"patch {cfg['MODEL']['INPUT_SIZE']} from samples {list(sampler.sample_size)}, "
-            f"{batch_size} per batch; augmentations: {', '.join(sampler.augmenter.names)}; "
-            f"torch threads {torch.get_num_threads()}"
+            f"{batch_size} per batch; augmentations: {', '.join(sampler.augmenter.names)}"
         )
-        steps = train_steps_per_s(cfg, args.steps)
-        print(f"model: train_steps_per_s={steps:.2f} (needs {steps * batch_size:.1f} samples/s)")
         for workers in (0, 1, 2):
-            rate = samples_per_s(cfg, workers, args.batches)
+            config = with_workers(cfg, workers)
+            threads = default_threads(config)
+            torch.set_num_threads(threads)
+            steps = train_steps_per_s(config, args.steps)
+            rate = samples_per_s(config, args.batches)
             print(
                 f"workers={workers} samples_per_s={rate:.1f} train_steps_per_s={steps:.2f} "
+                f"(torch threads {threads}, needs {steps * batch_size:.1f} samples/s) "
                 f"ahead={rate / (steps * batch_size):.2f}"
             )
 
