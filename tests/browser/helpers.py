@@ -178,3 +178,16 @@ def horizontal_overflow(page: Any) -> int:
         "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
     return overflow
+
+
+def overflowing(page: Any) -> list[str]:
+    """The elements that stick out past the viewport's right edge (for failure messages)."""
+    found: list[str] = page.evaluate(
+        """() => { const w = document.documentElement.clientWidth;
+          return [...document.querySelectorAll('body *')]
+            .filter((el) => el.getBoundingClientRect().right > w + 0.5)
+            .slice(0, 8)
+            .map((el) => `${el.tagName.toLowerCase()}.${[...el.classList].join('.')}`
+              + ` "${(el.textContent || '').trim().slice(0, 40)}"`); }"""
+    )
+    return found

@@ -77,6 +77,7 @@ export function newRun(runId) {
     logPath: null,
     seed: null,
     total: 0,
+    warnings: [],
     // summary (projections.py)
     iteration: 0,
     lastLoss: null,
@@ -195,6 +196,7 @@ function update(run, event) {
       run.logPath = d.log_path ?? null;
       run.seed = d.seed ?? null;
       run.total = d.total_iterations ?? 0;
+      run.warnings = Array.isArray(d.warnings) ? d.warnings : []; // accepted, with advice
       run.createdAt = event.ts;
       log(run, event, 'event', `Created “${run.name}” (${run.total} iterations)`);
       break;
