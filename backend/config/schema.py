@@ -366,8 +366,8 @@ _key("DATASET.VALID_RATIO", 0.5, "float", "minimum annotated fraction of a patch
      minimum=0.0, maximum=1.0)
 _key("DATASET.REJECT_SAMPLING.SIZE_THRES", -1, "int",
      "resample patches with fewer foreground voxels; -1 off", core=True, minimum=-1)
-_key("DATASET.REJECT_SAMPLING.DIVERSITY", -1, "int", "reject-sampling diversity; -1 off",
-     minimum=-1)
+_key("DATASET.REJECT_SAMPLING.DIVERSITY", -1, "int",
+     "resample patches with fewer distinct label values; -1 off", core=True, minimum=-1)
 _key("DATASET.REJECT_SAMPLING.P", 0.95, "float", "probability of rejecting a patch",
      core=True, minimum=0.0, maximum=1.0, ui=PROBABILITY_UI)
 _key("DATASET.REJECT_SAMPLING.NUM_TRIAL", 50, "int", "tries before accepting a patch",

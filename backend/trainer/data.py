@@ -374,6 +374,7 @@ class PatchSampler:
         self.sample_size = self.augmenter.sample_size
         reject = _section(_section(cfg, "DATASET"), "REJECT_SAMPLING")
         self.reject_threshold = int(reject.get("SIZE_THRES", -1))
+        self.reject_diversity = int(reject.get("DIVERSITY", -1))
         self.reject_p = float(reject.get("P", 0.95))
         self.batch_size = int(_section(cfg, "SOLVER").get("SAMPLES_PER_BATCH", 2))
         counts = [self._positions(pair.shape) for pair in data.train]
@@ -409,20 +410,28 @@ class PatchSampler:
         image, label = self.augmenter(pair.normalization.scale(raw), label, rng)
         return Patch(pair.normalization.standardize(image), _as_ids(label), index, origin)
 
+    def _poor(self, label: np.ndarray) -> bool:
+        """PyTC's rejection test: fewer than SIZE_THRES foreground voxels, or fewer than
+        DIVERSITY distinct values (background included)."""
+        if self.reject_threshold > 0 and np.count_nonzero(label) < self.reject_threshold:
+            return True
+        return self.reject_diversity > 0 and np.unique(label).size < self.reject_diversity
+
     def sample(self, rng: np.random.Generator) -> Patch:
         """One augmented, normalised patch, drawn from `rng`.
 
         Rejection sampling judges the augmented patch, as PyTC does: what the model sees
-        has the foreground SIZE_THRES asks for (or is one of the 1 - P kept anyway). A
-        sample holding less than half the threshold in all of its (larger) extent cannot
-        get there, so it is rejected before paying for its augmentation.
+        passes `_poor` (or is one of the 1 - P kept anyway). A sample holding less than
+        half of SIZE_THRES in all of its (larger) extent cannot get there, so it is
+        rejected before paying for its augmentation.
         """
+        rejecting = self.reject_threshold > 0 or self.reject_diversity > 0
         position = self._position(rng)
-        for _ in range(MAX_REJECTIONS if self.reject_threshold > 0 else 0):
+        for _ in range(MAX_REJECTIONS if rejecting else 0):
             hopeless = 2 * np.count_nonzero(position[2]) < self.reject_threshold
             if not hopeless:
                 patch = self._augmented(*position, rng)
-                if np.count_nonzero(patch.label) >= self.reject_threshold:
+                if not self._poor(patch.label):
                     return patch
             if rng.random() > self.reject_p:  # keep a poor patch now and then
                 return patch if not hopeless else self._augmented(*position, rng)

@@ -356,14 +356,14 @@ def test_training_needs_images_and_labels() -> None:
 def test_accepted_not_used_warns_only_when_changed() -> None:
     text = minimal(
         MODEL="  EMBEDDING: 2\n  HEAD_DEPTH: 1\n",
-        DATASET="  REJECT_SAMPLING:\n    DIVERSITY: 5\n",
+        DATASET="  REJECT_SAMPLING:\n    NUM_TRIAL: 5\n",
         AUGMENTOR="  ELASTIC: {ENABLED: True, P: 0.5}\n  COPYPASTE: {ENABLED: True}\n",
     )
     problems = check(text)
     warned = {p.key for p in problems if p.level == "warning"}
     assert warned == {
         "MODEL.EMBEDDING",
-        "DATASET.REJECT_SAMPLING.DIVERSITY",
+        "DATASET.REJECT_SAMPLING.NUM_TRIAL",
         "AUGMENTOR.COPYPASTE.ENABLED",  # ELASTIC is applied: no warning
     }
     problem = one(problems, "MODEL.EMBEDDING", "warning")

@@ -429,3 +429,18 @@ def test_validation_2d_tiles_and_batches(cfg: dict[str, Any]) -> None:
     assert first.targets[0].shape == (5, 1, 16, 16)
     assert first.mask.shape == (5, 1, 16, 16) and bool(first.mask.all())
     assert first.weights[0][0] is not None and first.weights[0][1] is None
+
+
+def test_rejection_by_diversity_asks_for_distinct_ids(tmp_path: Path) -> None:
+    label = np.zeros((4, 64, 64), np.uint16)
+    label[:, 4:12, 4:12] = 1
+    label[:, 40:48, 40:48] = 2  # few patches hold background and both ids
+    np.save(tmp_path / "image.npy", np.zeros(label.shape, np.uint8))
+    np.save(tmp_path / "label.npy", label)
+    cfg = make_cfg(tmp_path, SOLVER={"SAMPLES_PER_BATCH": 4})
+    cfg["MODEL"]["INPUT_SIZE"] = [1, 16, 16]
+    cfg["DATASET"].update(VAL_IMAGE_NAME="image.npy", VAL_LABEL_NAME="label.npy")
+    cfg["AUGMENTOR"] = {"ENABLED": False}
+    cfg["DATASET"]["REJECT_SAMPLING"] = {"SIZE_THRES": -1, "DIVERSITY": 2, "P": 1.0}
+    sampler = PatchSampler(cfg, load_training_data(cfg))
+    assert all(np.unique(p.label).size >= 2 for i in range(5) for p in sampler.patches(i))
