@@ -138,13 +138,13 @@ def test_overrides_are_read_anywhere_on_the_line(
 ) -> None:
     config = write_config(tmp_path)
     base = tmp_path / "base.yaml"
-    base.write_text("SOLVER:\n  MOMENTUM: 2.0\n")  # an error only the base can bring
+    base.write_text("SOLVER:\n  WEIGHT_DECAY: -1.0\n")  # an error only the base can bring
     db = tmp_path / "events.db"
     names = {"CONFIG": str(config), "BASE": str(base), "DB": str(db)}
     assert main(["train", *[names.get(arg, arg) for arg in order]]) == 1
     out = capsys.readouterr().out
     errors = [line for line in out.splitlines() if ": error: " in line]
-    for key in ("SOLVER.BASE_LR", "SOLVER.NAME", "SOLVER.MOMENTUM"):
+    for key in ("SOLVER.BASE_LR", "SOLVER.NAME", "SOLVER.WEIGHT_DECAY"):
         assert any(key in line for line in errors), (key, out)
     assert not db.exists()
 
