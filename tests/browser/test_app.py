@@ -349,6 +349,8 @@ def test_training_session(page: Any, server: Server, chromium: Any) -> None:
     if state in ("Error", "Stopped"):
         if state == "Error":
             expect(page.locator("[data-testid=error-panel]")).to_be_visible()
+        # Why it is not training any more, beside Resume.
+        expect(page.locator("[data-testid=interrupted]")).to_contain_text("server")
         shot(page, "training-after-restart")
         page.locator("[data-testid=btn-resume]").click()
         wait_state(page, "Training", timeout_ms=60_000)
