@@ -186,3 +186,17 @@ def test_a_loaded_file_asks_whose_data_wins(page: Any, server: Server, tmp_path:
     config = yaml_text(page)
     assert f"INPUT_PATH: {chosen_folder}" in config  # the name kept its folder
     assert "/elsewhere/data" not in config and "cells_label.tif" not in config
+
+
+def test_augmented_samples_of_the_chosen_data(page: Any, server: Server) -> None:
+    page.goto(f"{server.url}/#/wizard/4")
+    panel = page.locator("[data-testid=augment-preview]")
+    panel.locator("[data-testid=augment-show]").click()
+    images = panel.locator("img")
+    expect(images).to_have_count(8, timeout=60_000)  # four samples, image and label each
+    assert images.first.get_attribute("src").startswith("data:image/png;base64,")
+    shot(page, "wizard-4-augmented-samples")
+    # A changed setting dims them until they are rendered again.
+    page.locator('[data-testid="num-SOLVER.BASE_LR"]').fill("0.003")
+    page.locator('[data-testid="num-SOLVER.BASE_LR"]').press("Enter")
+    expect(panel.locator("[data-testid=augment-show]")).to_contain_text("new settings")
