@@ -366,3 +366,22 @@ def test_swa_averages_and_saves_its_model(tmp_path: Path) -> None:
     assert any("SWA: 2 averaged models" in d["message"] for d in of(events, "log"))
     lrs = [m["lr"] for m in of(events, "metric")]
     assert lrs[:3] == [0.01, 0.01, 0.01] and lrs[3] < 0.01, "SWALR anneals from index 2 on"
+
+
+def test_swa_resumes_its_average_exactly(tmp_path: Path) -> None:
+    swa = ["SOLVER.SWA.ENABLED", "True", "SOLVER.SWA.START_ITER", "1"]
+    swa += ["SOLVER.SWA.MERGE_ITER", "1", "SOLVER.SWA.BN_UPDATE_ITER", "1"]
+    settings: dict[str, Any] = {"ITERATION_TOTAL": 6, "ITERATION_VAL": 100, "overrides": swa}
+    full = tiny_job(tmp_path / "full", **settings)
+    _, uninterrupted = train(full)
+    split = tiny_job(tmp_path / "split", **settings)
+    (stopped,) = of(train_until(split, 3), "stopped")
+    code, events = train(replace(split, attempt=2, resume_from=stopped["checkpoint"]))
+    assert code == 0
+    assert [m["lr"] for m in of(events, "metric")] == pytest.approx(
+        [m["lr"] for m in of(uninterrupted, "metric")][3:], rel=1e-12
+    ), "the SWA schedule goes on where it was"
+    a = read_checkpoint(Path(full.output_path) / "checkpoint_swa.pth.tar")["state_dict"]
+    b = read_checkpoint(Path(split.output_path) / "checkpoint_swa.pth.tar")["state_dict"]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
