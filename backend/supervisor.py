@@ -42,6 +42,9 @@ FINAL_TYPES = frozenset({ev.COMPLETED, ev.FAILED, ev.STOPPED})
 # How often the pipe reader looks at the process when the pipe is quiet: a child whose
 # pipe is held open by its own children (data-loader workers) is still seen to exit.
 _POLL_S = 0.5
+# Batches read from a pipe and not yet recorded: beyond this the pipe thread stops reading,
+# so a server that falls behind slows the trainer down instead of growing without bound.
+_MAX_QUEUED_BATCHES = 64
 # How long a new start waits for a finished child that has not exited yet (it holds
 # GPU memory until it does) before killing it.
 _EXIT_WAIT_S = 10.0
@@ -501,6 +504,8 @@ def _pump(
     while True:
         ready = wait([conn, process.sentinel] if open_ else [process.sentinel], timeout=_POLL_S)
         if open_ and conn in ready:
+            while queue.qsize() >= _MAX_QUEUED_BATCHES and not loop.is_closed():
+                time.sleep(0.005)  # backpressure: the child waits on its pipe meanwhile
             open_, batch = _receive(conn)
             if batch is not None and not put(batch):
                 return
