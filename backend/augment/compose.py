@@ -123,6 +123,7 @@ def target_kinds(cfg: Config) -> dict[str, Kind]:
     out: dict[str, Kind] = {}
     for name, kind in zip(names, kinds, strict=False):
         out[str(name)] = "img" if str(kind) == "img" else "mask"
+    out.setdefault("valid_mask", "mask")  # PyTC adds the valid mask (when there is one)
     return out
 
 

@@ -322,7 +322,7 @@ _key("DATASET.IMAGE_NAME", None, SLICES,
      "training image volume(s), relative to INPUT_PATH; '@' joins several, globs are stacks",
      core=True)
 _key("DATASET.LABEL_NAME", None, SLICES, "training label volume(s), one per image", core=True)
-_key("DATASET.VALID_MASK_NAME", None, SLICES, "masks of annotated regions")
+_key("DATASET.VALID_MASK_NAME", None, SLICES, "masks of annotated regions", core=True)
 _key("DATASET.VAL_IMAGE_NAME", None, SLICES,
      "validation image volume(s); unset: part of the training data is held out", core=True)
 _key("DATASET.VAL_LABEL_NAME", None, SLICES, "validation label volume(s)", core=True)
@@ -362,8 +362,8 @@ _key("DATASET.DATA_CHUNK_NUM_IND", None, "any", "older PyTC: chunks to iterate")
 _key("DATASET.PRE_LOAD_DATA", None, "any", "older PyTC: preloaded data")
 _key("DATASET.DATA_CHUNK_STRIDE", True, "bool", "overlapping chunks (tiled dataset)")
 _key("DATASET.DATA_CHUNK_ITER", 1000, "int", "iterations per chunk (tiled dataset)", minimum=1)
-_key("DATASET.VALID_RATIO", 0.5, "float", "minimum annotated fraction of a patch",
-     minimum=0.0, maximum=1.0)
+_key("DATASET.VALID_RATIO", 0.5, "float", "use patches whose annotated share is above this",
+     core=True, minimum=0.0, maximum=1.0)
 _key("DATASET.REJECT_SAMPLING.SIZE_THRES", -1, "int",
      "resample patches with fewer foreground voxels; -1 off", core=True, minimum=-1)
 _key("DATASET.REJECT_SAMPLING.DIVERSITY", -1, "int",

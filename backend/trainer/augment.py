@@ -49,10 +49,19 @@ class Augmenter:
         return self.compose.names if self.compose is not None else []
 
     def __call__(
-        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Augmented (image, label) of the patch size, contiguous copies."""
+        self,
+        image: np.ndarray,
+        label: np.ndarray,
+        rng: np.random.Generator,
+        mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Augmented (image, label, valid mask) of the patch size, contiguous copies. The
+        valid mask moves with the label (PyTC's `valid_mask` target, a `mask`)."""
         if self.compose is None:
-            return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(label)
-        out = self.compose({"image": image, "label": label}, Streams.from_generator(rng))
-        return out["image"], out["label"]
+            kept = None if mask is None else np.ascontiguousarray(mask)
+            return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(label), kept
+        sample = {"image": image, "label": label}
+        if mask is not None:
+            sample["valid_mask"] = mask
+        out = self.compose(sample, Streams.from_generator(rng))
+        return out["image"], out["label"], out.get("valid_mask")

@@ -148,6 +148,7 @@ class VolumePair:
     name: str
     normalization: Normalization
     source: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    mask: np.ndarray | None = None  # DATASET.VALID_MASK_NAME: where the label is annotated
 
     @property
     def shape(self) -> Shape3:
@@ -157,8 +158,14 @@ class VolumePair:
     def z_range(self, start: int, stop: int, name: str) -> VolumePair:
         """Slices start:stop as a new pair (views: nothing is copied)."""
         source = {k: (path, z0 + start, z0 + stop) for k, (path, z0, _) in self.source.items()}
+        mask = None if self.mask is None else self.mask[start:stop]
         return VolumePair(
-            self.image[start:stop], self.label[start:stop], name, self.normalization, source
+            self.image[start:stop],
+            self.label[start:stop],
+            name,
+            self.normalization,
+            source,
+            mask,
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -205,7 +212,12 @@ def _label_dtype_ok(label: np.ndarray) -> bool:
 
 
 def _load_pairs(
-    cfg: Config, image_key: str, label_key: str, mean: float, std: float
+    cfg: Config,
+    image_key: str,
+    label_key: str,
+    mean: float,
+    std: float,
+    mask_key: str | None = None,
 ) -> list[VolumePair]:
     dataset = _section(cfg, "DATASET")
     root = dataset.get("INPUT_PATH", ".")
@@ -222,8 +234,17 @@ def _load_pairs(
             f"DATASET.{image_key} names {len(images)} volume(s) but {label_key} names "
             f"{len(labels)}: give one label volume per image volume, joined with '@'"
         )
+    mask_names = dataset.get(mask_key) if mask_key else None
+    masks: list[Path | None] = [None] * len(images)
+    if mask_names:
+        masks = list(resolve_volume_paths(root, mask_names))
+        if len(masks) != len(images):
+            raise DataError(
+                f"DATASET.{mask_key} names {len(masks)} volume(s) for {len(images)} image "
+                "volume(s): give one valid mask per image volume, joined with '@'"
+            )
     pairs = []
-    for image_path, label_path in zip(images, labels, strict=True):
+    for image_path, label_path, mask_path in zip(images, labels, masks, strict=True):
         image, image_src = _read(image_path, f"DATASET.{image_key}")
         label, label_src = _read(label_path, f"DATASET.{label_key}")
         if image.shape != label.shape:
@@ -233,9 +254,18 @@ def _load_pairs(
             )
         if not _label_dtype_ok(label):
             raise DataError(f"label {label_path.name} has dtype {label.dtype}; save integer ids")
-        source = {k: v for k, v in (("image", image_src), ("label", label_src)) if v is not None}
+        mask, mask_src = None, None
+        if mask_path is not None:
+            mask, mask_src = _read(mask_path, f"DATASET.{mask_key}")
+            if mask.shape != image.shape:
+                raise DataError(
+                    f"valid mask {mask_path.name} is {mask.shape} but image {image_path.name} "
+                    f"is {image.shape} (z, y, x): the mask must match its image"
+                )
+        found = (("image", image_src), ("label", label_src), ("mask", mask_src))
+        source = {k: v for k, v in found if v is not None}
         norm = Normalization.of(image, mean, std)
-        pairs.append(VolumePair(image, label, image_path.name, norm, source))
+        pairs.append(VolumePair(image, label, image_path.name, norm, source, mask))
     return pairs
 
 
@@ -261,7 +291,7 @@ def load_training_data(cfg: Config) -> TrainingData:
     mean, std = float(dataset.get("MEAN", 0.5)), float(dataset.get("STD", 0.5))
     if std <= 0:
         raise DataError(f"DATASET.STD must be > 0, got {std}")
-    train = _load_pairs(cfg, "IMAGE_NAME", "LABEL_NAME", mean, std)
+    train = _load_pairs(cfg, "IMAGE_NAME", "LABEL_NAME", mean, std, "VALID_MASK_NAME")
     if dataset.get("VAL_IMAGE_NAME"):
         val = _load_pairs(cfg, "VAL_IMAGE_NAME", "VAL_LABEL_NAME", mean, std)
         return TrainingData(train, val, held_out=False)
@@ -331,6 +361,7 @@ class Patch:
     label: np.ndarray
     volume: int
     position: Shape3  # origin in the unpadded volume's coordinates (negative in the pad)
+    mask: np.ndarray | None = None  # the valid mask (1 annotated), when the volume has one
 
 
 def _as_ids(label: np.ndarray) -> np.ndarray:
@@ -376,6 +407,7 @@ class PatchSampler:
         self.reject_threshold = int(reject.get("SIZE_THRES", -1))
         self.reject_diversity = int(reject.get("DIVERSITY", -1))
         self.reject_p = float(reject.get("P", 0.95))
+        self.valid_ratio = float(_section(cfg, "DATASET").get("VALID_RATIO", 0.5))
         self.batch_size = int(_section(cfg, "SOLVER").get("SAMPLES_PER_BATCH", 2))
         counts = [self._positions(pair.shape) for pair in data.train]
         self.volume_p = np.array(counts, dtype=np.float64) / float(sum(counts))
@@ -407,8 +439,14 @@ class PatchSampler:
     ) -> Patch:
         pair = self.data.train[index]
         raw = crop(pair.image, origin, self.sample_size, self.mode)
-        image, label = self.augmenter(pair.normalization.scale(raw), label, rng)
-        return Patch(pair.normalization.standardize(image), _as_ids(label), index, origin)
+        mask = None if pair.mask is None else crop(pair.mask, origin, self.sample_size, "constant")
+        image, label, mask = self.augmenter(pair.normalization.scale(raw), label, rng, mask)
+        valid = None if mask is None else (mask != 0).astype(np.float32)
+        return Patch(pair.normalization.standardize(image), _as_ids(label), index, origin, valid)
+
+    def _invalid(self, patch: Patch) -> bool:
+        """PyTC: a patch whose valid share is not above VALID_RATIO is always redrawn."""
+        return patch.mask is not None and float(patch.mask.mean()) <= self.valid_ratio
 
     def _poor(self, label: np.ndarray) -> bool:
         """PyTC's rejection test: fewer than SIZE_THRES foreground voxels, or fewer than
@@ -426,12 +464,16 @@ class PatchSampler:
         rejected before paying for its augmentation.
         """
         rejecting = self.reject_threshold > 0 or self.reject_diversity > 0
+        masked = any(pair.mask is not None for pair in self.data.train)
         position = self._position(rng)
-        for _ in range(MAX_REJECTIONS if rejecting else 0):
+        for _ in range(MAX_REJECTIONS if rejecting or masked else 0):
             hopeless = 2 * np.count_nonzero(position[2]) < self.reject_threshold
             if not hopeless:
                 patch = self._augmented(*position, rng)
-                if not self._poor(patch.label):
+                if self._invalid(patch):
+                    position = self._position(rng)
+                    continue
+                if not rejecting or not self._poor(patch.label):
                     return patch
             if rng.random() > self.reject_p:  # keep a poor patch now and then
                 return patch if not hopeless else self._augmented(*position, rng)
@@ -485,12 +527,16 @@ def _stack(arrays: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def targets_and_weights(
-    cfg: Config, labels: Sequence[np.ndarray]
+    cfg: Config,
+    labels: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None] | None = None,
 ) -> tuple[list[torch.Tensor], list[list[torch.Tensor | None]]]:
     """Batched targets and pixel weights of (z, y, x) label patches, per TARGET_OPT
-    (`backend.trainer.supervision`: PyTC's targets and weights of each crop)."""
+    (`backend.trainer.supervision`: PyTC's targets and weights of each crop, the valid
+    mask of each patch passed along)."""
     supervise = Supervision.from_config(cfg)
-    samples = [supervise(label) for label in labels]
+    per_mask = list(masks) if masks is not None else [None] * len(labels)
+    samples = [supervise(label, mask) for label, mask in zip(labels, per_mask, strict=True)]
     targets = [_stack([s[0][i] for s in samples]) for i in range(len(supervise.options))]
     weights: list[list[torch.Tensor | None]] = []
     for i, row in enumerate(supervise.weight_options):
@@ -512,7 +558,9 @@ def make_batch(cfg: Config, sampler: PatchSampler, iteration: int) -> Batch:
     do_2d = _do_2d(cfg)
     channels = int(_section(cfg, "MODEL").get("IN_PLANES", 1))
     images = [_spatial(np.repeat(p.image[np.newaxis], channels, axis=0), do_2d) for p in patches]
-    targets, weights = targets_and_weights(cfg, [p.label for p in patches])
+    targets, weights = targets_and_weights(
+        cfg, [p.label for p in patches], [p.mask for p in patches]
+    )
     return Batch(iteration, _stack(images), targets, weights)
 
 

@@ -70,6 +70,6 @@ def test_old_style_switches_and_additional_targets() -> None:
     augmentor = build_augmentor(loaded.values)
     assert augmentor is not None
     assert "Elastic" in augmentor.names and "Grayscale" not in augmentor.names
-    assert dict(augmentor.kinds) == {"label": "mask", "raw2": "img"}
+    assert dict(augmentor.kinds) == {"label": "mask", "raw2": "img", "valid_mask": "mask"}
     warned = [p.key for p in validate(loaded, check_paths=False) if p.level == "warning"]
     assert not [k for k in warned if k.startswith("AUGMENTOR")]

@@ -44,14 +44,19 @@ def test_same_generator_state_same_patch() -> None:
 def test_disabled_augmenter_passes_the_sample_through() -> None:
     augmenter = Augmenter.from_config({"AUGMENTOR": {"ENABLED": False}}, (4, 8, 8))
     image, label = _sample(augmenter)
-    out_image, out_label = augmenter(image, label, np.random.default_rng(0))
+    out_image, out_label, out_mask = augmenter(image, label, np.random.default_rng(0))
     np.testing.assert_array_equal(out_image, image)
     np.testing.assert_array_equal(out_label, label)
+    assert out_mask is None
 
 
 def test_non_square_patches_keep_their_shape() -> None:
     augmenter = Augmenter.from_config({"MODEL": {"INPUT_SIZE": [4, 16, 24]}}, (4, 16, 24))
     for seed in range(6):
         image, label = _sample(augmenter, seed)
-        out_image, out_label = augmenter(image, label, np.random.default_rng(seed))
+        mask = (label > 0).astype(np.uint8)
+        out_image, out_label, out_mask = augmenter(image, label, np.random.default_rng(seed), mask)
         assert out_image.shape == out_label.shape == (4, 16, 24)
+        assert out_mask is not None and out_mask.shape == (4, 16, 24)
+        # The valid mask moves with the label (both `mask` kind, nearest neighbour).
+        np.testing.assert_array_equal(out_mask > 0, out_label > 0)

@@ -444,3 +444,26 @@ def test_rejection_by_diversity_asks_for_distinct_ids(tmp_path: Path) -> None:
     cfg["DATASET"]["REJECT_SAMPLING"] = {"SIZE_THRES": -1, "DIVERSITY": 2, "P": 1.0}
     sampler = PatchSampler(cfg, load_training_data(cfg))
     assert all(np.unique(p.label).size >= 2 for i in range(5) for p in sampler.patches(i))
+
+
+def test_valid_masks_move_with_labels_reject_and_weigh(tmp_path: Path) -> None:
+    write_volumes(tmp_path)
+    mask = np.zeros((20, 32, 32), np.uint8)
+    mask[:, :, :20] = 1  # the left 20 columns are annotated
+    np.save(tmp_path / "mask.npy", mask)
+    cfg = make_cfg(tmp_path, AUGMENTOR={**INTENSITY_OFF, "FLIP": {"ENABLED": True, "P": 1.0}})
+    cfg["DATASET"].update(VALID_MASK_NAME="mask.npy", VALID_RATIO=0.5)
+    data = load_training_data(cfg)
+    assert data.train[0].mask is not None and data.val[0].mask is not None
+    assert pickle.loads(pickle.dumps(data)).train[0].mask.shape == data.train[0].mask.shape
+    sampler = PatchSampler(cfg, data)
+    patches = [p for i in range(6) for p in sampler.patches(i)]
+    assert all(p.mask is not None and p.mask.mean() > 0.5 for p in patches)
+    batch = make_batch(cfg, sampler, 0)  # WEIGHT_OPT '1' is multiplied by the mask
+    weight = batch.weights[0][0]
+    assert weight is not None
+    masks = torch.from_numpy(np.stack([p.mask for p in sampler.patches(0)]))[:, None]
+    assert torch.all(weight[masks == 0] == 0) and torch.all(weight[masks == 1] > 0)
+    cfg["DATASET"]["VALID_MASK_NAME"] = "mask.npy@mask.npy"
+    with pytest.raises(DataError, match="one valid mask per image volume"):
+        load_training_data(cfg)
