@@ -472,6 +472,7 @@ class _Tables:
     losses: list[list[Any]]
     acts: list[list[Any]]
     weights: list[list[Any]]
+    has_mask: bool
     do_2d: bool
 
 
@@ -486,6 +487,7 @@ def _losses(
         losses=[[str(n) for n in row] for row in losses],
         acts=_shaped(rows(model.get("OUTPUT_ACT"), len(losses)), shape),
         weights=_shaped(rows(model.get("WEIGHT_OPT"), len(losses)), shape),
+        has_mask=bool(dataset.get("VALID_MASK_NAME")),
         do_2d=bool(dataset.get("DO_2D", False)),
     )
     out: list[Constraint] = []
@@ -522,8 +524,8 @@ def _loss_fits(tables: _Tables, target: TargetOption | None, i: int, j: int) -> 
             message = f"{where} {name}: {text!r} holds class indices, only WeightedCE takes them"
         return [Constraint("MODEL.LOSS_OPTION", message, fix)]
     out = _activation_fits(tables, target, i, j)
-    # '0' and unknown options weigh by the valid mask, which Trainboard does not load.
-    needs_weight = weight is not None and weight_kind(weight) == "mask"
+    # '0' and unknown options weigh by the valid mask (DATASET.VALID_MASK_NAME), if any.
+    needs_weight = weight is not None and weight_kind(weight) == "mask" and not tables.has_mask
     if name == "WeightedMAE" and needs_weight:
         out.append(
             Constraint(

@@ -156,3 +156,10 @@ def test_logits_loss_after_a_sigmoid_is_only_a_warning() -> None:
     problems = criterion_problems(config(OUTPUT_ACT=[["sigmoid", "sigmoid"]]))
     assert [(p.key, p.error) for p in problems] == [("MODEL.OUTPUT_ACT", False)]
     assert problems[0].fix == {"MODEL.OUTPUT_ACT": [["none", "sigmoid"]]}
+
+
+def test_mae_weighs_by_the_valid_mask_when_there_is_one() -> None:
+    values = config(LOSS_OPTION=[["WeightedMAE", "DiceLoss"]], WEIGHT_OPT=[["0", "0"]])
+    assert [p.key for p in criterion_problems(values)] == ["MODEL.WEIGHT_OPT"]
+    values["DATASET"]["VALID_MASK_NAME"] = "mask.h5"
+    assert criterion_problems(values) == []
