@@ -17,6 +17,7 @@ from backend.config import architectures
 from backend.config.context import Checks, show
 from backend.config.holdout import check_holdout
 from backend.config.load import LoadedConfig
+from backend.config.masks import check_valid_masks
 from backend.config.paths import check_machine
 from backend.config.problems import ERROR, WARNING, Problem
 from backend.config.schema import (
@@ -66,6 +67,7 @@ def validate(
     _check_accepted_not_used(checks)
     if check_paths:
         check_holdout(checks, base_dir or Path.cwd())
+        check_valid_masks(checks, base_dir or Path.cwd())
     if check_paths:
         check_machine(checks, base_dir or Path.cwd())
     return [*loaded.problems, *checks.problems]

@@ -63,3 +63,25 @@ def test_unreadable_volumes_still_warn_and_no_paths_no_warning(tmp_path: Path) -
     (problem,) = holdout_problems(config(tmp_path), tmp_path)  # the files do not exist
     assert "last 15%" in problem.message
     assert holdout_problems(config(tmp_path), tmp_path, check_paths=False) == []
+
+
+def mask_problems(text: str, tmp_path: Path) -> list:  # type: ignore[type-arg]
+    problems = validate(load_config(text=text), base_dir=tmp_path)
+    return [p for p in problems if p.key == "DATASET.VALID_MASK_NAME"]
+
+
+def test_valid_masks_are_checked_as_the_trainer_reads_them(tmp_path: Path) -> None:
+    for name, depth in (("a", 16), ("b", 7)):
+        np.save(tmp_path / f"{name}.npy", np.zeros((depth, 32, 32), np.uint8))
+        np.save(tmp_path / f"l{name}.npy", np.zeros((depth, 32, 32), np.uint8))
+    np.save(tmp_path / "ma.npy", np.ones((16, 32, 32), np.uint8))
+    np.save(tmp_path / "mb.npy", np.ones((7, 30, 32), np.uint8))
+    good = config(tmp_path, "  VALID_MASK_NAME: ma.npy@ma.npy\n")
+    (shape,) = mask_problems(good, tmp_path)
+    assert "has shape [16, 32, 32] but image b.npy has [7, 32, 32]" in shape.message
+    (count,) = mask_problems(config(tmp_path, "  VALID_MASK_NAME: ma.npy\n"), tmp_path)
+    assert "1 volume(s) for 2 image volume(s)" in count.message
+    (missing,) = mask_problems(config(tmp_path, "  VALID_MASK_NAME: ma.npy@nope.npy\n"), tmp_path)
+    assert missing.level == "error" and "nope.npy" in missing.message
+    np.save(tmp_path / "mb.npy", np.ones((7, 32, 32), np.uint8))
+    assert mask_problems(config(tmp_path, "  VALID_MASK_NAME: ma.npy@mb.npy\n"), tmp_path) == []
