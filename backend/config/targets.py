@@ -534,6 +534,17 @@ def _loss_fits(tables: _Tables, target: TargetOption | None, i: int, j: int) -> 
                 {"MODEL.WEIGHT_OPT": _replace(tables.weights, i, j, "1")},
             )
         )
+    dilated = weight is not None and weight_kind(weight) == "ratio-dilated"
+    if dilated and target is not None and target.classes and tables.do_2d:
+        # A (y, x) class target: PyTC's dilation asserts 3 or 4 dims.
+        out.append(
+            Constraint(
+                "MODEL.WEIGHT_OPT",
+                f"{where}: '1-1' dilates a target with a channel axis; {target.text!r} in 2D "
+                "has none",
+                {"MODEL.WEIGHT_OPT": _replace(tables.weights, i, j, "1")},
+            )
+        )
     if weight is not None and weight_kind(weight) == "unet":
         try:
             unet_weights(weight)
