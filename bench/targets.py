@@ -39,7 +39,8 @@ def voronoi_label(shape: tuple[int, int, int], cells: int, seed: int = 0) -> np.
     nearest = np.argmin((scaled**2).sum(-1), axis=-1)
     label = rng.permutation(cells)[nearest] + 1
     label[rng.random(shape) < 0.002] = 0  # small background pockets
-    return label.astype(np.uint16)
+    result: np.ndarray = label.astype(np.uint16)
+    return result
 
 
 def median_ms(label: np.ndarray, option: str, repeat: int) -> float:
