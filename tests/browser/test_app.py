@@ -184,6 +184,9 @@ def test_uploads(page: Any, server: Server, tmp_path: Path) -> None:
     overlay.write_text("SOLVER:\n  BASE_LR: 0.01\n")
     page.goto(f"{server.url}/#/wizard/3")
     page.set_input_files("#yaml-upload", str(config))
+    # The file names its own validation image; the uploaded volume was chosen: asked.
+    expect(page.locator("[data-testid=data-question]")).to_contain_text("tiny_volume.npy")
+    page.locator("[data-testid=data-keep-mine]").click()
     expect(page.locator("[data-testid=base-source]")).to_have_text("my_config.yaml")
     page.set_input_files("#overlay-upload", str(overlay))
     expect(page.locator("[data-testid=base-source]")).to_have_text(
