@@ -443,6 +443,8 @@ def orchestrate(rate: float, seconds: float, per_proc: int, trainer_rate: float)
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
                 timeout=600,
             )
+            if not history.stdout.strip():
+                raise SystemExit(f"the catch-up client failed:\n{history.stderr}")
             caught = json.loads(history.stdout.strip().splitlines()[-1])
             print(
                 f"catch-up from seq 0: {caught['events']:,} events in {caught['seconds']:.2f} s "
