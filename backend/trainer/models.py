@@ -1,13 +1,18 @@
-"""PyTC's residual U-Nets, built from the resolved config: `build_model(cfg)`.
+"""Every PyTC v1.0.0 model, built from the resolved config: `build_model(cfg)`.
 
-The encoder has one level per entry of MODEL.FILTERS. Level 0 keeps the input resolution;
+`build_model` dispatches on MODEL.ARCHITECTURE: the residual U-Nets are defined here, the
+FPN, DeepLab, UNETR and Swin UNETR in `backend/trainer/arch/` (MONAI is imported only for
+the last two). It first raises on every error of the architecture-constraint table that
+validation reports (`backend/config/architectures.py`). Models emit raw logits: activations
+belong to the losses (MODEL.OUTPUT_ACT) and to `losses.predict`.
+
+U-Nets: one encoder level per entry of MODEL.FILTERS. Level 0 keeps the input resolution;
 every later level halves it (strided conv, or max-pooling with MODEL.POOLING_LAYER) in
 (y, x) only for an anisotropic level and in (z, y, x) for an isotropic one. The decoder
-upsamples, adds the skip connection and refines with a residual block. The last conv emits
-raw logits: activations belong to the losses (MODEL.OUTPUT_ACT) and to `losses.predict`.
+upsamples, adds the skip connection and refines with a residual block.
 
-Layer names and shapes match PyTC's `UNet3D`, `UNet2D`, `UNetPlus3D` and `UNetPlus2D`, so a
-PyTC checkpoint loads into these models.
+Layer names and shapes match PyTC's classes, so a PyTC checkpoint loads into these models
+(`tests/trainer/test_models_parity.py` checks every fixture).
 """
 
 from __future__ import annotations
@@ -18,9 +23,7 @@ from typing import Any, cast
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backend.config.architectures import (
-    ARCHITECTURES as SUPPORTED_ARCHITECTURES,
-)
+from backend.config.architectures import ARCHITECTURES as SUPPORTED_ARCHITECTURES
 from backend.config.architectures import (
     DEEPLAB_BACKBONES,
     EFFICIENTNET_BLOCKS,

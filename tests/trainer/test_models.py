@@ -266,3 +266,25 @@ def test_isotropy_length_must_match_filters() -> None:
 def test_empty_filters_rejected() -> None:
     with pytest.raises(ValueError, match=r"MODEL\.FILTERS"):
         build_model(make_cfg(FILTERS=[], ISOTROPY=[]))
+
+
+@pytest.mark.parametrize("isotropic", [False, True])
+def test_repvgg_fuse_gives_the_deploy_block(isotropic: bool) -> None:
+    from backend.trainer.arch.backbones import RepVGGBlock
+
+    opts = LayerOptions(ndim=3)
+    block = RepVGGBlock(4, 4, opts, stride=1, isotropic=isotropic, deploy=False)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm3d):  # non-trivial statistics to fold
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    block.eval()
+    deployed = RepVGGBlock(4, 4, opts, stride=1, isotropic=isotropic, deploy=True).eval()
+    kernel, bias = block.fuse()
+    deployed.rbr_reparam.load_state_dict({"weight": kernel, "bias": bias})
+    x = torch.randn(1, 4, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), block(x), atol=1e-5, rtol=1e-5)

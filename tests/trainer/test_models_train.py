@@ -13,7 +13,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 import yaml
 
@@ -22,6 +24,7 @@ from backend.config.architectures import ARCHITECTURES
 from backend.demo import demo_config, make_demo_dataset
 from backend.job import TrainJob, decode_batch
 from backend.trainer.child import run
+from backend.trainer.models import primary_output, training_output
 
 Event = tuple[str, dict[str, Any], float]
 
@@ -29,9 +32,17 @@ SMALL_3D = {"ISOTROPY": [False, False, False, True, True], "INPUT_SIZE": [8, 32,
 # (id, demo kind, MODEL overrides): every architecture, each FPN backbone and block family.
 CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("unet_3d", "3d", {"FILTERS": [4, 8], "ISOTROPY": [False, True], "BLOCK_TYPE": "residual_pa"}),
-    ("unet_plus_3d", "3d", {"FILTERS": [4, 8], "ISOTROPY": [False, True]}),
+    (
+        "unet_plus_3d",
+        "3d",
+        {"FILTERS": [4, 8], "ISOTROPY": [False, True], "INPUT_SIZE": [8, 32, 32]},
+    ),
     ("unet_2d", "2d", {"FILTERS": [4, 8], "INPUT_SIZE": [1, 32, 32]}),
-    ("unet_plus_2d", "2d", {"FILTERS": [4, 8], "BLOCK_TYPE": "residual_se"}),
+    (
+        "unet_plus_2d",
+        "2d",
+        {"FILTERS": [4, 8], "BLOCK_TYPE": "residual_se", "INPUT_SIZE": [1, 32, 32]},
+    ),
     ("fpn_3d", "3d", {"FILTERS": [4] * 5, "BLOCKS": [1] * 4, **SMALL_3D}),
     ("fpn_3d", "3d", {"BACKBONE": "repvgg", "FILTERS": [4] * 5, "BLOCKS": [1] * 4, **SMALL_3D}),
     ("fpn_3d", "3d", {"BACKBONE": "botnet", "FILTERS": [4] * 5, "BLOCKS": [1] * 4, **SMALL_3D}),
@@ -90,7 +101,14 @@ class ListConn:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_demo_dataset(tmp_path_factory.mktemp("demo")).directory
+    """The demo volumes plus small validation crops (the run always validates at its end,
+    and a whole 256x256 volume through ResNet-50 would dominate the test)."""
+    data = make_demo_dataset(tmp_path_factory.mktemp("demo"))
+    crops = {"3d": (data.train_image, data.train_label), "2d": (data.val_image, data.val_label)}
+    for kind, (image, label) in crops.items():
+        np.save(data.directory / f"val_{kind}_image.npy", tifffile.imread(image)[:, :64, :64])
+        np.save(data.directory / f"val_{kind}_label.npy", tifffile.imread(label)[:, :64, :64])
+    return data.directory
 
 
 @pytest.fixture(autouse=True)
@@ -103,13 +121,28 @@ def tiny_tree(demo: Path, kind: str, arch: str, model: dict[str, Any], out: Path
     tree = demo_config(demo, kind)
     tree["MODEL"].update({"ARCHITECTURE": arch, **model})
     tree["MODEL"]["OUTPUT_SIZE"] = tree["MODEL"]["INPUT_SIZE"]
-    tree["DATASET"]["OUTPUT_PATH"] = str(out)
-    # Validate once, at the end: DeepLab's dict outputs reach the metrics too.
+    tree["DATASET"].update(
+        {
+            "OUTPUT_PATH": str(out),
+            "VAL_IMAGE_NAME": f"val_{kind}_image.npy",
+            "VAL_LABEL_NAME": f"val_{kind}_label.npy",
+        }
+    )
+    # One validation, at the end: DeepLab's dict outputs reach the metrics too.
     tree["SOLVER"].update(
         {"ITERATION_TOTAL": 3, "ITERATION_SAVE": 3, "ITERATION_VAL": 3, "WARMUP_ITERS": 0}
     )
     tree["SOLVER"]["SAMPLES_PER_BATCH"] = 2
     return tree
+
+
+def test_validation_and_metrics_read_the_main_output() -> None:
+    # DeepLab's {'out', 'aux'}: both are scored, metrics read 'out'; RETURN_FEATS: features
+    # are left out of training.
+    out, aux, feat = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4), torch.ones(1, 2, 2, 2)
+    assert training_output({"out": out, "aux": aux}) == {"out": out, "aux": aux}
+    assert primary_output({"out": out, "aux": aux}) is out
+    assert training_output((out, {0: feat})) is out and primary_output(out) is out
 
 
 def test_every_architecture_has_a_case() -> None:
