@@ -462,7 +462,8 @@ def test_valid_masks_move_with_labels_reject_and_weigh(tmp_path: Path) -> None:
     batch = make_batch(cfg, sampler, 0)  # WEIGHT_OPT '1' is multiplied by the mask
     weight = batch.weights[0][0]
     assert weight is not None
-    masks = torch.from_numpy(np.stack([p.mask for p in sampler.patches(0)]))[:, None]
+    stacked = np.stack([p.mask for p in sampler.patches(0) if p.mask is not None])
+    masks = torch.from_numpy(stacked)[:, None]
     assert torch.all(weight[masks == 0] == 0) and torch.all(weight[masks == 1] > 0)
     cfg["DATASET"]["VALID_MASK_NAME"] = "mask.npy@mask.npy"
     with pytest.raises(DataError, match="one valid mask per image volume"):
