@@ -25,7 +25,7 @@ def expect(locator: Any) -> Any:
 @pytest.mark.timeout(900)
 def test_failures_logs_and_reproduction(page: Any, server: Server) -> None:
     # ------------------------------------------------------------ a divergence
-    diverged = create_run(server, "diverging run", extra=("SOLVER.BASE_LR", "1000000"))
+    diverged = create_run(server, "diverging run", extra=("SOLVER.BASE_LR", "1e30"))
     failed = wait_run(server, diverged["run_id"], "Error")
     assert failed["resumable_from"] is None  # it failed before any checkpoint
     page.goto(f"{server.url}/#/runs/{diverged['run_id']}")
