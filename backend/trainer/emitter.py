@@ -114,7 +114,10 @@ class Emitter:
     # --- the hot path ----------------------------------------------------------------------
 
     def emit(self, type_: str, data: dict[str, Any]) -> None:
-        """Queue one event. The caller hands over `data`; it must not mutate it afterwards."""
+        """Queue one event. The caller hands over `data`; it must not mutate it afterwards.
+        After the final event nothing more is sent or written: it could not be stored."""
+        if self.finished:
+            return
         ts = self._clock()
         self._pending.append((type_, data, ts))
         # One chained comparison covers "interval passed" and "wall clock went backwards".
@@ -123,7 +126,8 @@ class Emitter:
 
     def emit_threadsafe(self, type_: str, data: dict[str, Any]) -> None:
         """`emit` for any thread: the event goes out with the training thread's next flush."""
-        self._foreign.append((type_, data, self._clock()))
+        if not self.finished:
+            self._foreign.append((type_, data, self._clock()))
 
     # --- flushing --------------------------------------------------------------------------
 
@@ -164,6 +168,8 @@ class Emitter:
         if self.finished:
             return False
         self.finished = True
+        while self._foreign:  # what other threads said goes before the final event
+            self._pending.append(self._foreign.popleft())
         self._pending.append((type_, data, self._clock()))
         self.flush(sync=True)
         return True

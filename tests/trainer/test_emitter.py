@@ -144,8 +144,10 @@ def test_only_the_first_final_event_counts(tmp_path: Path) -> None:
     assert not emitter.finish("failed", {"message": "late", "hint": "", "iteration": 1})
     with pytest.raises(ValueError, match="final"):
         emitter.finish("metric", {})
+    emitter.emit("log", {"level": "info", "message": "too late: never stored"})
+    emitter.emit_threadsafe("log", {"level": "warning", "message": "too late as well"})
     emitter.close()
-    assert [r["type"] for r in lines(tmp_path)] == ["log", "stopped"]
+    assert [r["type"] for r in lines(tmp_path)] == ["log", "stopped"], "the final stays last"
 
 
 def test_clock_going_backwards_flushes(tmp_path: Path) -> None:
