@@ -115,4 +115,20 @@ describe('the wizard state', () => {
     expect(w.overrides).toEqual(['DATASET.OUTPUT_PATH', '/out/fresh']);
     expect(w.runBody().overrides).toEqual(['DATASET.OUTPUT_PATH', '/out/fresh']);
   });
+
+  it('a loaded file never mixes its data with the chosen data: mine as a whole, or the file\'s', async () => {
+    const w = new Wizard(new MemoryStorage());
+    w.loadPreset(demo2d);
+    w.validated = { ok: true, problems: [], values: { DATASET: { INPUT_PATH: '/data/demo', IMAGE_NAME: 'train_image.tif' } } };
+    w.setData('DATASET.LABEL_NAME', 'cells.tif');
+    const file = 'DATASET:\n  INPUT_PATH: /other\n  IMAGE_NAME: a.tif\n  LABEL_NAME: b.tif\n';
+    const fileValues = { DATASET: { INPUT_PATH: '/other', IMAGE_NAME: 'a.tif', LABEL_NAME: 'b.tif' } };
+    expect(w.dataConflicts(file, fileValues).map((c) => c.key)).toEqual(['DATASET.INPUT_PATH', 'DATASET.IMAGE_NAME', 'DATASET.LABEL_NAME']);
+    w.loadUpload('f.yaml', file, { data: 'mine' });
+    expect(w.configYaml).toContain('INPUT_PATH: /data/demo'); // the name kept its folder
+    expect(w.configYaml).toContain('IMAGE_NAME: train_image.tif');
+    expect(w.configYaml).toContain('LABEL_NAME: cells.tif');
+    w.loadUpload('f.yaml', file, { data: 'file' });
+    expect(w.configYaml).toBe(file);
+  });
 });
