@@ -628,13 +628,17 @@ def describe_failure(exc: BaseException, cfg: Config, lr: float) -> Failure:
 
 _CONFIG_KEY = re.compile(r"\b(?:SYSTEM|MODEL|DATASET|AUGMENTOR|SOLVER|MONITOR)(?:\.[A-Z0-9_]+)+")
 DEFAULT_LR = 0.001  # PyTC's SOLVER.BASE_LR
+MAX_SUGGESTED_LR = 0.01  # mid-range of the 0.001-0.04 that PyTC's published configs use
 
 
 def lower_learning_rate(lr: float) -> float:
-    """A tenth of `lr` in 3 significant digits: positive, finite, never above `lr`."""
+    """A tenth of `lr` in 3 significant digits, never above `MAX_SUGGESTED_LR` nor `lr`.
+
+    A tenth of an absurd rate is still absurd (1e6 -> 1e5): past the cap the sane advice is
+    a rate U-Nets are known to train with, not a smaller absurdity."""
     if not math.isfinite(lr) or lr <= 0:
         return DEFAULT_LR
-    lower = float(f"{lr / 10:.3g}")
+    lower = min(float(f"{lr / 10:.3g}"), MAX_SUGGESTED_LR)
     return lower if 0 < lower <= lr else lr
 
 
