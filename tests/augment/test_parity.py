@@ -33,7 +33,7 @@ from backend.augment import (
     Streams,
     build_augmentor,
 )
-from tests.trainer.golden import entries, load
+from tests.reference import entries, load
 
 EXACT = 1e-6  # float32 rounding of the same arithmetic (Grayscale's power: ~2e-7)
 BILINEAR = 2e-2  # OpenCV bilinear interpolation across versions (README: up to 1.6e-2)

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from backend.config import load_config, validate
+from tests.reference import reference_dir
 
-CONFIGS = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "pytc-configs-v1.0.0"
-)
+CONFIGS = reference_dir("pytc-configs-v1.0.0")  # missing: fails loudly, naming the path
 
 # Config -> {key: words of the reason}. Wrong in themselves, in PyTC too:
 RAW_BCE = {"MODEL.OUTPUT_ACT": "WeightedBCE takes probabilities"}
@@ -60,7 +59,6 @@ REFUSED: dict[str, dict[str, str]] = {
 
 
 def published() -> list[Path]:
-    assert CONFIGS.is_dir(), f"PyTC's published configs are missing: looked in {CONFIGS.resolve()}"
     return sorted(CONFIGS.rglob("*.yaml"))
 
 

@@ -9,7 +9,6 @@ optimizer, lr_scheduler and iteration).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,15 +23,13 @@ from backend.config import load_config
 from backend.trainer.checkpoint import TrainingState, load_pre_model, save_checkpoint
 from backend.trainer.models import build_model
 from backend.trainer.optim import build_optimizer, build_schedule
+from tests.reference import load
 
-GOLDEN = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "pytc-golden"
 NORM_TYPES = (nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm3d, nn.LayerNorm)
 
 
 def fixture(name: str) -> dict[str, Any]:
-    path = GOLDEN / "solver" / name
-    assert path.is_file(), f"PyTC golden fixture missing: looked for {path.resolve()}"
-    data: dict[str, Any] = json.loads(path.read_text())
+    data: dict[str, Any] = load(f"solver/{name}")
     return data
 
 

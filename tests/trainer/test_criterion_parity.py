@@ -12,7 +12,7 @@ import yaml
 
 from backend.config.targets import OptionError, target_channels
 from backend.trainer.losses import build_criterion
-from tests.trainer.golden import entries, entry_id, load
+from tests.reference import entries, entry_id, load
 
 CASES = entries("losses", "losses/criterion/")
 

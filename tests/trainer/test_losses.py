@@ -30,7 +30,7 @@ from backend.trainer.losses import (
 )
 from tests.config.test_criterion_constraints import REFUSED
 from tests.config.test_criterion_constraints import config as constraint_config
-from tests.trainer.golden import entries, entry_id, load
+from tests.reference import entries, entry_id, load
 
 
 def make_cfg(do_2d: bool = False, **model: Any) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import math
 import zlib
 from collections.abc import Iterator
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,15 +23,12 @@ from torch import Tensor, nn
 
 from backend.config import schema
 from backend.trainer.models import build_model
+from tests.reference import golden_dir
 
-GOLDEN = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "pytc-golden"
-MODELS = GOLDEN / "models"
+MODELS = golden_dir("models")  # missing: fails loudly at collection, naming the path
 
 
 def fixture_names() -> list[str]:
-    if not MODELS.is_dir():
-        # Fail loudly at collection: a missing reference must never pass as "nothing to test".
-        raise FileNotFoundError(f"PyTC golden fixtures not found: looked in {MODELS.resolve()}")
     return sorted(p.stem for p in MODELS.glob("*.npz"))
 
 

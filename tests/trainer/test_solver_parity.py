@@ -4,9 +4,7 @@ saves, and OneCycle (which PyTC lists but cannot build) refused with a clear rea
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,15 +14,11 @@ from torch import nn
 from backend.config import load_config
 from backend.trainer.models import build_model
 from backend.trainer.optim import build_optimizer, build_schedule
-
-GOLDEN = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "pytc-golden"
-SOLVER = GOLDEN / "solver"
+from tests.reference import golden_dir, load
 
 
 def fixture(name: str) -> dict[str, Any]:
-    path = SOLVER / name
-    assert path.is_file(), f"PyTC golden fixture missing: looked for {path.resolve()}"
-    data: dict[str, Any] = json.loads(path.read_text())
+    data: dict[str, Any] = load(f"solver/{name}")
     return data
 
 
@@ -40,9 +34,7 @@ def fixture_model(overrides: tuple[str, ...]) -> nn.Module:
     return build_model(resolved(list(overrides)))
 
 
-PARAM_GROUP_FILES = sorted(p.name for p in SOLVER.glob("param_groups_*.json")) or [
-    "param_groups_SGD_defaults.json"  # an absent folder fails in `fixture`, never skips
-]
+PARAM_GROUP_FILES = sorted(p.name for p in golden_dir("solver").glob("param_groups_*.json"))
 
 
 @pytest.mark.parametrize("name", PARAM_GROUP_FILES)

@@ -24,7 +24,7 @@ from backend.trainer.targets import (
     seg_to_targets,
     seg_widen_border,
 )
-from tests.trainer.golden import entries, entry_id, load
+from tests.reference import entries, entry_id, load
 
 TARGETS = [e for e in entries("targets") if e["file"] != "targets/labels.npz"]
 MADE = [e for e in TARGETS if e["status"] == "ok" and "label_ops" not in e["file"]]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from backend.trainer.weights import balance, seg_to_weight, unet_border
-from tests.trainer.golden import entries, entry_id, load
+from tests.reference import entries, entry_id, load
 
 WEIGHTS = entries("weights")
 
