@@ -1,5 +1,12 @@
 """Fast, strict JSON for the event path: orjson, with the stdlib's refusal of NaN/Infinity.
 
+Use it for what Trainboard itself writes and reads back: events from the trainer's
+emitter, rows of the event store, the hub's event frames. Writing refuses a value that
+JSON cannot hold exactly (the event log must never turn a NaN into null); `loads` is plain
+orjson, for text this module wrote. JSON from or to a client (REST bodies, WebSocket
+commands, API responses) goes through `backend.wire` instead: bounded reading of untrusted
+text, and writing that never fails.
+
 orjson is about ten times faster than `json` at the small dicts of floats that make up
 nearly all events, but it writes a non-finite float as `null` where `json.dumps(...,
 allow_nan=False)` raises. `dumps` keeps the strict contract: output that holds `null`

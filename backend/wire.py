@@ -6,6 +6,9 @@ nesting, checked by orjson while it parses and then on the parsed value; anythin
 a `WireError` whose message says what is wrong and where. Writing never fails on a value
 the server holds: a non-finite float becomes `null`, and what orjson cannot write (an
 integer beyond 64 bits, very deep nesting) falls back to the standard library.
+
+Use it at the client boundary only. Events that Trainboard stores and replays use
+`backend.jsontext`, whose writing is strict instead (a NaN there is an error, not null).
 """
 
 from __future__ import annotations
