@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.augment.compose import BUILD_ORDER
 from backend.augment.preview import MAX_SAMPLES, PreviewError, grid_png, preview
 from backend.config.load import load_config
 from tests.server.live import ROOT, LiveServer, make_settings
@@ -81,18 +82,8 @@ def test_preview_follows_the_settings(tmp_path: Path) -> None:
         text,
         *[
             x
-            for name in (
-                "ROTATE",
-                "RESCALE",
-                "ELASTIC",
-                "GRAYSCALE",
-                "MISSINGPARTS",
-                "MISSINGSECTION",
-                "MISALIGNMENT",
-                "MOTIONBLUR",
-                "CUTBLUR",
-                "CUTNOISE",
-            )
+            for name in BUILD_ORDER
+            if name != "FLIP"
             for x in (f"AUGMENTOR.{name}.ENABLED", "False")
         ],
     )

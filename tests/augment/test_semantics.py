@@ -30,7 +30,7 @@ from backend.augment import (
     Streams,
     build_augmentor,
 )
-from backend.augment.compose import smooth_mask
+from backend.augment.compose import BUILD_ORDER, smooth_mask
 
 SEEDS = range(4)
 GEOMETRIC: dict[str, Callable[[], Augmentation]] = {
@@ -226,19 +226,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 def _all_on(cfg: dict[str, Any]) -> dict[str, Any]:
     """Every augmentation with P 1: the worst case for the sample size."""
     augmentor = dict(cfg.get("AUGMENTOR", {}))
-    for section in (
-        "ROTATE",
-        "RESCALE",
-        "FLIP",
-        "ELASTIC",
-        "GRAYSCALE",
-        "MISSINGPARTS",
-        "MISSINGSECTION",
-        "MISALIGNMENT",
-        "MOTIONBLUR",
-        "CUTBLUR",
-        "CUTNOISE",
-    ):
+    for section in BUILD_ORDER:
         augmentor[section] = {**augmentor.get(section, {}), "P": 1.0}
     return {**cfg, "AUGMENTOR": augmentor}
 

@@ -113,6 +113,21 @@ REFUSED = [
 ]  # fmt: skip
 
 
+def apply_fixes(values: dict[str, Any], rounds: int = 6) -> list[Any]:
+    """Apply the first error's fix until none is left (the suggestions converge); in place.
+
+    The errors last seen: empty when fewer than `rounds` fixes left none."""
+    errors: list[Any] = []
+    for _ in range(rounds):
+        errors = [p for p in criterion_problems(values) if p.error]
+        if not errors:
+            break
+        for dotted, value in errors[0].fix.items():
+            section, leaf = dotted.split(".")
+            values[section][leaf] = value
+    return errors
+
+
 @pytest.mark.parametrize(
     ("model", "key", "words"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED]
 )
@@ -121,14 +136,7 @@ def test_refused_with_a_fix_that_validates(model: dict[str, Any], key: str, word
     errors = [p for p in criterion_problems(values) if p.error]
     assert errors and errors[0].key == key and words in errors[0].message, errors
     assert errors[0].fix and errors[0].suggestion
-    # Apply the first error's fix until none is left: the suggestions converge.
-    for _ in range(6):
-        errors = [p for p in criterion_problems(values) if p.error]
-        if not errors:
-            break
-        for dotted, value in errors[0].fix.items():
-            section, leaf = dotted.split(".")
-            values[section][leaf] = value
+    errors = apply_fixes(values)
     assert not errors, errors
 
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import torch
 
-from backend.config.targets import criterion_problems
 from backend.trainer import regularizers
 from backend.trainer.losses import (
     LOSSES,
@@ -28,7 +27,7 @@ from backend.trainer.losses import (
     weighted_mae,
     weighted_mse,
 )
-from tests.config.test_criterion_constraints import REFUSED
+from tests.config.test_criterion_constraints import REFUSED, apply_fixes
 from tests.config.test_criterion_constraints import config as constraint_config
 from tests.reference import entries, entry_id, load
 
@@ -342,12 +341,6 @@ def test_trainer_refuses_what_validation_reports_and_builds_its_fix(case: Any) -
     values = constraint_config(**copy.deepcopy(model))
     with pytest.raises(ValueError, match=re.escape(words)):
         build_criterion(values)
-    for _ in range(6):
-        errors = [p for p in criterion_problems(values) if p.error]
-        if not errors:
-            break
-        for dotted, value in errors[0].fix.items():
-            section, leaf = dotted.split(".")
-            values[section][leaf] = value
+    apply_fixes(values)
     criterion = build_criterion(values)
     assert criterion.out_channels == values["MODEL"]["OUT_PLANES"]
