@@ -311,9 +311,7 @@ _ARTIFACT_TYPES = {
 
 async def artifact(request: Request) -> Response:
     summary = run_of(request)
-    wanted = request.query_params.get("path", "")
-    if not wanted:
-        raise bad_request("'path' is required")
+    wanted = _required_path(request)
     with files.os_errors(wanted):
         path = _artifact_path(summary, wanted)
         is_file = path.is_file()
@@ -394,11 +392,7 @@ async def upload(request: Request) -> Response:
 
 async def check_path(request: Request) -> Response:
     ctx = context(request)
-    body = await read_json(request, ctx.settings.max_json_bytes)
-    known_fields(body, ("path",), "a path check")
-    path = body.get("path")
-    if not isinstance(path, str) or not path:
-        raise bad_request("'path' (a string) is required")
+    path = await _path_body(request, "a path check")
     answer = await files.in_thread(files.check_path, ctx.settings.data_root, path)
     return JSONResponse(answer)
 
@@ -406,11 +400,7 @@ async def check_path(request: Request) -> Response:
 async def output_owner(request: Request) -> Response:
     """Whose output folder a path is, and a free one to propose (`backend.outputs`)."""
     ctx = context(request)
-    body = await read_json(request, ctx.settings.max_json_bytes)
-    known_fields(body, ("path",), "an output path check")
-    path = body.get("path")
-    if not isinstance(path, str) or not path:
-        raise bad_request("'path' (a string) is required")
+    path = await _path_body(request, "an output path check")
     runs = dict(ctx.service.runs)  # a snapshot the worker thread may read
     answer = await files.in_thread(_output_owner, ctx.settings.data_root, path, runs)
     return JSONResponse(answer)
@@ -425,6 +415,16 @@ def _required_path(request: Request) -> str:
     path = request.query_params.get("path", "")
     if not path:
         raise bad_request("'path' is required")
+    return path
+
+
+async def _path_body(request: Request, what: str) -> str:
+    """The non-empty `path` of a JSON body `{"path": ...}` that holds nothing else."""
+    body = await read_json(request, context(request).settings.max_json_bytes)
+    known_fields(body, ("path",), what)
+    path = body.get("path")
+    if not isinstance(path, str) or not path:
+        raise bad_request("'path' (a string) is required")
     return path
 
 
