@@ -27,6 +27,7 @@ from backend.errors import ApiError, bad_request, not_found, unknown_run
 from backend.fsm import to_mermaid
 from backend.projections import RunSummary
 from backend.runs import UnknownRun
+from backend.runspec import InvalidRequest, config_source
 from backend.security import MalformedPath, PathError, confine
 from backend.wire import JSONResponse
 
@@ -162,21 +163,12 @@ async def config_validate(request: Request) -> Response:
 
 
 def _config_source(body: dict[str, Any]) -> tuple[str, str | None, list[str]]:
-    """What a create request would take, checked the same way (numbers pass as text)."""
+    """What a create request would take, checked by the same code (`runspec.config_source`)."""
     known_fields(body, ("config", "base", "overrides"), "a validate request")
-    config, base, overrides = body.get("config"), body.get("base"), body.get("overrides") or []
-    if not isinstance(config, str):
-        raise bad_request("'config' (the YAML text) is required")
-    if base is not None and not isinstance(base, str):
-        raise bad_request("'base' must be YAML text")
-    if not isinstance(overrides, list) or not all(
-        isinstance(item, str | int | float) and not isinstance(item, bool) for item in overrides
-    ):
-        raise bad_request(
-            "'overrides' must be a list of strings: KEY, VALUE, ... "
-            '(for example ["SOLVER.BASE_LR", "0.01"])'
-        )
-    return config, base, [str(item) for item in overrides]
+    try:
+        return config_source(body)
+    except InvalidRequest as exc:
+        raise bad_request(str(exc), **exc.details) from None
 
 
 def _validate(config: str, base: str | None, overrides: list[str], root: Path) -> dict[str, Any]:
@@ -433,6 +425,8 @@ async def _path_body(request: Request, what: str) -> str:
 # One preview at a time: each is bounded (8 samples, bounded reads), and they queue.
 _PREVIEW_LIMITER = anyio.CapacityLimiter(1)
 MAX_PREVIEW_SEED = 2**31 - 1
+# backend.augment.preview.MAX_SAMPLES, not imported here: that module pulls OpenCV into start-up.
+MAX_PREVIEW_COUNT = 8
 
 
 async def augment_preview(request: Request) -> Response:
@@ -441,11 +435,12 @@ async def augment_preview(request: Request) -> Response:
     body = await read_json(request, ctx.settings.max_json_bytes)
     known_fields(body, ("config", "base", "overrides", "count", "seed"), "a preview request")
     count, seed = body.pop("count", 4), body.pop("seed", 0)
-    for name, value, high in (("count", count, 8), ("seed", seed, MAX_PREVIEW_SEED)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
-            raise bad_request(f"'{name}' must be an integer from {int(name == 'count')} to {high}")
-    if count == 0:
-        raise bad_request("'count' must be an integer from 1 to 8")
+    for name, value, low, high in (
+        ("count", count, 1, MAX_PREVIEW_COUNT),
+        ("seed", seed, 0, MAX_PREVIEW_SEED),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise bad_request(f"'{name}' must be an integer from {low} to {high}")
     config, base, overrides = _config_source(body)
     root = ctx.settings.data_root.resolve()
     answer = await anyio.to_thread.run_sync(

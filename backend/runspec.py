@@ -36,7 +36,15 @@ from backend.job import TrainJob
 from backend.outputs import KnownRun, OutputInUse
 from backend.runs import RunService, new_run_id
 
-__all__ = ["FIELDS", "InvalidConfig", "InvalidRequest", "OutputInUse", "created_data", "job_for"]
+__all__ = [
+    "FIELDS",
+    "InvalidConfig",
+    "InvalidRequest",
+    "OutputInUse",
+    "config_source",
+    "created_data",
+    "job_for",
+]
 
 # The fields of a create request (the command id travels beside them, not among them).
 FIELDS = ("name", "config", "base", "overrides", "log_path", "seed", "reuse_output", "start")
@@ -86,7 +94,7 @@ def created_data(
     Warnings do not block: they are kept in the data (`warnings`) so the run can show them.
     """
     _known_fields(request)
-    config, base, overrides = _source(request)
+    config, base, overrides = config_source(request)
     name, log_path = _optional_str(request, "name"), _optional_str(request, "log_path")
     seed = _seed(request)
     reuse = _flag(request, "reuse_output")
@@ -200,7 +208,8 @@ def _flag(request: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _source(request: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
+def config_source(request: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
+    """The request's `config`, `base` and `overrides` (numbers pass as text); InvalidRequest."""
     config = request.get("config")
     if not isinstance(config, str):
         raise InvalidRequest("'config' (the YAML text of the config) is required")

@@ -238,3 +238,9 @@ def test_route_needs_the_token(server: LiveServer) -> None:
     body = {"config": CONFIG.format(path="vols")}
     status, answer, _ = server.request("POST", "/api/augment/preview", body, token=None)
     assert status == 401 and answer["error"]["code"] == "unauthorized"
+
+
+def test_the_api_bounds_count_as_the_preview_does() -> None:
+    from backend import api
+
+    assert api.MAX_PREVIEW_COUNT == MAX_SAMPLES
