@@ -75,7 +75,7 @@ if __name__ != "__main__":
     from websockets.exceptions import ConnectionClosed
 
     from tests.server.live import http, tiny_yaml
-    from tests.server.test_restart import free_port
+    from tests.server.test_restart import alive, free_port
 
     pytestmark = pytest.mark.slow
     AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -194,13 +194,6 @@ if __name__ != "__main__":
     def child_pid(server: Server, run_id: str) -> int:
         page = server.request("GET", f"/api/runs/{run_id}/events?limit=20")[1]["events"]
         return int(next(e["data"]["pid"] for e in page if "pid" in e["data"]))
-
-    def alive(pid: int) -> bool:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
     async def until(predicate: Any, within_s: float, what: str) -> None:
         deadline = time.monotonic() + within_s
