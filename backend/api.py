@@ -8,7 +8,6 @@ protocol's error shape by `api_error`.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import platform
 from pathlib import Path
@@ -27,7 +26,7 @@ from backend.errors import ApiError, bad_request, not_found, unknown_run
 from backend.fsm import to_mermaid
 from backend.projections import RunSummary
 from backend.runs import UnknownRun
-from backend.runspec import InvalidRequest, config_source
+from backend.runspec import InvalidRequest, check_fields, config_source
 from backend.security import MalformedPath, PathError, confine
 from backend.wire import JSONResponse
 
@@ -89,16 +88,12 @@ def too_large(limit: int) -> ApiError:
 
 
 def known_fields(body: dict[str, Any], fields: tuple[str, ...], what: str) -> None:
-    """400 for a field the request does not define, naming the nearest one that it does."""
-    for key in body:
-        if key not in fields:
-            near = difflib.get_close_matches(key, fields, n=1)
-            hint = f"did you mean '{near[0]}'? " if near else ""
-            raise bad_request(
-                f"unknown field '{key}' in {what}; {hint}the fields are: {', '.join(fields)}",
-                field=key,
-                suggestion=near[0] if near else None,
-            )
+    """400 for a field the request does not define, naming the nearest one that it does
+    (`runspec.check_fields`, as a create request is checked)."""
+    try:
+        check_fields(body, fields, what)
+    except InvalidRequest as exc:
+        raise bad_request(str(exc), **exc.details) from None
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

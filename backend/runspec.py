@@ -41,6 +41,7 @@ __all__ = [
     "InvalidConfig",
     "InvalidRequest",
     "OutputInUse",
+    "check_fields",
     "config_source",
     "created_data",
     "job_for",
@@ -189,13 +190,17 @@ def job_for(
 def _known_fields(request: Mapping[str, Any]) -> None:
     if not isinstance(request, Mapping):
         raise InvalidRequest("the request must be a JSON object")
+    check_fields(request, FIELDS, "the create request")
+
+
+def check_fields(request: Mapping[str, Any], fields: Sequence[str], what: str) -> None:
+    """InvalidRequest for a field `what` does not define, naming the nearest one it does."""
     for key in request:
-        if key not in FIELDS:
-            near = difflib.get_close_matches(str(key), FIELDS, n=1, cutoff=0.5)
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
             hint = f"did you mean '{near[0]}'? " if near else ""
             raise InvalidRequest(
-                f"unknown field '{key}' in the create request; {hint}"
-                f"the fields are: {', '.join(FIELDS)}",
+                f"unknown field '{key}' in {what}; {hint}the fields are: {', '.join(fields)}",
                 field=key,
                 suggestion=near[0] if near else None,
             )
