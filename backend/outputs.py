@@ -111,8 +111,10 @@ def owner_of(path: str, run_id: str | None, runs: Mapping[str, KnownRun]) -> Own
 
 def propose(path: str, runs: Mapping[str, KnownRun]) -> str:
     """`path` if it is free, else the first free sibling `<name>-2`, `<name>-3`, ..."""
-    if owner_of(path, None, runs) is None:
-        return path
+    return path if owner_of(path, None, runs) is None else _free_sibling(path, runs)
+
+
+def _free_sibling(path: str, runs: Mapping[str, KnownRun]) -> str:
     folder = Path(path)
     match = _SUFFIX.match(folder.name)
     stem, first = (match["stem"], int(match["n"]) + 1) if match else (folder.name, 2)
@@ -134,7 +136,7 @@ def check(
     owner = owner_of(path, run_id, runs)
     if owner is None or reuse:
         return owner
-    raise OutputInUse(path, owner, propose(path, runs))
+    raise OutputInUse(path, owner, _free_sibling(path, runs))
 
 
 def claim(path: str, run_id: str, name: str) -> None:
@@ -170,7 +172,7 @@ def describe(path: str, runs: Mapping[str, KnownRun]) -> dict[str, Any]:
     return {
         "path": path,
         "owner": None if owner is None else owner.to_json(with_state=True),
-        "proposed": path if owner is None else propose(path, runs),
+        "proposed": path if owner is None else _free_sibling(path, runs),
     }
 
 
