@@ -312,7 +312,9 @@ def test_the_pipe_accepts_plain_data_only() -> None:
 
 def test_the_server_side_modules_never_import_torch() -> None:
     code = (
-        "import sys, backend.supervisor, backend.reconcile, backend.runspec, backend.trainer.cli;"
+        "import sys, backend.supervisor, backend.reconcile, backend.runspec, backend.trainer.cli,"
+        " backend.server, backend.api, backend.augment.preview, backend.config,"
+        " backend.trainer.synthetic;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
