@@ -49,7 +49,7 @@ frontend-check: frontend/node_modules/.installed
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	for script in store emit overhead fanout train_demo; do $(BIN)/python bench/$$script.py || exit 1; done
+	for script in store emit overhead fanout train_demo data targets create_checks; do $(BIN)/python bench/$$script.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build frontend/node_modules .pytest_cache .mypy_cache .ruff_cache

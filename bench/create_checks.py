@@ -20,11 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from backend import outputs
+from backend.demo import make_demo_dataset
 from backend.runspec import created_data
-from tests.trainer.helpers import tiny_config
 
 
 @dataclass
@@ -51,7 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        request = {"config": yaml.safe_dump(tiny_config(root / "data", root / "out" / "new"))}
+        # The demo config (a bench must not need tests/ on the path to run as a script).
+        request = {"config": make_demo_dataset(root / "data").config_2d.read_text()}
         runs = {
             f"{i:012x}": Known(str(root / "out" / f"run{i}"), f"run {i}", float(i))
             for i in range(args.runs)
