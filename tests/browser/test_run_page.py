@@ -25,7 +25,9 @@ def expect(locator: Any) -> Any:
 @pytest.mark.timeout(900)
 def test_failures_logs_and_reproduction(page: Any, server: Server) -> None:
     # ------------------------------------------------------------ a divergence
-    diverged = create_run(server, "diverging run", extra=("SOLVER.BASE_LR", "1e30"))
+    # Without normalisation nothing rescales the exploding activations: a sure NaN.
+    diverge = ("SOLVER.BASE_LR", "1e30", "MODEL.NORM_MODE", "none")
+    diverged = create_run(server, "diverging run", extra=diverge)
     failed = wait_run(server, diverged["run_id"], "Error")
     assert failed["resumable_from"] is None  # it failed before any checkpoint
     page.goto(f"{server.url}/#/runs/{diverged['run_id']}")
