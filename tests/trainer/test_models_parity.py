@@ -86,19 +86,7 @@ def _single_thread() -> Iterator[None]:
     yield
 
 
-# Known gap: with DOWNSAMPLE 'merging' (v1, PyTC's default) the outputs differ from PyTC
-# (1e-2 of the scale anisotropic, 7e-2 isotropic); 'mergingv2' is exact. The 3D v1 merge
-# orders tried (MONAI 1.3.2's, MONAI 1.6's, every axis-nested order) all differ, so the
-# cause is not known yet (docs/models.md).
-V1_MERGING = pytest.mark.xfail(
-    strict=True, reason="swinunetr DOWNSAMPLE 'merging' (v1) differs from PyTC; cause unknown"
-)
-KNOWN_GAPS = {"swinunetr__isotropic": V1_MERGING, "swinunetr__v1_merging": V1_MERGING}
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=KNOWN_GAPS.get(n, ())) for n in fixture_names()]
-)
+@pytest.mark.parametrize("name", fixture_names())
 def test_matches_pytc(name: str) -> None:
     info = meta(name)
     arrays = np.load(MODELS / f"{name}.npz")

@@ -27,8 +27,8 @@ Size3 = int | tuple[int, int, int]
 
 Offset = tuple[int, int, int]
 # (z, y, x) offsets of the 2x2x2 neighbours, in the order their features are concatenated.
-# `mergingv2` takes them in lexicographic order; PyTC's `merging` (v1, kept for old
-# checkpoints) repeats two neighbours and skips two, as the Swin UNETR release did.
+# `mergingv2` takes them in lexicographic order; PyTC's `merging` (v1) takes all eight in
+# the order of its own PatchMerging: the origin, then z, y, x, then zx, zy, yx, then zyx.
 _V2_3D: list[Offset] = [(z, y, x) for z in (0, 1) for y in (0, 1) for x in (0, 1)]
 _V1_3D: list[Offset] = [
     (0, 0, 0),
@@ -36,8 +36,8 @@ _V1_3D: list[Offset] = [
     (0, 1, 0),
     (0, 0, 1),
     (1, 0, 1),
-    (0, 1, 0),
-    (0, 0, 1),
+    (1, 1, 0),
+    (0, 1, 1),
     (1, 1, 1),
 ]
 _IN_PLANE: dict[str, list[Offset]] = {
