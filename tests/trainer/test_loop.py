@@ -157,7 +157,7 @@ def test_non_finite_loss_fails_with_a_hint(tmp_path: Path) -> None:
     assert events[-1][0] == "failed"
     failed = of(events, "failed")[0]
     assert "at iteration" in failed["message"] and "1e+06" in failed["message"]
-    assert "lower SOLVER.BASE_LR (now 1e+06), e.g. to 100000" in failed["hint"]
+    assert "lower SOLVER.BASE_LR (now 1e+06), e.g. to 0.01," in failed["hint"]
     assert "SOLVER.CLIP_GRADIENTS" in failed["hint"]
     assert failed["iteration"] == of(events, "metric")[-1]["iteration"]
     last = of(events, "metric")[-1]
