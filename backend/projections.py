@@ -4,17 +4,21 @@ A run's summary also keeps what a restarted server must know without re-reading 
 log: the command ids its events record (so a repeated command is answered, not applied
 again), the run's own checkpoints (what a resume may load), and whether a server stop
 or crash interrupted it.
+
+`to_state` / `from_state` carry a summary through a snapshot (`backend.readmodels`) as
+plain JSON, every field included, so a summary restored from a snapshot is the summary
+the fold made.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from backend import events as ev
 from backend.events import Event
 from backend.fsm import Run
-from backend.fsm.machine import State
+from backend.fsm.machine import Lifecycle, State
 
 # The command each command event records (the inverse of events.COMMAND_EVENTS).
 _COMMAND_OF = {event_type: command for command, event_type in ev.COMMAND_EVENTS.items()}
@@ -163,6 +167,43 @@ class RunSummary:
         shutdown = kind == ev.STOPPED and self.stop_reason == SERVER_SHUTDOWN
         return bool(final.get("interrupted")) or shutdown
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything this summary holds, as JSON values (a snapshot's record of it)."""
+        run = self.run
+        state: dict[str, Any] = {
+            "run": {
+                "run_id": run.run_id,
+                "state": None if run.lifecycle is None else str(run.lifecycle.state),
+                "stopping": run.stopping,
+                "version": run.version,
+                "last_seq": run.last_seq,
+                "problems": list(run.problems),
+            }
+        }
+        for f in summary_fields():
+            value = getattr(self, f)
+            if f == "commands":
+                value = {cid: [r.command, r.version] for cid, r in value.items()}
+            elif isinstance(value, dict | list):
+                value = _copy(value)
+            state[f] = value
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RunSummary:
+        """The summary `to_state` recorded; KeyError/TypeError/ValueError if it is not one."""
+        saved = state["run"]
+        run = Run(saved["run_id"], None, int(saved["version"]), int(saved["last_seq"]))
+        run.problems = [str(p) for p in saved["problems"]]
+        if saved["state"] is not None:
+            run.lifecycle = Lifecycle(initial=State(saved["state"]))
+            run.lifecycle.stopping = bool(saved["stopping"])
+        values = {f: state[f] for f in summary_fields()}
+        values["commands"] = {
+            cid: CommandRecord(str(c), int(v)) for cid, (c, v) in values["commands"].items()
+        }
+        return cls(run, **values)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run.run_id,
@@ -191,6 +232,19 @@ class RunSummary:
             "resumable_from": self.resumable_from,
             "problems": list(self.run.problems),
         }
+
+
+def summary_fields() -> tuple[str, ...]:
+    """RunSummary's fields besides the lifecycle, in declaration order."""
+    return tuple(f.name for f in fields(RunSummary) if f.name != "run")
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(v) for v in value]
+    return value
 
 
 def summarize(events: list[Event], run_id: str) -> RunSummary:

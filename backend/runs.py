@@ -5,6 +5,10 @@ trainer supervisor): the state machine decides, the store appends, the in-memory
 updated with the same `apply` a replay uses, and listeners hear about the new events.
 A command's event records its client-chosen id (`data.command_id`); `find_command`
 answers which run and event an id made, also after a restart.
+
+The read models (a summary and a run page per run) are restored at start from their
+snapshots plus the events after them (`backend.readmodels.snapshots`), or folded from the
+whole log when a snapshot cannot be trusted; either way they equal a full fold.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from backend import events as ev
 from backend.events import Event, NewEvent
 from backend.fsm.fold import admissible
 from backend.projections import CommandRecord, RunSummary
+from backend.readmodels import snapshots
+from backend.readmodels.runpage import RunPage
 from backend.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -42,23 +48,53 @@ class RunService:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self.runs: dict[str, RunSummary] = {}
+        self.pages: dict[str, RunPage] = {}
+        self.changed: set[str] = set()  # runs whose page changed since the last snapshot
+        self.snapshots = snapshots.Snapshotter(self)  # started by the server, not by tests
         self._command_runs: dict[str, str] = {}  # command id -> the run whose log records it
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Listener] = []
 
-    async def load(self) -> None:
-        """Rebuild every run's summary from the log (startup)."""
-        self.runs.clear()
+    async def load(self) -> snapshots.Restored:
+        """Rebuild every run's read models (startup): from the snapshots and the events
+        after them when they can be trusted, else from the whole log (logged)."""
+        return await snapshots.restore(self)
+
+    async def fold_from(self, after: int, run_id: str | None = None) -> None:
+        """Fold the stored events after seq `after` (of one run, or all) into the models."""
+        while batch := await self._read_after(after, run_id):
+            for event in batch:
+                self.fold(event)
+            after = batch[-1].seq
+
+    async def _read_after(self, after: int, run_id: str | None) -> list[Event]:
+        if run_id is None:
+            return await self.store.read_all(after, limit=10_000)
+        return await self.store.read_run_after_seq(run_id, after, limit=10_000)
+
+    def fold(self, event: Event) -> None:
+        """Apply one stored event from the log, leniently, to every read model."""
+        summary = self.runs.get(event.run_id)
+        if summary is None:
+            summary = self.runs[event.run_id] = RunSummary.new(event.run_id)
+        summary.replay(event)
+        page = self.pages.get(event.run_id)
+        if page is None:
+            page = self.pages[event.run_id] = RunPage(event.run_id)
+        if event.seq > page.seq:
+            page.apply(event)
+        self._index(event)
+
+    def index_commands(self) -> None:
+        """The command-id answers table, from the summaries (after a restore)."""
         self._command_runs.clear()
-        after = 0
-        while page := await self.store.read_all(after, limit=10_000):
-            for event in page:
-                summary = self.runs.get(event.run_id)
-                if summary is None:
-                    summary = self.runs[event.run_id] = RunSummary.new(event.run_id)
-                summary.replay(event)
-                self._index(event)
-            after = page[-1].seq
+        for run_id, summary in self.runs.items():
+            for command_id in summary.commands:
+                self._command_runs.setdefault(command_id, run_id)
+
+    def page(self, run_id: str) -> RunPage:
+        self.get(run_id)
+        return self.pages.setdefault(run_id, RunPage(run_id))
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` with every batch of newly stored events; returns an unsubscribe."""
@@ -125,9 +161,12 @@ class RunService:
         if not new:
             return []
         stored = await self.store.append(summary.run.run_id, new, summary.run.version)
+        page = self.pages.setdefault(summary.run.run_id, RunPage(summary.run.run_id))
         for event in stored:
             summary.apply(event)
+            page.apply(event)
             self._index(event)
+        self.changed.add(summary.run.run_id)
         for listener in list(self._listeners):
             listener(stored)
         return stored

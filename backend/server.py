@@ -80,6 +80,7 @@ def create_app(settings: Settings) -> Starlette:
                     demo.cancel()
                 await ctx.supervisor.shutdown()
                 ctx.hub.close()
+                await ctx.service.snapshots.close()  # the next start folds no tail
         finally:
             await store.close()
 
@@ -103,7 +104,8 @@ def create_app(settings: Settings) -> Starlette:
 
 async def _start(settings: Settings, store: EventStore) -> Context:
     service = RunService(store)
-    await service.load()
+    restored = await service.load()
+    service.snapshots.start(save_now=not restored.from_snapshot)
     supervisor = Supervisor(
         service,
         max_concurrent=settings.max_concurrent,

@@ -7,6 +7,10 @@ tells every caller its events' sequence numbers. Nothing is ever updated or dele
 Event data is encoded with orjson (`backend.jsontext`: strict, no NaN), once per event,
 in the writer task; reads decode it with orjson too.
 
+Snapshots of read models (`backend.readmodels.snapshots`) live in a second table of the
+same file: caches keyed by name, each with the seq it reflects; the log never depends on
+them, and replacing one never touches an event.
+
 Durability: WAL mode. `synchronous="NORMAL"` (default) survives a crash of this process;
 `"FULL"` also survives a power cut or an OS crash, at the cost of an fsync per commit.
 """
@@ -16,12 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import aiosqlite
 
@@ -42,10 +47,27 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     UNIQUE (run_id, version)
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    schema TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    data BLOB NOT NULL
+);
 """
 _INSERT = "INSERT INTO events (seq, run_id, version, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)"
 _COLUMNS = "seq, run_id, version, type, ts, data"
 Row = tuple[int, str, int, str, float, str]
+
+
+class StoredSnapshot(NamedTuple):
+    """A read model's cached state as written: verify before trusting it."""
+
+    name: str
+    seq: int
+    schema: str
+    checksum: str
+    data: bytes
 
 
 def add_durability_argument(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +124,11 @@ def _rows(
     ]
 
 
+def _blob(value: Any) -> bytes:
+    """A BLOB cell as bytes (a damaged file may hold text there: checked later, not here)."""
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
 def _row_to_event(row: sqlite3.Row | tuple[Any, ...]) -> Event:
     seq, run_id, version, type_, ts, data = row
     return Event(seq, run_id, version, type_, ts, loads(data))
@@ -118,6 +145,8 @@ class EventStore:
         self._last_seq = 0
         self._versions: dict[str, int] = {}
         self._writer: asyncio.Task[None] | None = None
+        # One transaction at a time on the one connection: appends and snapshot writes.
+        self._transaction = asyncio.Lock()
         self._closed = False
         self.commits = 0  # transactions written: group commit keeps this well below appends
 
@@ -235,12 +264,16 @@ class EventStore:
         if not rows:
             return
         try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            await self._db.executemany(_INSERT, rows)
-            await self._db.execute("COMMIT")
+            async with self._transaction:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    await self._db.executemany(_INSERT, rows)
+                    await self._db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._db.execute("ROLLBACK")
+                    raise
         except (sqlite3.Error, ValueError) as exc:
-            with contextlib.suppress(sqlite3.Error):
-                await self._db.execute("ROLLBACK")
             for item, _ in accepted:
                 if not item.done.done():
                     item.done.set_exception(StoreError(f"append failed: {exc}"))
@@ -308,6 +341,43 @@ class EventStore:
             f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT ?", args
         )
         return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    # -- snapshots (caches of read models, never a source of truth) ---------------------
+
+    async def save_snapshots(self, snapshots: Sequence[tuple[str, int, str, bytes]]) -> None:
+        """Replace snapshots `(name, seq, schema, data)`, all in one transaction: a crash
+        leaves either the old set or the new one."""
+        rows = [
+            (n, seq, schema, hashlib.sha256(d).hexdigest(), d) for n, seq, schema, d in snapshots
+        ]
+        async with self._transaction:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                await self._db.executemany(
+                    "INSERT OR REPLACE INTO snapshots (name, seq, schema, checksum, data) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                await self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                raise
+
+    async def load_snapshots(self, prefix: str) -> list[StoredSnapshot]:
+        """Every snapshot whose name starts with `prefix`, as stored (unverified)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT name, seq, schema, checksum, data FROM snapshots "
+            "WHERE substr(name, 1, ?) = ? ORDER BY name",
+            (len(prefix), prefix),
+        )
+        return [StoredSnapshot(r[0], r[1], r[2], r[3], _blob(r[4])) for r in rows]
+
+    async def delete_snapshots(self, prefix: str) -> None:
+        async with self._transaction:
+            await self._db.execute(
+                "DELETE FROM snapshots WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+            )
 
     async def close(self) -> None:
         """Flush pending appends, stop the writer and close the file."""

@@ -1,0 +1,231 @@
+"""Snapshots of the read models: caches with the seq they reflect, never trusted blindly.
+
+The event log stays the only source of truth. A snapshot set is written in one
+transaction (`EventStore.save_snapshots`): `summaries` (every run's summary) and one
+`page:<run_id>` per run page that changed since the last set. Each row carries its seq,
+a schema tag (the snapshot format and the read models' fields: a changed model makes
+old snapshots unusable) and a checksum.
+
+At start `restore` loads them and verifies: the schema tag, the checksum, seq <= the
+store's last seq. Any failure: the whole set is dropped and everything folded from the
+log, logged with the reason. Otherwise only the tail (events after the snapshot's seq)
+is folded, and then every run is checked against the store (its version, and that the
+store knows no run the models lack): a run that disagrees, or has no page snapshot, is
+refolded from its own events. So a crash between an append and the next snapshot is
+harmless: those events are in the tail.
+
+`Snapshotter` writes a set every `interval_s` while events arrive, and at close; the
+state is captured on the event loop in one go (no await: one consistent seq) and
+encoded in a thread, off the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from backend.jsontext import dumps, loads
+from backend.projections import RunSummary, summary_fields
+from backend.readmodels import runpage
+from backend.readmodels.runpage import RunPage
+from backend.store import StoredSnapshot
+
+if TYPE_CHECKING:
+    from backend.runs import RunService
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+SUMMARIES = "summaries"
+PAGE_PREFIX = "page:"
+INTERVAL_S = 30.0
+
+
+def schema_tag() -> str:
+    """Names the snapshot format and the models' shape: any change retires old snapshots."""
+    shape = [
+        *summary_fields(),
+        *runpage.METRIC_SERIES,
+        *runpage.VALIDATION_SERIES,
+        str(runpage.LOG_LINES),
+        str(runpage.CHECKPOINTS),
+        str(runpage.PREVIEWS),
+        str(runpage.LIFECYCLE),
+    ]
+    digest = hashlib.sha256(",".join(shape).encode()).hexdigest()[:16]
+    return f"{FORMAT}:{digest}"
+
+
+class SnapshotUnusable(Exception):
+    """Why a snapshot cannot be trusted (logged; the models are folded from the log)."""
+
+
+@dataclass
+class Restored:
+    """How the read models were rebuilt at start."""
+
+    from_snapshot: bool
+    snapshot_seq: int  # 0 when folded from the whole log
+    tail_events: int  # events folded after the snapshot (all of them when from the log)
+    refolded_runs: int  # runs the verification refolded from their own events
+    reason: str = ""  # why the snapshot was not used
+
+
+def _decode(row: StoredSnapshot, last_seq: int, schema: str) -> Any:
+    if row.schema != schema:
+        raise SnapshotUnusable(f"{row.name} has schema {row.schema}, this version {schema}")
+    if hashlib.sha256(row.data).hexdigest() != row.checksum:
+        raise SnapshotUnusable(f"{row.name} does not match its checksum (corrupt)")
+    if not 0 <= row.seq <= last_seq:
+        raise SnapshotUnusable(f"{row.name} is at seq {row.seq}, the log ends at {last_seq}")
+    try:
+        return loads(row.data)
+    except ValueError as exc:
+        raise SnapshotUnusable(f"{row.name} is not JSON: {exc}") from exc
+
+
+async def restore(service: RunService) -> Restored:
+    """Rebuild `service`'s read models: snapshot + tail when valid, else the whole log."""
+    store = service.store
+    started = time.perf_counter()
+    try:
+        seq = await _load(service)
+    except SnapshotUnusable as exc:
+        reason = str(exc)
+        if reason != "no snapshot":
+            log.warning("snapshots unusable (%s): folding the whole log", reason)
+        service.runs.clear()
+        service.pages.clear()
+        await service.fold_from(0)
+        service.changed = set(service.runs)
+        service.index_commands()
+        result = Restored(False, 0, store.last_seq, 0, reason)
+    else:
+        tail = store.last_seq - seq
+        await service.fold_from(seq)
+        refolded = await _verify(service)
+        service.index_commands()
+        result = Restored(True, seq, tail, refolded)
+    log.info("read models ready in %.2f s: %s", time.perf_counter() - started, result)
+    return result
+
+
+async def _load(service: RunService) -> int:
+    """Install the snapshots into `service`; returns their seq. SnapshotUnusable if not."""
+    store, schema = service.store, schema_tag()
+    rows = await store.load_snapshots(SUMMARIES)
+    summary_row = next((r for r in rows if r.name == SUMMARIES), None)
+    if summary_row is None:
+        raise SnapshotUnusable("no snapshot")
+    saved = _decode(summary_row, store.last_seq, schema)
+    pages = await store.load_snapshots(PAGE_PREFIX)
+    try:
+        runs = {run_id: RunSummary.from_state(s) for run_id, s in saved.items()}
+        loaded = {}
+        for row in pages:
+            if row.seq > summary_row.seq:
+                raise SnapshotUnusable(f"{row.name} is newer than the summaries")
+            page = RunPage.from_state(_decode(row, store.last_seq, schema))
+            loaded[page.run_id] = page
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SnapshotUnusable(f"a snapshot does not hold what it should: {exc!r}") from exc
+    service.runs.clear()
+    service.runs.update(runs)
+    service.pages.clear()
+    service.pages.update({run_id: p for run_id, p in loaded.items() if run_id in runs})
+    service.changed = set()
+    return summary_row.seq
+
+
+async def _verify(service: RunService) -> int:
+    """Refold, from its own events, every run the snapshot + tail got wrong; how many."""
+    store = service.store
+    wrong = [
+        run_id
+        for run_id in store.run_ids()
+        if run_id not in service.runs
+        or service.runs[run_id].run.version != store.run_version(run_id)
+        or run_id not in service.pages
+        or service.pages[run_id].version != store.run_version(run_id)
+    ]
+    wrong += [run_id for run_id in service.runs if store.run_version(run_id) == 0]
+    for run_id in wrong:
+        log.warning("snapshot disagrees with the log for run %s: refolding it", run_id)
+        service.runs.pop(run_id, None)
+        service.pages.pop(run_id, None)
+        if store.run_version(run_id):
+            await service.fold_from(0, run_id)
+        service.changed.add(run_id)
+    return len(wrong)
+
+
+def capture(service: RunService, everything: bool = False) -> tuple[int, dict[str, Any]]:
+    """The models' state at one seq, as plain values (no await: nothing changes meanwhile).
+
+    The summaries always; the pages that changed since the last set (all with
+    `everything`). The seq is the last one applied to the models."""
+    seq = max((s.run.last_seq for s in service.runs.values()), default=0)
+    states: dict[str, Any] = {SUMMARIES: {rid: s.to_state() for rid, s in service.runs.items()}}
+    changed = set(service.pages) if everything else service.changed
+    for run_id in changed:
+        page = service.pages.get(run_id)
+        if page is not None:
+            states[PAGE_PREFIX + run_id] = page.to_state()
+    service.changed = set()
+    return seq, states
+
+
+async def save(service: RunService, everything: bool = False) -> int:
+    """Write one snapshot set; returns its seq. Encoding runs in a thread."""
+    seq, states = capture(service, everything)
+    schema = schema_tag()
+    encoded = await asyncio.to_thread(lambda: [(n, dumps(s)) for n, s in states.items()])
+    try:
+        await service.store.save_snapshots([(n, seq, schema, data) for n, data in encoded])
+    except BaseException:
+        service.changed |= {n[len(PAGE_PREFIX) :] for n in states if n != SUMMARIES}
+        raise
+    return seq
+
+
+class Snapshotter:
+    """Writes a snapshot set every `interval_s` when events arrived, and one at close."""
+
+    def __init__(self, service: RunService, interval_s: float = INTERVAL_S) -> None:
+        self.service = service
+        self.interval_s = interval_s
+        self.saved_seq = -1
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, save_now: bool = False) -> None:
+        """Save every `interval_s`; with `save_now`, first at once (after a full fold)."""
+        self._task = asyncio.create_task(self._loop(save_now), name="snapshotter")
+
+    async def _loop(self, save_now: bool) -> None:
+        if save_now:
+            await self.save_if_behind()
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.save_if_behind()
+
+    async def save_if_behind(self) -> None:
+        if self.service.store.last_seq == self.saved_seq:
+            return
+        try:
+            self.saved_seq = await save(self.service)
+        except Exception:
+            log.exception("could not write the read-model snapshots (start will fold more)")
+
+    async def close(self) -> None:
+        """Stop the timer and write a last set (clean shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.save_if_behind()
