@@ -266,6 +266,27 @@ def _page(page: list[Any], after: int, limit: int) -> Response:
     )
 
 
+async def run_page(request: Request) -> Response:
+    """What the run page draws, as of `page.seq`: subscribe `after` it for the rest."""
+    summary = run_of(request)
+    page = context(request).service.page(summary.run.run_id)
+    return JSONResponse({"run": summary.to_json(), "page": page.to_json()})
+
+
+async def run_series(request: Request) -> Response:
+    """One series of the run page between two x (iterations), at the finest level kept."""
+    summary = run_of(request)
+    page = context(request).service.page(summary.run.run_id)
+    name = request.query_params.get("name", "")
+    series = page.series.get(name)
+    if series is None:
+        raise bad_request(f"unknown series '{name}'; the series are: {', '.join(page.series)}")
+    x_from = int_param(request, "from", 0, 0, MAX_SEQ)
+    x_to = int_param(request, "to", MAX_SEQ, 0, MAX_SEQ)
+    level, buckets = series.window(x_from, x_to)
+    return JSONResponse({"name": name, "seq": page.seq, "level": level, "buckets": buckets})
+
+
 async def export_run(request: Request) -> Response:
     summary = run_of(request)
     fmt = request.query_params.get("format", "jsonl")
@@ -532,6 +553,8 @@ routes = [
     Route("/runs/{run_id}/stop", run_command, methods=["POST"]),
     Route("/runs/{run_id}/resume", run_command, methods=["POST"]),
     Route("/runs/{run_id}/events", run_events),
+    Route("/runs/{run_id}/page", run_page),
+    Route("/runs/{run_id}/series", run_series),
     Route("/runs/{run_id}/export", export_run),
     Route("/runs/{run_id}/artifact", artifact),
     Route("/runs/{run_id}/diagram", diagram),
