@@ -269,14 +269,14 @@ def _page(page: list[Any], after: int, limit: int) -> Response:
 async def run_page(request: Request) -> Response:
     """What the run page draws, as of `page.seq`: subscribe `after` it for the rest."""
     summary = run_of(request)
-    page = context(request).service.page(summary.run.run_id)
+    page = await context(request).service.page(summary.run.run_id)
     return JSONResponse({"run": summary.to_json(), "page": page.to_json()})
 
 
 async def run_series(request: Request) -> Response:
     """One series of the run page between two x (iterations), at the finest level kept."""
     summary = run_of(request)
-    page = context(request).service.page(summary.run.run_id)
+    page = await context(request).service.page(summary.run.run_id)
     name = request.query_params.get("name", "")
     series = page.series.get(name)
     if series is None:

@@ -48,7 +48,8 @@ class RunService:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self.runs: dict[str, RunSummary] = {}
-        self.pages: dict[str, RunPage] = {}
+        self.pages: dict[str, RunPage] = {}  # loaded pages
+        self.lazy_pages: set[str] = set()  # runs whose page waits in its snapshot (see page())
         self.changed: set[str] = set()  # runs whose page changed since the last snapshot
         self.snapshots = snapshots.Snapshotter(self)  # started by the server, not by tests
         self._command_runs: dict[str, str] = {}  # command id -> the run whose log records it
@@ -78,11 +79,12 @@ class RunService:
         if summary is None:
             summary = self.runs[event.run_id] = RunSummary.new(event.run_id)
         summary.replay(event)
-        page = self.pages.get(event.run_id)
-        if page is None:
-            page = self.pages[event.run_id] = RunPage(event.run_id)
-        if event.seq > page.seq:
-            page.apply(event)
+        if event.run_id not in self.lazy_pages:
+            page = self.pages.get(event.run_id)
+            if page is None:
+                page = self.pages[event.run_id] = RunPage(event.run_id)
+            if event.seq > page.seq:
+                page.apply(event)
         self._index(event)
 
     def index_commands(self) -> None:
@@ -92,8 +94,16 @@ class RunService:
             for command_id in summary.commands:
                 self._command_runs.setdefault(command_id, run_id)
 
-    def page(self, run_id: str) -> RunPage:
+    async def page(self, run_id: str) -> RunPage:
+        """A run's page; one still in its snapshot is loaded now (under the run's lock, so
+        no append slips between its snapshot's tail and the page going live)."""
         self.get(run_id)
+        if run_id in self.lazy_pages:
+            async with self._lock(run_id):
+                if run_id in self.lazy_pages:
+                    self.pages[run_id] = await snapshots.load_page(self, run_id)
+                    self.lazy_pages.discard(run_id)
+                    self.changed.add(run_id)  # the next set saves it with its tail
         return self.pages.setdefault(run_id, RunPage(run_id))
 
     def listen(self, listener: Listener) -> Callable[[], None]:
@@ -161,12 +171,14 @@ class RunService:
         if not new:
             return []
         stored = await self.store.append(summary.run.run_id, new, summary.run.version)
-        page = self.pages.setdefault(summary.run.run_id, RunPage(summary.run.run_id))
+        run_id = summary.run.run_id
+        page = None if run_id in self.lazy_pages else self.pages.setdefault(run_id, RunPage(run_id))
         for event in stored:
             summary.apply(event)
-            page.apply(event)
+            if page is not None:
+                page.apply(event)
             self._index(event)
-        self.changed.add(summary.run.run_id)
+        self.changed.add(run_id)
         for listener in list(self._listeners):
             listener(stored)
         return stored

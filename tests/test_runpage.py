@@ -100,7 +100,7 @@ async def test_the_page_holds_what_the_run_page_draws(tmp_path: Path) -> None:
                 ]
             facts.append(NewEvent(ev.LOG, {"message": f"line {i}"}))
             await service.record(run_id, facts)
-        page = service.page(run_id).to_json()
+        page = (await service.page(run_id)).to_json()
         assert page["seq"] == store.last_seq and page["version"] == store.run_version(run_id)
         assert page["series"]["loss"]["count"] == 500
         assert max(b[5] for b in page["series"]["loss"]["buckets"]) == 1.0
@@ -134,7 +134,7 @@ async def test_page_then_subscribe_after_its_seq_has_no_gap_and_no_duplicate(
 
         producer = asyncio.create_task(produce())
         await asyncio.sleep(0.2)
-        page = service.page(run_id).to_json()  # then subscribe, with no await between
+        page = (await service.page(run_id)).to_json()  # loaded: returns without suspending
         outbox = Outbox(max_events=100_000)
         sub = Subscription(outbox, run_id, page["seq"], lambda: None)
         caught = asyncio.create_task(hub.subscribe(sub))

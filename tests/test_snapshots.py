@@ -65,8 +65,10 @@ async def full_fold(store: EventStore) -> RunService:
     return reference
 
 
-def models(service: RunService) -> dict[str, Any]:
-    """Everything the read models hold, as values."""
+async def models(service: RunService) -> dict[str, Any]:
+    """Everything the read models hold, as values (every page loaded)."""
+    for run_id in list(service.runs):
+        await service.page(run_id)
     return {
         "summaries": {rid: s.to_state() for rid, s in service.runs.items()},
         "json": {rid: s.to_json() for rid, s in service.runs.items()},
@@ -80,7 +82,7 @@ def models(service: RunService) -> dict[str, Any]:
 
 
 async def assert_equals_full_fold(service: RunService) -> None:
-    assert models(service) == models(await full_fold(service.store))
+    assert await models(service) == await models(await full_fold(service.store))
 
 
 async def test_snapshot_plus_tail_equals_a_full_fold(tmp_path: Path) -> None:
@@ -93,13 +95,13 @@ async def test_snapshot_plus_tail_equals_a_full_fold(tmp_path: Path) -> None:
         await service.record(ids[1], [NewEvent(ev.METRIC, {"iteration": 41, "loss": 0.01})])
         await service.record(ids[1], [NewEvent(ev.COMPLETED, {"iteration": 41})])
         await service.create({"name": "after"}, run_id="late")
-        live = models(service)
+        live = await models(service)
     async with await EventStore.open(path) as store:
         restored_service = RunService(store)
         restored = await restored_service.load()
         assert restored.from_snapshot and restored.snapshot_seq == saved_at
         assert restored.tail_events == 3 and restored.refolded_runs == 0
-        assert models(restored_service) == live
+        assert await models(restored_service) == live
         await assert_equals_full_fold(restored_service)
         # A repeated command is still answered after the restore.
         found = restored_service.find_command("start-1")
@@ -114,6 +116,39 @@ async def test_only_changed_pages_are_rewritten(tmp_path: Path) -> None:
         await service.record(ids[1], [NewEvent(ev.LOG, {"message": "one more"})])
         _, states = snapshots.capture(service)
         assert set(states) == {snapshots.SUMMARIES, snapshots.PAGE_PREFIX + ids[1]}
+
+
+async def test_pages_wait_in_their_snapshot_until_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    async with await EventStore.open(path) as store:
+        service = RunService(store)
+        ids = await write_history(service)
+        await snapshots.save(service)
+        await service.record(ids[1], [NewEvent(ev.LOG, {"message": "after the snapshot"})])
+        expected = (await service.page(ids[1])).to_state()
+    async with await EventStore.open(path) as store:
+        restored = RunService(store)
+        await restored.load()
+        assert restored.pages == {} and restored.lazy_pages == set(ids)
+        # An append to a page still in its snapshot: the page, loaded later, has it.
+        await restored.record(ids[1], [NewEvent(ev.LOG, {"message": "while lazy"})])
+        page = await restored.page(ids[1])
+        assert page.version == store.run_version(ids[1])
+        assert page.to_state()["logs"][:-1] == expected["logs"]
+        assert page.to_state()["logs"][-1]["data"]["message"] == "while lazy"
+        assert ids[1] not in restored.lazy_pages and ids[1] in restored.changed
+
+
+async def test_a_save_cancelled_midway_leaves_its_pages_to_the_next_set(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "events.db") as store:
+        service = RunService(store)
+        ids = await write_history(service)
+        saving = asyncio.create_task(snapshots.save(service))
+        await asyncio.sleep(0)  # captured, encoding in its thread
+        saving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await saving
+        assert service.changed == set(ids)
 
 
 def _rewrite(path: Path, name: str, change: Callable[[sqlite3.Connection], None]) -> None:
@@ -172,13 +207,13 @@ async def test_a_bad_snapshot_is_rebuilt_from_the_log(
         service = RunService(store)
         await write_history(service)
         await snapshots.save(service)
-        live = models(service)
+        live = await models(service)
     _rewrite(path, "summaries", change)
     async with await EventStore.open(path) as store:
         restored_service = RunService(store)
         restored = await restored_service.load()
         assert not restored.from_snapshot and reason in restored.reason
-        assert models(restored_service) == live
+        assert await models(restored_service) == live
 
 
 # A snapshot that decodes and passes its checks but disagrees with the log for one run.
@@ -204,13 +239,14 @@ async def test_a_run_the_snapshot_got_wrong_is_refolded(
         service = RunService(store)
         await write_history(service)
         await snapshots.save(service)
-        live = models(service)
+        live = await models(service)
     _rewrite(path, "summaries", change)
     async with await EventStore.open(path) as store:
         restored_service = RunService(store)
         restored = await restored_service.load()
-        assert restored.from_snapshot and restored.refolded_runs == 1
-        assert models(restored_service) == live
+        assert restored.from_snapshot
+        assert restored.refolded_runs == (0 if what == "page missing" else 1)
+        assert await models(restored_service) == live
 
 
 async def test_no_snapshot_folds_the_log_and_the_snapshotter_writes_one(tmp_path: Path) -> None:

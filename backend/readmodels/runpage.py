@@ -24,6 +24,7 @@ PREVIEWS = 20
 LIFECYCLE = 200  # a run resumed a hundred times still shows its latest story
 METRIC_SERIES = ("loss", "lr")  # metric data keys
 VALIDATION_SERIES = {"val_loss": "loss", "dice": "dice", "iou": "iou"}  # name -> data key
+_METRIC_KEYS = {name: name for name in METRIC_SERIES}
 _KEPT = ("lifecycle", "logs", "checkpoints", "previews")
 
 
@@ -55,7 +56,7 @@ class RunPage:
         self.version = event.version
         kind, data = event.type, event.data
         if kind == ev.METRIC:
-            self._points(data, {name: name for name in METRIC_SERIES})
+            self._points(data, _METRIC_KEYS)
         elif kind == ev.VALIDATION:
             self._points(data, VALIDATION_SERIES)
             if data.get("preview"):

@@ -56,13 +56,12 @@ class Series:
         return self.levels[0][-1][0] if self.levels[0] else None
 
     def add(self, x: float, y: float) -> None:
-        last = self.last_x
-        if last is not None and x <= last:
+        level0 = self.levels[0]
+        if level0 and x <= level0[-1][0]:
             self.cut(x)
         self.count += 1
-        bucket = point(x, y)
-        self._add_level(0, bucket)
-        self._add_overview(bucket)
+        self._add_level(0, [x, x, x, y, x, y, 1])
+        self._add_overview(x, y)
 
     def _add_level(self, k: int, bucket: Bucket) -> None:
         while True:
@@ -76,11 +75,20 @@ class Series:
             self._carry[k] = None
             bucket, k = merge(pending, bucket), k + 1
 
-    def _add_overview(self, bucket: Bucket) -> None:
-        self._open = bucket if self._open is None else merge(self._open, bucket)
-        if self._open[6] < self.overview_size:
+    def _add_overview(self, x: float, y: float) -> None:
+        bucket = self._open
+        if bucket is None:
+            bucket = self._open = [x, x, x, y, x, y, 1]
+        else:  # in place: this runs once per point
+            bucket[1] = x
+            if y < bucket[3]:
+                bucket[2], bucket[3] = x, y
+            if y > bucket[5]:
+                bucket[4], bucket[5] = x, y
+            bucket[6] += 1
+        if bucket[6] < self.overview_size:
             return
-        self.overview.append(self._open)
+        self.overview.append(bucket)
         self._open = None
         if len(self.overview) >= 2 * self.width:
             pairs = zip(self.overview[0::2], self.overview[1::2], strict=True)
@@ -102,7 +110,7 @@ class Series:
 
     def whole(self) -> list[Bucket]:
         """The whole series in at most about `2 * width` buckets (the chart's first draw)."""
-        tail = [] if self._open is None else [self._open]
+        tail = [] if self._open is None else [list(self._open)]
         return [*self.overview, *tail]
 
     def window(self, x_from: float, x_to: float) -> tuple[int, list[Bucket]]:
@@ -119,13 +127,15 @@ class Series:
         return -1, [b for b in self.whole() if b[1] >= x_from and b[0] <= x_to]
 
     def to_state(self) -> dict[str, Any]:
+        """A copy (encoded later, in a thread, while points keep arriving): closed
+        buckets are never changed, so copying the lists that hold them is enough."""
         return {
             "width": self.width,
             "levels": [list(level) for level in self.levels],
-            "carry": self._carry,
-            "overview": self.overview,
+            "carry": list(self._carry),
+            "overview": list(self.overview),
             "overview_size": self.overview_size,
-            "open": self._open,
+            "open": None if self._open is None else list(self._open),
             "count": self.count,
         }
 

@@ -2,7 +2,7 @@
 
 The event log stays the only source of truth. A snapshot set is written in one
 transaction (`EventStore.save_snapshots`): `summaries` (every run's summary) and one
-`page:<run_id>` per run page that changed since the last set. Each row carries its seq,
+`page:<run_id>` per loaded run page that changed since the last set. Each row carries its seq,
 a schema tag (the snapshot format and the read models' fields: a changed model makes
 old snapshots unusable) and a checksum.
 
@@ -10,9 +10,14 @@ At start `restore` loads them and verifies: the schema tag, the checksum, seq <=
 store's last seq. Any failure: the whole set is dropped and everything folded from the
 log, logged with the reason. Otherwise only the tail (events after the snapshot's seq)
 is folded, and then every run is checked against the store (its version, and that the
-store knows no run the models lack): a run that disagrees, or has no page snapshot, is
-refolded from its own events. So a crash between an append and the next snapshot is
-harmless: those events are in the tail.
+store knows no run the models lack): a run that disagrees is refolded from its own
+events. So a crash between an append and the next snapshot is harmless: those events
+are in the tail.
+
+Run pages are bigger than summaries and only one is open at a time, so they are left in
+their snapshots at start and loaded when first asked for (`load_page`): the page's
+snapshot, verified the same way, plus that run's events after it; a page that is missing
+or disagrees with the run's version is folded from the run's events.
 
 `Snapshotter` writes a set every `interval_s` while events arrive, and at close; the
 state is captured on the event loop in one go (no await: one consistent seq) and
@@ -101,6 +106,7 @@ async def restore(service: RunService) -> Restored:
             log.warning("snapshots unusable (%s): folding the whole log", reason)
         service.runs.clear()
         service.pages.clear()
+        service.lazy_pages.clear()
         await service.fold_from(0)
         service.changed = set(service.runs)
         service.index_commands()
@@ -123,21 +129,14 @@ async def _load(service: RunService) -> int:
     if summary_row is None:
         raise SnapshotUnusable("no snapshot")
     saved = _decode(summary_row, store.last_seq, schema)
-    pages = await store.load_snapshots(PAGE_PREFIX)
     try:
         runs = {run_id: RunSummary.from_state(s) for run_id, s in saved.items()}
-        loaded = {}
-        for row in pages:
-            if row.seq > summary_row.seq:
-                raise SnapshotUnusable(f"{row.name} is newer than the summaries")
-            page = RunPage.from_state(_decode(row, store.last_seq, schema))
-            loaded[page.run_id] = page
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SnapshotUnusable(f"a snapshot does not hold what it should: {exc!r}") from exc
     service.runs.clear()
     service.runs.update(runs)
     service.pages.clear()
-    service.pages.update({run_id: p for run_id, p in loaded.items() if run_id in runs})
+    service.lazy_pages = set(runs)
     service.changed = set()
     return summary_row.seq
 
@@ -150,18 +149,46 @@ async def _verify(service: RunService) -> int:
         for run_id in store.run_ids()
         if run_id not in service.runs
         or service.runs[run_id].run.version != store.run_version(run_id)
-        or run_id not in service.pages
-        or service.pages[run_id].version != store.run_version(run_id)
     ]
     wrong += [run_id for run_id in service.runs if store.run_version(run_id) == 0]
     for run_id in wrong:
         log.warning("snapshot disagrees with the log for run %s: refolding it", run_id)
         service.runs.pop(run_id, None)
         service.pages.pop(run_id, None)
+        service.lazy_pages.discard(run_id)
         if store.run_version(run_id):
             await service.fold_from(0, run_id)
         service.changed.add(run_id)
     return len(wrong)
+
+
+async def load_page(service: RunService, run_id: str) -> RunPage:
+    """A run's page from its snapshot plus the run's events after it, verified against
+    the run's version; folded from all the run's events when that fails (logged).
+    The caller holds the run's lock: no append of this run happens meanwhile."""
+    store = service.store
+    page = None
+    for row in await store.load_snapshots(PAGE_PREFIX + run_id):
+        if row.name != PAGE_PREFIX + run_id:
+            continue
+        try:
+            page = RunPage.from_state(_decode(row, store.last_seq, schema_tag()))
+        except (SnapshotUnusable, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("page snapshot of run %s unusable (%s): folding its events", run_id, exc)
+    page = page or RunPage(run_id)
+    await _fold_page(service, page, page.seq)
+    if page.version != store.run_version(run_id):
+        log.warning("page snapshot of run %s disagrees with the log: folding its events", run_id)
+        page = RunPage(run_id)
+        await _fold_page(service, page, 0)
+    return page
+
+
+async def _fold_page(service: RunService, page: RunPage, after: int) -> None:
+    while batch := await service.store.read_run_after_seq(page.run_id, after, limit=10_000):
+        for event in batch:
+            page.apply(event)
+        after = batch[-1].seq
 
 
 def capture(service: RunService, everything: bool = False) -> tuple[int, dict[str, Any]]:
@@ -184,10 +211,11 @@ async def save(service: RunService, everything: bool = False) -> int:
     """Write one snapshot set; returns its seq. Encoding runs in a thread."""
     seq, states = capture(service, everything)
     schema = schema_tag()
-    encoded = await asyncio.to_thread(lambda: [(n, dumps(s)) for n, s in states.items()])
     try:
+        encoded = await asyncio.to_thread(lambda: [(n, dumps(s)) for n, s in states.items()])
         await service.store.save_snapshots([(n, seq, schema, data) for n, data in encoded])
     except BaseException:
+        # Not written (a failure, or cancelled at shutdown): the next set writes them.
         service.changed |= {n[len(PAGE_PREFIX) :] for n in states if n != SUMMARIES}
         raise
     return seq

@@ -1,0 +1,149 @@
+"""Start, list and open a run as the history grows: are they flat in the size of events.db?
+
+Writes one history of 20 runs through the real store, growing it to each size in turn
+(default 0.2M and 2M events), and at each size serves it with the real app (uvicorn, in
+this process) and measures, from the client's side:
+
+- `cold_s`: start -> the first answer of GET /api/runs with no snapshot (the whole log
+  folded: what every start cost before snapshots, and what one costs after a corrupt one);
+- `ready_s`: the same start with the snapshot the previous clean stop wrote;
+- `open_run_s`: GET /api/runs/{id}/page of one run (a 20th of the events), then subscribe
+  after its seq until `caught_up`: what the run page needs before it draws;
+- `full_catchup_s`: the old way, subscribe `after: 0` -> `caught_up` (the reference).
+
+Prints one line per size: `events= ready_s= open_run_s= db_mb= cold_s= full_catchup_s=
+run_events= write_s=`. Asserts nothing. Run from the repository root:
+`.venv/bin/python -m bench.history [--sizes 200000 2000000]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's backend, whatever the venv points at
+
+import websockets  # noqa: E402
+
+from backend import events as ev  # noqa: E402
+from backend.events import NewEvent  # noqa: E402
+from backend.runs import RunService  # noqa: E402
+from backend.store import EventStore  # noqa: E402
+from tests.server.live import TOKEN, LiveServer, make_settings  # noqa: E402
+
+RUNS = 20
+BATCH = 2_000
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def grow(db: Path, run_ids: list[str], per_run: int) -> None:
+    """Write metrics until every run has `per_run` of them (created and started first)."""
+    store = await EventStore.open(db)
+    service = RunService(store)
+    await service.load()
+    for run_id in run_ids:
+        if run_id not in service.runs:
+            await service.create({"name": run_id, "total_iterations": 10**9}, run_id=run_id)
+            await service.command(run_id, "start", {"attempt": 1})
+        elif "resume" in service.runs[run_id].run.legal_commands():
+            await service.command(run_id, "resume", {})  # the last start reconciled it
+
+    async def produce(run_id: str) -> None:
+        done = service.runs[run_id].iteration
+        while done < per_run:
+            n = min(BATCH, per_run - done)
+            batch = [
+                NewEvent(ev.METRIC, {"iteration": i, "loss": 1 / i + (i % 97) * 1e-4, "lr": 1e-3})
+                for i in range(done + 1, done + n + 1)
+            ]
+            await store.append(run_id, batch)
+            done += n
+
+    await asyncio.gather(*(produce(r) for r in run_ids))
+    await store.close()
+
+
+def get(url: str) -> bytes:
+    request = urllib.request.Request(url, headers=AUTH)
+    with urllib.request.urlopen(request, timeout=600) as response:
+        body: bytes = response.read()
+        return body
+
+
+def start_and_list(settings: object) -> tuple[LiveServer, float]:
+    """Start the real app; seconds until GET /api/runs answers."""
+    began = time.perf_counter()
+    live = LiveServer(settings).start()  # type: ignore[arg-type]
+    get(live.url + "/api/runs")
+    return live, time.perf_counter() - began
+
+
+async def catch_up(live: LiveServer, run_id: str, after: int) -> int:
+    """Subscribe to one run after `after` until caught_up; events received."""
+    received = 0
+    async with websockets.connect(live.ws_url, additional_headers=AUTH, max_size=None) as ws:
+        await ws.recv()  # hello
+        await ws.send(json.dumps({"type": "subscribe", "run_id": run_id, "after": after}))
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "events":
+                received += len(frame["events"])
+            elif frame["type"] == "caught_up":
+                return received
+
+
+def open_run(live: LiveServer, run_id: str) -> float:
+    began = time.perf_counter()
+    page = json.loads(get(f"{live.url}/api/runs/{run_id}/page"))["page"]
+    asyncio.run(catch_up(live, run_id, page["seq"]))
+    return time.perf_counter() - began
+
+
+def measure(tmp: Path, events: int) -> str:
+    db = tmp / "events.db"
+    run_ids = [f"run{r:02d}" for r in range(RUNS)]
+    began = time.perf_counter()
+    asyncio.run(grow(db, run_ids, events // RUNS))
+    write_s = time.perf_counter() - began
+    conn = sqlite3.connect(db)
+    total = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    with conn:
+        conn.execute("DELETE FROM snapshots")  # the cold start: no snapshot to trust
+    conn.close()
+    settings = make_settings(tmp, db_path=db, ws_queue_events=20_000)
+    live, cold_s = start_and_list(settings)
+    live.stop()  # a clean stop writes the snapshot
+    live, ready_s = start_and_list(settings)
+    open_run_s = min(open_run(live, run_ids[0]) for _ in range(3))
+    began = time.perf_counter()
+    run_events = asyncio.run(catch_up(live, run_ids[0], 0))
+    full_catchup_s = time.perf_counter() - began
+    live.stop()
+    db_mb = sum(p.stat().st_size for p in tmp.glob("events.db*")) / 1e6
+    return (
+        f"events={total} ready_s={ready_s:.3f} open_run_s={open_run_s:.3f} db_mb={db_mb:.0f} "
+        f"cold_s={cold_s:.2f} full_catchup_s={full_catchup_s:.2f} "
+        f"run_events={run_events} write_s={write_s:.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 2_000_000])
+    parser.add_argument("--dir", type=Path, default=None, help="where to grow the history")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for size in sorted(args.sizes):
+            print(measure(Path(tmp), size), flush=True)
+
+
+if __name__ == "__main__":
+    main()
