@@ -12,7 +12,7 @@
 // to keep the runs table live. Folded runs are de-duplicated by seq and version, so a
 // resend after a reconnect never adds a point twice, and a version gap is never folded over.
 
-import { applyEvent, newRun, snapshot, LIFECYCLE_TYPES } from './fold.js';
+import { applyEvent, newRun, seedFromPage, snapshot, LIFECYCLE_TYPES } from './fold.js';
 import { ApiError, get, post, onUnauthorized } from './api.js';
 
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
@@ -204,8 +204,8 @@ export class Connection {
     } catch {
       return;
     }
-    // Left over from a subscription we have since replaced.
-    const stale = this.#subsAcked < this.#subsSent;
+    // Left over from a subscription we have since replaced (or sent while a run page loads).
+    const stale = this.#subsAcked < this.#subsSent || this.#seeding !== null;
     switch (frame.type) {
       case 'hello':
         this.#onHello(frame);
@@ -267,6 +267,10 @@ export class Connection {
     const sub = this.#sub;
     if (sub.mode === 'run') {
       const run = this.#run(sub.runId);
+      if (run.lastSeq === 0) {
+        this.#subscribeFromPage(sub.runId);
+        return;
+      }
       this.#stale.delete(sub.runId);
       this.#send({ type: 'subscribe', run_id: sub.runId, after: run.lastSeq });
     } else if (sub.mode === 'all') {
@@ -274,6 +278,32 @@ export class Connection {
     } else {
       this.#send({ type: 'unsubscribe' });
     }
+  }
+
+  // A run not folded yet: draw the server's run page (constant time, whatever the run's
+  // length), then subscribe after its seq. An older server without pages: from the start.
+  #seeding = null; // the run whose page is being fetched: its events wait for the subscribe
+
+  async #subscribeFromPage(runId) {
+    if (this.#seeding === runId) return; // already on its way (a reconnect meanwhile)
+    this.#seeding = runId;
+    let answer = null;
+    try {
+      answer = await get(`runs/${runId}/page`);
+    } catch {
+      answer = null;
+    }
+    if (this.#seeding === runId) this.#seeding = null;
+    const sub = this.#sub;
+    if (sub.mode !== 'run' || sub.runId !== runId) return; // the user moved on meanwhile
+    const known = this.#runs.get(runId);
+    if (answer?.page && (!known || known.lastSeq === 0)) {
+      this.#runs.set(runId, seedFromPage(runId, answer.page, answer.run));
+      this.#dirty.add(runId);
+      this.#scheduleFlush();
+    }
+    this.#stale.delete(runId);
+    this.#send({ type: 'subscribe', run_id: runId, after: this.#run(runId).lastSeq });
   }
 
   #run(runId) {
@@ -310,7 +340,7 @@ export class Connection {
         if (r === 'gap') this.#stale.add(e.run_id); // filled when the run is watched again
         else if (r !== 'duplicate') this.#dirty.add(e.run_id);
       } else if (sub.mode === 'run') {
-        if (e.run_id !== sub.runId) continue;
+        if (e.run_id !== sub.runId || this.#seeding === e.run_id) continue;
         const run = this.#run(e.run_id);
         const r = applyEvent(run, e);
         if (r === 'gap') {

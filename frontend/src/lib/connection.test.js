@@ -64,6 +64,7 @@ describe('the connection', () => {
     conn.start();
     const s1 = FakeSocket.all[0];
     s1.open(10);
+    await vi.advanceTimersByTimeAsync(0); // the run page first: this server has none
     expect(s1.frames('subscribe')).toEqual([{ type: 'subscribe', run_id: 'r1', after: 0 }]);
     s1.receive({ type: 'events', events: history.slice(0, 6) });
     s1.receive({ type: 'caught_up', seq: 6 });
@@ -87,7 +88,7 @@ describe('the connection', () => {
     conn.stop();
   });
 
-  it('ignores events and caught_up of a subscription it has replaced, until the new one is acknowledged', () => {
+  it('ignores events and caught_up of a subscription it has replaced, until the new one is acknowledged', async () => {
     const conn = new Connection({ url: 'ws://test/ws' });
     conn.watchAll();
     conn.start();
@@ -96,6 +97,10 @@ describe('the connection', () => {
     s.autoAck = false;
     conn.watchRun('r1');
     // Still in flight from the all-runs subscription: not folded, not "caught up".
+    s.receive({ type: 'events', events: history.slice(2, 4) });
+    s.receive({ type: 'caught_up', seq: 4 });
+    expect(conn.caughtUp).toBeNull();
+    await vi.advanceTimersByTimeAsync(0); // the run page fetched (none here): subscribed
     s.receive({ type: 'events', events: history.slice(2, 4) });
     s.receive({ type: 'caught_up', seq: 4 });
     expect(conn.caughtUp).toBeNull();
@@ -108,18 +113,52 @@ describe('the connection', () => {
     conn.stop();
   });
 
-  it('a refused subscribe (unknown run) counts as answered', () => {
+  it('a refused subscribe (unknown run) counts as answered', async () => {
     const conn = new Connection({ url: 'ws://test/ws' });
     conn.start();
     const s = FakeSocket.all[0];
     s.autoAck = false;
     conn.watchRun('nope');
     s.open(0);
+    await vi.advanceTimersByTimeAsync(0);
     s.receive({ type: 'error', error: { code: 'not_found', message: 'no run', details: { frame_type: 'subscribe' } } });
     conn.watchRun('r1');
+    await vi.advanceTimersByTimeAsync(0);
     s.receive({ type: 'subscribed', run_id: 'r1', after: 0 });
     s.receive({ type: 'events', events: history.slice(0, 2) });
     expect(conn.foldedRun('r1').state).toBe('Training');
+    conn.stop();
+  });
+
+  it('opens a run from its run page, then subscribes after the page seq', async () => {
+    const page = {
+      run_id: 'r1',
+      seq: 5000,
+      version: 4000,
+      series: { loss: { count: 3990, buckets: [[1, 3990, 7, 0.1, 2, 5.0, 3990]] } },
+      events: history.slice(0, 2),
+    };
+    globalThis.fetch = vi.fn(async (url) => {
+      const body = String(url).endsWith('/page')
+        ? { run: { run_id: 'r1', state: 'Training', iteration: 3990 }, page }
+        : { run: { run_id: 'r1', state: 'Training', legal_commands: ['stop'] }, created: {} };
+      return { ok: true, status: 200, text: async () => JSON.stringify(body) };
+    });
+    const conn = new Connection({ url: 'ws://test/ws' });
+    conn.watchRun('r1');
+    conn.start();
+    const s = FakeSocket.all[0];
+    s.open(5000);
+    s.receive({ type: 'events', events: history.slice(0, 3) }); // before the page: not folded
+    await vi.advanceTimersByTimeAsync(0);
+    expect(s.frames('subscribe')).toEqual([{ type: 'subscribe', run_id: 'r1', after: 5000 }]);
+    s.receive({ type: 'events', events: [ev(5001, 4001, 'metric', { iteration: 3991, loss: 0.09 })] });
+    s.receive({ type: 'caught_up', seq: 5001 });
+    const run = conn.foldedRun('r1');
+    expect(run.metrics.iteration).toEqual([2, 7, 3991]);
+    expect(run.metrics.loss).toEqual([5.0, 0.1, 0.09]);
+    expect([run.state, run.version, run.iteration]).toEqual(['Training', 4001, 3991]);
+    expect(conn.caughtUp).toBe('r1');
     conn.stop();
   });
 

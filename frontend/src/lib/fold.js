@@ -340,6 +340,72 @@ export function snapshot(run) {
   };
 }
 
+// A bucket of the server's run page (docs/protocol.md): [x_first, x_last, x_min, y_min,
+// x_max, y_max, n]. Its two extremes, in x order, draw every spike the full series has.
+function extremes(buckets) {
+  const points = [];
+  for (const b of buckets) {
+    if (b[2] === b[4]) points.push([b[2], b[3]]);
+    else if (b[2] < b[4]) points.push([b[2], b[3]], [b[4], b[5]]);
+    else points.push([b[4], b[5]], [b[2], b[3]]);
+  }
+  return points;
+}
+
+// Between two of its own points a series holds its previous value (a line, not dots);
+// before its first and after its last it has none.
+function stepFill(ys) {
+  const last = ys.findLastIndex((y) => y !== null);
+  let held = null;
+  for (let i = 0; i < last; i++) {
+    if (ys[i] === null) ys[i] = held;
+    else held = ys[i];
+  }
+  return ys;
+}
+
+// Parallel arrays over the union of the series' x (null where a series has no point there).
+function columns(byName) {
+  const xs = new Set();
+  const maps = {};
+  for (const [name, buckets] of Object.entries(byName)) {
+    maps[name] = new Map(extremes(buckets ?? []));
+    for (const x of maps[name].keys()) xs.add(x);
+  }
+  const iteration = [...xs].sort((a, b) => a - b);
+  const out = { iteration };
+  for (const [name, map] of Object.entries(maps)) out[name] = stepFill(iteration.map((x) => map.get(x) ?? null));
+  return out;
+}
+
+/**
+ * A run as the server's run page (GET /api/runs/{id}/page) shows it: its kept events folded
+ * (lifecycle, logs, checkpoints, previews, the latest progress), its series from the
+ * page's min/max buckets, and the summary's figures; then live events fold on from
+ * `page.seq` (subscribe after it: no gap, no duplicate).
+ */
+export function seedFromPage(runId, page, summary = null) {
+  const run = newRun(runId);
+  for (const e of page.events) {
+    run.version = e.version - 1; // the page keeps some events, not all: no gap to report
+    applyEvent(run, e);
+  }
+  const s = page.series;
+  run.metrics = columns({ loss: s.loss?.buckets, lr: s.lr?.buckets });
+  run.validation = columns({ loss: s.val_loss?.buckets, dice: s.dice?.buckets, iou: s.iou?.buckets });
+  run.version = page.version;
+  run.lastSeq = page.seq;
+  run.events = page.version;
+  run.rev += 1;
+  if (summary) {
+    run.iteration = summary.iteration ?? run.iteration;
+    run.lastLoss = summary.last_loss ?? run.lastLoss;
+    run.bestDice = summary.best_dice ?? run.bestDice;
+    run.bestIteration = summary.best_iteration ?? run.bestIteration;
+  }
+  return run;
+}
+
 /** Fold a whole sequence (a run's events in order) into a new run. */
 export function foldEvents(events, runId = null) {
   const run = newRun(runId ?? events[0]?.run_id ?? null);

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { newRun, applyEvent, foldEvents, legalCommands, allows, duration, LOG_CAP } from './fold.js';
+import { newRun, applyEvent, foldEvents, legalCommands, allows, duration, LOG_CAP, seedFromPage } from './fold.js';
 
 // A little event factory: seq and version count up like the server's single writer.
 function history(runId = 'r1') {
@@ -242,5 +242,39 @@ describe('speed and duration', () => {
     add('completed', { iteration: 5 }); // ts 1008
     expect(runDuration(events)).toBe(6);
     expect(runDuration(events.slice(0, 4))).toBe(2); // still training: up to its last event
+  });
+});
+
+describe('seedFromPage: a run drawn from the server run page, then live', () => {
+  it('folds the kept events, draws the buckets extremes and goes on from the page seq', () => {
+    const { events, add } = history();
+    created(add, 1000);
+    add('started', { attempt: 1 });
+    const log = add('log', { level: 'info', message: 'hello' });
+    const page = {
+      run_id: 'r1',
+      seq: 5000,
+      version: 900,
+      series: {
+        // [x_first, x_last, x_min, y_min, x_max, y_max, n]
+        loss: { count: 800, buckets: [[1, 400, 300, 0.1, 2, 9.0, 400], [401, 800, 800, 0.05, 401, 0.2, 400]] },
+        lr: { count: 1, buckets: [[1, 1, 1, 0.01, 1, 0.01, 1]] },
+        dice: { count: 1, buckets: [[500, 500, 500, 0.7, 500, 0.7, 1]] },
+      },
+      events: [...events, { ...log, seq: 4999, version: 899, data: { message: 'late' } }],
+    };
+    const run = seedFromPage('r1', page, { iteration: 800, last_loss: 0.05, best_dice: 0.7, best_iteration: 500 });
+    expect(run.state).toBe('Training');
+    expect(run.logs.map((l) => l.message).slice(-2)).toEqual(['hello', 'late']);
+    expect(run.metrics.iteration).toEqual([1, 2, 300, 401, 800]);
+    expect(run.metrics.loss).toEqual([null, 9.0, 0.1, 0.2, 0.05]);
+    expect(run.metrics.lr).toEqual([0.01, null, null, null, null]);
+    expect(run.validation.dice).toEqual([0.7]);
+    expect([run.version, run.lastSeq, run.iteration, run.bestDice]).toEqual([900, 5000, 800, 0.7]);
+    // Live from the page's seq: the next event applies, an old one is a duplicate.
+    const next = { seq: 5001, run_id: 'r1', version: 901, type: 'metric', ts: 2000, data: { iteration: 801, loss: 0.04 } };
+    expect(applyEvent(run, next)).toBe('applied');
+    expect(run.metrics.iteration.at(-1)).toBe(801);
+    expect(applyEvent(run, { ...next, seq: 4000, version: 850 })).toBe('duplicate');
   });
 });
