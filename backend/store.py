@@ -57,6 +57,13 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 _INSERT = "INSERT INTO events (seq, run_id, version, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)"
 _COLUMNS = "seq, run_id, version, type, ts, data"
+_FIRST_RUN = (
+    "SELECT run_id, MAX(version) FROM events WHERE run_id = (SELECT MIN(run_id) FROM events)"
+)
+_NEXT_RUN = (
+    "SELECT run_id, MAX(version) FROM events "
+    "WHERE run_id = (SELECT MIN(run_id) FROM events WHERE run_id > ?)"
+)
 Row = tuple[int, str, int, str, float, str]
 
 
@@ -187,10 +194,14 @@ class EventStore:
         return store
 
     async def _load_positions(self) -> None:
-        rows = await self._db.execute_fetchall(
-            "SELECT run_id, MAX(version) FROM events GROUP BY run_id"
-        )
-        self._versions = {run_id: version for run_id, version in rows}
+        # One index seek per run (the (run_id, version) index), never a scan of the
+        # table: opening stays flat in the length of the log.
+        self._versions = {}
+        rows = await self._db.execute_fetchall(_FIRST_RUN)
+        while rows and next(iter(rows))[0] is not None:
+            run_id, version = next(iter(rows))
+            self._versions[run_id] = version
+            rows = await self._db.execute_fetchall(_NEXT_RUN, (run_id,))
         row = await self._db.execute_fetchall("SELECT COALESCE(MAX(seq), 0) FROM events")
         self._last_seq = next(iter(row))[0]
 

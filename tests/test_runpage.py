@@ -149,3 +149,30 @@ async def test_page_then_subscribe_after_its_seq_has_no_gap_and_no_duplicate(
         assert versions[0] == page["version"] + 1
         assert versions == list(range(versions[0], store.run_version(run_id) + 1))
         hub.close()
+
+
+# The endpoints, against a real server: (path, status, what the answer holds).
+def test_page_and_series_endpoints(tmp_path: Path) -> None:
+    from tests.server.live import LiveServer, make_settings
+
+    live = LiveServer(make_settings(tmp_path)).start()
+    try:
+        run_id = live.synthetic_run()
+        seqs = live.metrics(run_id, 1, 3_000)
+        status, body, _ = live.request("GET", f"/api/runs/{run_id}/page")
+        assert status == 200 and body["page"]["seq"] == seqs[-1]
+        assert body["run"]["run_id"] == run_id and body["page"]["series"]["loss"]["count"] == 3_000
+        assert len(body["page"]["series"]["loss"]["buckets"]) <= 1_025
+        status, body, _ = live.request("GET", f"/api/runs/{run_id}/series?name=loss&from=2990")
+        assert status == 200 and body["level"] == 0
+        assert [b[0] for b in body["buckets"]] == list(range(2990, 3001))
+        rows = [
+            (f"/api/runs/{run_id}/series?name=nope", 400, "the series are: loss, lr"),
+            (f"/api/runs/{run_id}/series?name=loss&from=x", 400, "'from' must be an integer"),
+            ("/api/runs/missing/page", 404, "no run with id 'missing'"),
+        ]
+        for path, expected, message in rows:
+            status, body, _ = live.request("GET", path)
+            assert (status, message in body["error"]["message"]) == (expected, True), path
+    finally:
+        live.stop()
