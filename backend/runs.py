@@ -22,6 +22,7 @@ from typing import Any
 from backend import events as ev
 from backend.events import Event, NewEvent
 from backend.fsm.fold import admissible
+from backend.fsm.machine import State
 from backend.projections import CommandRecord, RunSummary
 from backend.readmodels import snapshots
 from backend.readmodels.runpage import RunPage
@@ -85,6 +86,7 @@ class RunService:
                 page = self.pages[event.run_id] = RunPage(event.run_id)
             if event.seq > page.seq:
                 page.apply(event)
+                self.changed.add(event.run_id)
         self._index(event)
 
     def index_commands(self) -> None:
@@ -100,11 +102,28 @@ class RunService:
         self.get(run_id)
         if run_id in self.lazy_pages:
             async with self._lock(run_id):
-                if run_id in self.lazy_pages:
-                    self.pages[run_id] = await snapshots.load_page(self, run_id)
-                    self.lazy_pages.discard(run_id)
-                    self.changed.add(run_id)  # the next set saves it with its tail
+                await self._load_page(run_id)
         return self.pages.setdefault(run_id, RunPage(run_id))
+
+    async def _load_page(self, run_id: str) -> None:
+        """Bring a page out of its snapshot; the caller holds the run's lock."""
+        if run_id in self.lazy_pages:
+            self.pages[run_id] = await snapshots.load_page(self, run_id)
+            self.lazy_pages.discard(run_id)
+            self.changed.add(run_id)  # the next set saves it with its tail
+
+    def unload_idle_pages(self) -> int:
+        """Leave the pages of runs not training, saved and unchanged since, to their
+        snapshots (memory stays bounded by the runs in training); how many."""
+        idle = [
+            run_id
+            for run_id in self.pages
+            if run_id not in self.changed and self.runs[run_id].state is not State.TRAINING
+        ]
+        for run_id in idle:
+            del self.pages[run_id]
+            self.lazy_pages.add(run_id)
+        return len(idle)
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` with every batch of newly stored events; returns an unsubscribe."""
@@ -170,13 +189,13 @@ class RunService:
     async def _append(self, summary: RunSummary, new: Sequence[NewEvent]) -> list[Event]:
         if not new:
             return []
-        stored = await self.store.append(summary.run.run_id, new, summary.run.version)
         run_id = summary.run.run_id
-        page = None if run_id in self.lazy_pages else self.pages.setdefault(run_id, RunPage(run_id))
+        await self._load_page(run_id)  # a run that moves again gets its page back first
+        stored = await self.store.append(run_id, new, summary.run.version)
+        page = self.pages.setdefault(run_id, RunPage(run_id))
         for event in stored:
             summary.apply(event)
-            if page is not None:
-                page.apply(event)
+            page.apply(event)
             self._index(event)
         self.changed.add(run_id)
         for listener in list(self._listeners):

@@ -317,3 +317,20 @@ def test_a_sigkill_between_append_and_snapshot_is_harmless(tmp_path: Path) -> No
             await assert_equals_full_fold(service)
 
     asyncio.run(check())
+
+
+async def test_saved_pages_of_runs_not_training_leave_memory(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "events.db") as store:
+        service = RunService(store)
+        ids = await write_history(service)  # ids[0], ids[1] training; ids[2] idle
+        await service.command(ids[1], "stop", {"deadline_s": 1})
+        await service.record(ids[1], [NewEvent(ev.STOPPED, {"iteration": 40})])
+        before = {rid: (await service.page(rid)).to_state() for rid in ids}
+        await snapshots.save(service)
+        assert set(service.pages) == {ids[0]} and service.lazy_pages == {ids[1], ids[2]}
+        assert {rid: (await service.page(rid)).to_state() for rid in ids} == before
+        # A resume brings the page back before its first new event.
+        await service.command(ids[1], "resume", {"attempt": 2})
+        assert ids[1] in service.pages and service.pages[ids[1]].version == store.run_version(
+            ids[1]
+        )

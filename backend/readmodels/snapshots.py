@@ -15,7 +15,8 @@ events. So a crash between an append and the next snapshot is harmless: those ev
 are in the tail.
 
 Run pages are bigger than summaries and only one is open at a time, so they are left in
-their snapshots at start and loaded when first asked for (`load_page`): the page's
+their snapshots at start, and again once saved when their run is not training, and
+loaded when asked for or when their run has a new event (`load_page`): the page's
 snapshot, verified the same way, plus that run's events after it; a page that is missing
 or disagrees with the run's version is folded from the run's events.
 
@@ -218,6 +219,7 @@ async def save(service: RunService, everything: bool = False) -> int:
         # Not written (a failure, or cancelled at shutdown): the next set writes them.
         service.changed |= {n[len(PAGE_PREFIX) :] for n in states if n != SUMMARIES}
         raise
+    service.unload_idle_pages()
     return seq
 
 
