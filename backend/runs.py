@@ -89,12 +89,30 @@ class RunService:
                 self.changed.add(event.run_id)
         self._index(event)
 
-    def index_commands(self) -> None:
-        """The command-id answers table, from the summaries (after a restore)."""
+    def clear(self) -> None:
+        """Forget every read model (before a full fold)."""
+        self.runs.clear()
+        self.pages.clear()
+        self.lazy_pages.clear()
         self._command_runs.clear()
+
+    async def index_commands(self) -> None:
+        """The command-id answers table, from the summaries (after a restore). An id that
+        several runs recorded goes to the one that recorded it first in the log, as a
+        full fold finds it (one indexed read per such id)."""
+        owners: dict[str, list[str]] = {}
         for run_id, summary in self.runs.items():
             for command_id in summary.commands:
-                self._command_runs.setdefault(command_id, run_id)
+                owners.setdefault(command_id, []).append(run_id)
+        self._command_runs.clear()
+        for command_id, run_ids in owners.items():
+            if len(run_ids) > 1:
+                versions = [self.runs[r].commands[command_id].version for r in run_ids]
+                seqs = [
+                    await self.store.seq_of(r, v) for r, v in zip(run_ids, versions, strict=True)
+                ]
+                run_ids = [r for _, r in sorted(zip(seqs, run_ids, strict=True))]
+            self._command_runs[command_id] = run_ids[0]
 
     async def page(self, run_id: str) -> RunPage:
         """A run's page; one still in its snapshot is loaded now (under the run's lock, so

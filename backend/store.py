@@ -320,6 +320,13 @@ class EventStore:
         )
         return [_row_to_event(r) for r in rows]
 
+    async def seq_of(self, run_id: str, version: int) -> int:
+        """The seq of a run's event at `version` (0 if there is none)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT seq FROM events WHERE run_id = ? AND version = ?", (run_id, version)
+        )
+        return next((r[0] for r in rows), 0)
+
     async def read_run_after_seq(
         self, run_id: str, after_seq: int = 0, limit: int = 1000
     ) -> list[Event]:

@@ -55,13 +55,14 @@ async def write_history(service: RunService, runs: int = 3, metrics: int = 40) -
             await service.record(run_id, [NewEvent(ev.STOPPED, {"iteration": metrics})])
             await service.command(run_id, "resume", {"attempt": 2, "checkpoint": "/o/c20"})
             await service.record(run_id, [NewEvent(ev.METRIC, {"iteration": 21, "loss": 5.0})])
+    # An id reused by an older run, later: answered by the run that recorded it first.
+    await service.command(ids[0], "stop", {"deadline_s": 30, "command_id": f"create-{runs - 1}"})
     return ids
 
 
 async def full_fold(store: EventStore) -> RunService:
     reference = RunService(store)
     await reference.fold_from(0)
-    reference.index_commands()
     return reference
 
 
@@ -74,11 +75,14 @@ async def models(service: RunService) -> dict[str, Any]:
         "json": {rid: s.to_json() for rid, s in service.runs.items()},
         "pages": {rid: p.to_state() for rid, p in service.pages.items()},
         "commands": {
-            cid: service.find_command(cid) is not None
-            for s in service.runs.values()
-            for cid in s.commands
+            cid: _owner(service, cid) for s in service.runs.values() for cid in s.commands
         },
     }
+
+
+def _owner(service: RunService, command_id: str) -> tuple[str, int] | None:
+    found = service.find_command(command_id)
+    return None if found is None else (found[0].run.run_id, found[1].version)
 
 
 async def assert_equals_full_fold(service: RunService) -> None:
@@ -106,6 +110,7 @@ async def test_snapshot_plus_tail_equals_a_full_fold(tmp_path: Path) -> None:
         # A repeated command is still answered after the restore.
         found = restored_service.find_command("start-1")
         assert found is not None and found[0].run.run_id == ids[1]
+        assert _owner(restored_service, "create-2") == (ids[2], 1)
 
 
 async def test_only_changed_pages_are_rewritten(tmp_path: Path) -> None:

@@ -105,18 +105,15 @@ async def restore(service: RunService) -> Restored:
         reason = str(exc)
         if reason != "no snapshot":
             log.warning("snapshots unusable (%s): folding the whole log", reason)
-        service.runs.clear()
-        service.pages.clear()
-        service.lazy_pages.clear()
-        await service.fold_from(0)
+        service.clear()
+        await service.fold_from(0)  # indexes the command ids too, in log order
         service.changed = set(service.runs)
-        service.index_commands()
         result = Restored(False, 0, store.last_seq, 0, reason)
     else:
         tail = store.last_seq - seq
         await service.fold_from(seq)
         refolded = await _verify(service)
-        service.index_commands()
+        await service.index_commands()
         result = Restored(True, seq, tail, refolded)
     log.info("read models ready in %.2f s: %s", time.perf_counter() - started, result)
     return result
