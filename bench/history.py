@@ -111,6 +111,8 @@ async def catch_up(live: LiveServer, run_id: str, after: int) -> int:
             frame = json.loads(await ws.recv())
             if frame["type"] == "events":
                 received += len(frame["events"])
+            elif frame["type"] == "ping":  # a long catch-up outlasts the heartbeat timeout
+                await ws.send(json.dumps({"type": "pong"}))
             elif frame["type"] == "caught_up":
                 return received
 
