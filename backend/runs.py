@@ -136,7 +136,9 @@ class RunService:
         idle = [
             run_id
             for run_id in self.pages
-            if run_id not in self.changed and self.runs[run_id].state is not State.TRAINING
+            if run_id not in self.changed
+            and self.runs[run_id].state is not State.TRAINING
+            and not self._lock(run_id).locked()  # an append under way applies to this page
         ]
         for run_id in idle:
             del self.pages[run_id]
