@@ -28,12 +28,12 @@ import anyio
 from backend import errors
 from backend.errors import ApiError
 from backend.events import Event
+from backend.execution.supervisor import Busy, Supervisor
 from backend.fsm.machine import IllegalCommand
 from backend.outputs import OutputInUse
 from backend.projections import CommandRecord, RunSummary
 from backend.runs import RunService, UnknownRun, new_run_id
 from backend.runspec import InvalidConfig, InvalidRequest, claim_output, created_data
-from backend.supervisor import Busy, Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from backend import outputs
 from backend.config import load_config, validate
 from backend.config.problems import Problem
 from backend.events import Event
-from backend.job import TrainJob
+from backend.execution.job import TrainJob
 from backend.outputs import KnownRun, OutputInUse
 from backend.runs import RunService, new_run_id
 

@@ -34,13 +34,13 @@ from starlette.types import Scope
 from backend import api
 from backend.commands import Commands
 from backend.errors import ApiError
+from backend.execution.reconcile import auto_resume, reconcile
+from backend.execution.supervisor import Supervisor
 from backend.hub import Hub
-from backend.reconcile import auto_resume, reconcile
 from backend.runs import RunService
 from backend.security import TokenMiddleware
 from backend.settings import Settings
 from backend.store import EventStore
-from backend.supervisor import Supervisor
 from backend.ws import websocket_endpoint
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from pipe_reader import start_reader  # bench/ is on sys.path: the script's fold
 
 from backend.config import load_config
 from backend.demo import make_demo_dataset
-from backend.job import TrainJob
+from backend.execution.job import TrainJob
 from backend.trainer.child import StopRequest
 from backend.trainer.data import TrainingData, load_training_data, make_loader
 from backend.trainer.device import available_cpus

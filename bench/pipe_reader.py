@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from multiprocessing.connection import Connection
 
-from backend.job import receive_batch
+from backend.execution.job import receive_batch
 
 
 def _drain(conn: Connection, ready: Connection, sender: Connection) -> None:

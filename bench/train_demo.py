@@ -2,7 +2,7 @@
 
 `backend.demo.make_demo_dataset` writes the synthetic EM volumes and configs into a
 temporary folder; the 2D config is loaded with `backend.config.load_config` and trained
-in a spawned child (`backend.job.child_entry`) that reports through a pipe.
+in a spawned child (`backend.execution.job.child_entry`) that reports through a pipe.
 
     .venv/bin/python bench/train_demo.py [--override KEY VALUE ...] [--keep DIR]
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.config import load_config
 from backend.demo import make_demo_dataset
-from backend.job import TrainJob, child_entry, receive_batch
+from backend.execution.job import TrainJob, child_entry, receive_batch
 
 
 def train(directory: Path, overrides: list[str], seed: int) -> tuple[float, float]:

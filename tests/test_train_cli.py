@@ -17,8 +17,8 @@ import yaml
 
 from backend.cli import main
 from backend.events import Event
+from backend.execution.job import EVENTS_FILE
 from backend.fsm.machine import State
-from backend.job import EVENTS_FILE
 from backend.runs import RunService
 from backend.store import EventStore
 from backend.trainer.cli import Progress

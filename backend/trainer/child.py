@@ -1,6 +1,6 @@
 """The trainer child process: `main(job, conn, stop)` runs one attempt of one run.
 
-The parent spawns `backend.job.child_entry`, which calls `main` here. `main`:
+The parent spawns `backend.execution.job.child_entry`, which calls `main` here. `main`:
 
 1. installs SIGTERM and SIGINT handlers that request the same graceful stop as the
    `stop` flag;
@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from backend.events import FAILED, LOG
-from backend.job import TrainJob
+from backend.execution.job import TrainJob
 from backend.trainer.emitter import DEFAULT_FLUSH_INTERVAL, SOURCE, Emitter, json_line
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -31,7 +31,7 @@ from backend.fsm.machine import IllegalCommand, State
 from backend.store import add_durability_argument
 
 if TYPE_CHECKING:
-    from backend.supervisor import Supervisor
+    from backend.execution.supervisor import Supervisor
 
 EXIT_COMPLETE, EXIT_ERROR, EXIT_STOPPED = 0, 1, 130
 
@@ -105,9 +105,9 @@ async def _train(args: argparse.Namespace, request: dict[str, Any]) -> int:
     # Imported here: `trainboard --help` should not pay for the store and the config schema.
     from backend import runspec
     from backend.config.cli import summary
+    from backend.execution.supervisor import Supervisor
     from backend.runs import RunService, new_run_id
     from backend.store import EventStore, StoreError
-    from backend.supervisor import Supervisor
 
     run_id = new_run_id()
     try:

@@ -14,7 +14,7 @@ in batch order:
 3. appends the lines to the spool, `events.jsonl`, in one write (a write-ahead log: an
    event reaches the parent only once it is on disk, so the spool always holds at least
    what the server stored, and recovery from it closes any gap);
-4. sends the same bytes as ONE pipe message (the wire format of `backend.job`);
+4. sends the same bytes as ONE pipe message (the wire format of `backend.execution.job`);
 5. appends PyTC-style human lines to `train.log`: one per logging interval
    (MONITOR.ITERATION_NUM[0]) with iteration, loss, learning rate and time left, plus
    validation, checkpoint, log, warning and final lines. Every such line also becomes a
@@ -61,7 +61,7 @@ from backend.events import (
     TRAINER_READY,
     VALIDATION,
 )
-from backend.job import EVENTS_FILE, LOG_FILE
+from backend.execution.job import EVENTS_FILE, LOG_FILE
 
 FINAL_TYPES = (COMPLETED, FAILED, STOPPED)
 DEFAULT_FLUSH_INTERVAL = 0.25

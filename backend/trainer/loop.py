@@ -46,7 +46,7 @@ from backend.events import (
     TRAINER_READY,
     VALIDATION,
 )
-from backend.job import TrainJob
+from backend.execution.job import TrainJob
 from backend.trainer.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,

@@ -1,6 +1,6 @@
 """A trainer that does not train: metric events at a chosen rate, for load and chaos tests.
 
-Selected by `TrainJob.options["synthetic"]` (see `backend.job`), it runs in the real
+Selected by `TrainJob.options["synthetic"]` (see `backend.execution.job`), it runs in the real
 spawned child, through the real emitter, spool and pipe, so the server cannot tell it from
 a training run except by its speed: `trainer_ready`, then one `metric` event per
 "iteration" at `rate` events per second (a `progress` event each second, a loss line in
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.events import COMPLETED, FAILED, METRIC, PROGRESS, STOPPED, TRAINER_READY
-from backend.job import TrainJob
+from backend.execution.job import TrainJob
 from backend.trainer.emitter import Emitter
 
 TICK_S = 0.001  # sleep between bursts: events go out in bursts of rate * TICK_S

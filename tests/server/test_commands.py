@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from backend.commands import Commands, run_id_for
+from backend.execution.supervisor import Supervisor
 from backend.runs import RunService
 from backend.store import EventStore
-from backend.supervisor import Supervisor
 from tests.server.live import tiny_yaml
 
 pytestmark = pytest.mark.anyio

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from backend.config import load_config
-from backend.job import EVENTS_FILE, TrainJob, WireEvent, child_entry, receive_batch
+from backend.execution.job import EVENTS_FILE, TrainJob, WireEvent, child_entry, receive_batch
 
 SPAWN = mp.get_context("spawn")
 

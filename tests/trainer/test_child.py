@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from backend.job import TrainJob
+from backend.execution.job import TrainJob
 from backend.trainer.checkpoint import PYTC_KEYS, read_checkpoint
 from tests.trainer.helpers import ChildRun, read_jsonl, spawn_child, tiny_job
 from tests.trainer.test_loop import losses, train

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 
-from backend.job import EVENTS_FILE, LOG_FILE, WireEvent, decode_batch, receive_batch
+from backend.execution.job import EVENTS_FILE, LOG_FILE, WireEvent, decode_batch, receive_batch
 from backend.trainer.emitter import Emitter, strict_json
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from backend.config import load_config, validate
-from backend.job import TrainJob, decode_batch
+from backend.execution.job import TrainJob, decode_batch
 from backend.trainer.checkpoint import PYTC_KEYS, read_checkpoint
 from backend.trainer.child import run
 from backend.trainer.emitter import Emitter

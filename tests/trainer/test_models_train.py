@@ -22,7 +22,7 @@ import yaml
 from backend.config import load_config, validate
 from backend.config.architectures import ARCHITECTURES
 from backend.demo import demo_config, make_demo_dataset
-from backend.job import TrainJob, decode_batch
+from backend.execution.job import TrainJob, decode_batch
 from backend.trainer.child import run
 from backend.trainer.models import primary_output, training_output
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from backend.config import load_config
-from backend.job import TrainJob
+from backend.execution.job import TrainJob
 from backend.trainer.child import write_resolved_config
 
 

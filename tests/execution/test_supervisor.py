@@ -20,10 +20,10 @@ import yaml
 from backend import events as ev
 from backend import runspec
 from backend.events import Event
+from backend.execution.supervisor import Busy, Supervisor, _Child, _PlainUnpickler, explain_exit
 from backend.fsm.machine import IllegalCommand, State
 from backend.runs import RunService
 from backend.store import EventStore
-from backend.supervisor import Busy, Supervisor, _Child, _PlainUnpickler, explain_exit
 from tests.trainer.helpers import tiny_config
 
 pytestmark = pytest.mark.anyio
@@ -312,9 +312,10 @@ def test_the_pipe_accepts_plain_data_only() -> None:
 
 def test_the_server_side_modules_never_import_torch() -> None:
     code = (
-        "import sys, backend.supervisor, backend.reconcile, backend.runspec, backend.trainer.cli,"
+        "import sys, backend.execution.supervisor, backend.execution.reconcile, backend.runspec,"
+        " backend.trainer.cli,"
         " backend.server, backend.api, backend.augment.preview, backend.config,"
         " backend.trainer.synthetic;"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

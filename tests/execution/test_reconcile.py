@@ -18,13 +18,13 @@ import pytest
 from backend import events as ev
 from backend import runspec
 from backend.events import Event, NewEvent
+from backend.execution.job import EVENTS_FILE
+from backend.execution.reconcile import INTERRUPTED, reconcile
+from backend.execution.supervisor import Supervisor, process_start_time
 from backend.fsm.machine import State
-from backend.job import EVENTS_FILE
-from backend.reconcile import INTERRUPTED, reconcile
 from backend.runs import RunService
 from backend.store import EventStore
-from backend.supervisor import Supervisor, process_start_time
-from tests.test_supervisor import JOB_OPTIONS, TIMEOUT, assert_gapless, request
+from tests.execution.test_supervisor import JOB_OPTIONS, TIMEOUT, assert_gapless, request
 
 pytestmark = pytest.mark.anyio
 
@@ -229,7 +229,7 @@ import asyncio, json, sys
 from backend import runspec
 from backend.runs import RunService
 from backend.store import EventStore
-from backend.supervisor import Supervisor
+from backend.execution.supervisor import Supervisor
 
 async def main(db, body):
     store = await EventStore.open(db)
@@ -277,7 +277,7 @@ def crash_a_server(tmp_path: Path) -> dict[str, Any]:
         [sys.executable, "-c", SERVER, str(tmp_path / "events.db"), body, json.dumps(JOB_OPTIONS)],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
     )
     try:
         assert server.stdout is not None

@@ -38,11 +38,11 @@ from typing import Any
 from backend import events as ev
 from backend.commands import Commands, Outcome
 from backend.events import NewEvent
+from backend.execution.job import EVENTS_FILE
+from backend.execution.supervisor import FINAL_TYPES, Supervisor, process_start_time
 from backend.fsm.machine import State
-from backend.job import EVENTS_FILE
 from backend.projections import RunSummary
 from backend.runs import RunService
-from backend.supervisor import FINAL_TYPES, Supervisor, process_start_time
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ after `started`/`resumed` is stored, ingesting its event batches, the stop escal
 and turning a child that died without a final event into `failed` (or, during a stop,
 `stopped {forced: true}`). See docs/supervisor.md.
 
-Torch-free: the child imports torch inside `backend.job.child_entry`, never this process.
+Torch-free: the child imports torch inside `backend.execution.job.child_entry`, never this process.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 from backend import events as ev
 from backend import runspec
 from backend.events import Event, NewEvent
+from backend.execution.job import TrainJob, child_entry, decode_batch
 from backend.fsm.machine import IllegalCommand, State, legal_commands
-from backend.job import TrainJob, child_entry, decode_batch
 from backend.projections import SERVER_SHUTDOWN
 from backend.runs import RunService
 
@@ -368,7 +368,7 @@ class Supervisor:
     async def _settle(self, child: _Child) -> None:
         """The child exited and its pipe is drained: record the end it did not report."""
         if not child.ended:  # killed between writing its spool and sending: the rest is there
-            from backend.reconcile import recover_spool  # reconcile imports this module
+            from backend.execution.reconcile import recover_spool  # reconcile imports this module
 
             await recover_spool(self.service, child.run_id)
         summary = self.service.get(child.run_id)
@@ -531,7 +531,7 @@ def _receive(conn: Connection) -> tuple[bool, list[Any] | None]:
         message = conn.recv_bytes()
     except (EOFError, OSError):
         return False, None
-    if message[:1] == b"{":  # JSON lines: the child's spool bytes (backend.job)
+    if message[:1] == b"{":  # JSON lines: the child's spool bytes (backend.execution.job)
         return True, decode_batch(message)
     try:
         batch = _PlainUnpickler(io.BytesIO(message)).load()
