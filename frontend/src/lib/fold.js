@@ -14,8 +14,17 @@ export const STOPPED = 'Stopped';
 export const STATES = [IDLE, TRAINING, COMPLETE, ERROR, STOPPED];
 
 // Facts never change the lifecycle state; legal only while a run trains (events.py).
-export const FACT_TYPES = ['trainer_ready', 'metric', 'progress', 'validation', 'checkpoint', 'log'];
+export const FACT_TYPES = ['trainer_ready', 'metric', 'progress', 'validation', 'checkpoint', 'log', 'job_state'];
 const FACTS = new Set(FACT_TYPES);
+
+// The queue is a flag of Idle, as `stopping` is of Training: `queued` sets it (Idle, not
+// queued), `queue_moved`/`dequeued` need it, leaving Idle ends it (contracts §1).
+export const QUEUE_TYPES = ['queued', 'queue_moved', 'dequeued'];
+// Experiment management: legal in every state, never change it; `deleted` is a tombstone
+// (not while Training; after it nothing is legal).
+export const MANAGEMENT_TYPES = ['renamed', 'tags_set', 'notes_set', 'archived', 'unarchived', 'deleted'];
+const QUEUE = new Set(QUEUE_TYPES);
+const MANAGEMENT = new Set(MANAGEMENT_TYPES);
 
 // Lifecycle transitions (machine.py TRANSITIONS): trigger -> [sources, dest or null].
 export const TRANSITIONS = {
@@ -36,13 +45,21 @@ export const COMMAND_EVENTS = {
   resume: 'resumed',
 };
 
-export const LIFECYCLE_TYPES = new Set(['created', ...Object.keys(TRANSITIONS)]);
+// Events after which a run's server summary (legal_commands, queue position) is refetched.
+export const LIFECYCLE_TYPES = new Set(['created', ...Object.keys(TRANSITIONS), ...QUEUE_TYPES, ...MANAGEMENT_TYPES]);
 
-/** Whether the machine accepts `type` in `state` (with the stopping flag). */
-export function allows(state, stopping, type) {
+/**
+ * Whether the machine accepts `type` in `state` (with the stopping flag, and the run's
+ * `queued` and `deleted` flags).
+ */
+export function allows(state, stopping, type, { queued = false, deleted = false } = {}) {
   if (type === 'created') return state === null;
-  if (state === null) return false;
+  if (state === null || deleted) return false;
   if (FACTS.has(type)) return state === TRAINING;
+  if (type === 'queued') return state === IDLE && !queued;
+  if (QUEUE.has(type)) return state === IDLE && queued;
+  if (type === 'deleted') return state !== TRAINING;
+  if (MANAGEMENT.has(type)) return true;
   const t = TRANSITIONS[type];
   if (!t) return false;
   if (type === 'stop_requested' && stopping) return false;
@@ -99,6 +116,16 @@ export function newRun(runId) {
     stop: null,
     trainer: null,
     final: null,
+    // queue, management, sweeps, executor (contracts §1)
+    queued: false,
+    queueRank: null,
+    tags: [],
+    notes: '',
+    archived: false,
+    deleted: null, // the tombstone's data: {remove_files, removed}
+    sweep: null, // a trial's {id, number, params}
+    stopReason: null, // the reason of the stop request that ended it (`pruned` for a trial)
+    jobState: null, // the executor's latest word: {executor, state, reason, job_id, ...}
     // series: parallel arrays, x sorted ascending (uPlot's shape)
     metrics: { iteration: [], loss: [], lr: [] },
     validation: { iteration: [], loss: [], dice: [], iou: [] },
@@ -168,9 +195,10 @@ export function applyEvent(run, event) {
   run.lastTs = event.ts;
 
   const type = event.type;
-  if (!allows(run.state, run.stopping, type)) {
+  if (!allows(run.state, run.stopping, type, { queued: run.queued, deleted: run.deleted !== null })) {
+    const where = run.deleted !== null ? 'deleted' : (run.state ?? 'not created') + (run.queued ? ' (queued)' : '');
     const why = LIFECYCLE_TYPES.has(type) || FACTS.has(type)
-      ? `'${type}' cannot happen while ${run.state ?? 'not created'}`
+      ? `'${type}' cannot happen while ${where}`
       : `unknown event type '${type}'`;
     run.problems.push(`seq ${event.seq}: ${why}`);
     return 'illegal';
@@ -179,6 +207,7 @@ export function applyEvent(run, event) {
   if (type === 'created') run.state = IDLE;
   else if (t && t[1] !== null) {
     if (run.state === TRAINING) run.stopping = false; // leaving Training ends any stop
+    if (run.state === IDLE) run.queued = false; // leaving Idle ends the queue
     run.state = t[1];
   }
   update(run, event);
@@ -197,6 +226,8 @@ function update(run, event) {
       run.seed = d.seed ?? null;
       run.total = d.total_iterations ?? 0;
       run.warnings = Array.isArray(d.warnings) ? d.warnings : []; // accepted, with advice
+      run.tags = Array.isArray(d.tags) ? [...d.tags].sort() : []; // a trial's `sweep:<id>`
+      run.sweep = d.sweep ?? null;
       run.createdAt = event.ts;
       log(run, event, 'event', `Created “${run.name}” (${run.total} iterations)`);
       break;
@@ -209,6 +240,8 @@ function update(run, event) {
       run.etaS = null;
       run.itsPerS = null;
       run.stop = null;
+      run.stopReason = null;
+      run.queueRank = null;
       run.attemptStartedAt = event.ts;
       run.pace = [];
       log(
@@ -223,7 +256,13 @@ function update(run, event) {
     case 'stop_requested':
       run.stopping = true;
       run.stop = { requestedAt: event.ts, deadlineS: num(d.deadline_s), escalations: [] };
-      log(run, event, 'event', `Stop requested (escalation after ${d.deadline_s ?? '?'} s)`);
+      run.stopReason = d.reason ?? null;
+      log(
+        run,
+        event,
+        'event',
+        `Stop requested${d.reason ? ` (${d.reason})` : ''} (escalation after ${d.deadline_s ?? '?'} s)`,
+      );
       break;
     case 'stop_escalated':
       if (run.stop) run.stop.escalations.push({ signal: d.signal, afterS: d.after_s, ts: event.ts });
@@ -286,6 +325,41 @@ function update(run, event) {
     case 'log':
       log(run, event, d.level || 'info', String(d.message ?? ''), d.source ?? null);
       break;
+    case 'job_state': {
+      const { command_id: _, ...state } = d;
+      run.jobState = state;
+      log(run, event, 'event', `${d.executor ?? 'executor'}: ${jobStateText(state)}`);
+      break;
+    }
+    case 'queued':
+    case 'queue_moved':
+      run.queued = true;
+      run.queueRank = num(d.rank);
+      if (event.type === 'queued') log(run, event, 'event', 'Queued: waiting for a free slot');
+      break;
+    case 'dequeued':
+      run.queued = false;
+      run.queueRank = null;
+      log(run, event, 'event', `Taken out of the queue (${d.reason ?? 'cancelled'})`);
+      break;
+    case 'renamed':
+      log(run, event, 'event', `Renamed “${run.name}” → “${d.name ?? ''}”`);
+      run.name = d.name ?? run.name;
+      break;
+    case 'tags_set':
+      run.tags = Array.isArray(d.tags) ? [...d.tags].sort() : [];
+      break;
+    case 'notes_set':
+      run.notes = typeof d.notes === 'string' ? d.notes : '';
+      break;
+    case 'archived':
+    case 'unarchived':
+      run.archived = event.type === 'archived';
+      break;
+    case 'deleted':
+      run.deleted = { removeFiles: !!d.remove_files, removed: Array.isArray(d.removed) ? d.removed : [] };
+      log(run, event, 'warning', `Deleted${d.remove_files ? ` (${run.deleted.removed.length} paths removed)` : ''}`);
+      break;
     case 'completed':
     case 'stopped':
     case 'failed':
@@ -323,6 +397,43 @@ function update(run, event) {
   }
 }
 
+/** An executor's state in words: "Pending: Resources (position 3)", "Running". */
+export function jobStateText(js) {
+  if (!js?.state) return '';
+  const state = js.state.charAt(0) + js.state.slice(1).toLowerCase().replaceAll('_', ' ');
+  const why = js.reason && js.reason !== 'None' ? `: ${js.reason}` : '';
+  const position = js.position != null ? ` (position ${js.position})` : '';
+  return state + why + position;
+}
+
+/**
+ * The fields a fold shares with the server's RunSummary (`backend/projections.py`), under
+ * its names: what `tests/fixtures/event_logs/*.json` expect of both folds.
+ */
+export function summaryOf(run) {
+  return {
+    state: run.state,
+    stopping: run.stopping,
+    name: run.name,
+    iteration: run.iteration,
+    total: run.total,
+    attempts: run.attempts,
+    best_dice: run.bestDice,
+    best_iteration: run.bestIteration,
+    last_checkpoint: run.lastCheckpoint,
+    queued: run.queued,
+    queue_rank: run.queueRank,
+    tags: run.tags,
+    notes: run.notes,
+    archived: run.archived,
+    deleted: run.deleted !== null,
+    sweep: run.sweep,
+    stop_reason: run.stopReason,
+    job_state: run.jobState,
+    problems: run.problems.length,
+  };
+}
+
 /**
  * A new object for a run as it is now, for the UI: the small lists are copied and the series
  * containers renewed (their big arrays are shared; `rev` says when they grew).
@@ -337,6 +448,7 @@ export function snapshot(run) {
     logs: run.logs.slice(),
     problems: run.problems.slice(),
     pace: run.pace.slice(),
+    tags: run.tags.slice(),
   };
 }
 

@@ -1,5 +1,37 @@
 import { describe, it, expect } from 'vitest';
-import { newRun, applyEvent, foldEvents, legalCommands, allows, duration, LOG_CAP, seedFromPage } from './fold.js';
+import { readFileSync, readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import {
+  newRun,
+  applyEvent,
+  foldEvents,
+  legalCommands,
+  allows,
+  duration,
+  LOG_CAP,
+  seedFromPage,
+  summaryOf,
+  jobStateText,
+} from './fold.js';
+
+// The event logs both folds are held to (tests/test_fold_fixtures.py folds them with
+// backend.projections.summarize): the two must never drift apart.
+const FIXTURES = fileURLToPath(new URL('../../../tests/fixtures/event_logs/', import.meta.url));
+const fixtures = readdirSync(FIXTURES)
+  .filter((f) => f.endsWith('.json'))
+  .map((f) => [f, JSON.parse(readFileSync(FIXTURES + f, 'utf8'))]);
+
+describe('shared event-log fixtures', () => {
+  it('there are fixtures to check', () => {
+    expect(fixtures.length).toBeGreaterThanOrEqual(4);
+  });
+  it.each(fixtures)('%s folds to its expected summary', (_, fx) => {
+    const summary = summaryOf(foldEvents(fx.events, fx.run_id));
+    for (const [key, value] of Object.entries(fx.expected)) {
+      expect([key, summary[key]]).toEqual([key, value]);
+    }
+  });
+});
 
 // A little event factory: seq and version count up like the server's single writer.
 function history(runId = 'r1') {
@@ -276,5 +308,44 @@ describe('seedFromPage: a run drawn from the server run page, then live', () => 
     expect(applyEvent(run, next)).toBe('applied');
     expect(run.metrics.iteration.at(-1)).toBe(801);
     expect(applyEvent(run, { ...next, seq: 4000, version: 850 })).toBe('duplicate');
+  });
+});
+
+describe('queue, management, trials, executor facts', () => {
+  it('queued is a flag of Idle; started ends it', () => {
+    const { events, add } = history();
+    created(add);
+    add('queued', { rank: 2 });
+    let run = foldEvents(events);
+    expect([run.state, run.queued, run.queueRank]).toEqual(['Idle', true, 2]);
+    expect(allows('Idle', false, 'queued', { queued: true })).toBe(false);
+    expect(allows('Idle', false, 'queue_moved', { queued: false })).toBe(false);
+    add('started', { attempt: 1 });
+    run = foldEvents(events);
+    expect([run.state, run.queued, run.queueRank]).toEqual(['Training', false, null]);
+  });
+
+  it('management events are legal in every state and change none; delete is a tombstone', () => {
+    for (const state of ['Idle', 'Training', 'Complete', 'Error', 'Stopped']) {
+      expect(allows(state, false, 'renamed')).toBe(true);
+      expect(allows(state, true, 'archived')).toBe(true);
+      expect(allows(state, false, 'deleted')).toBe(state !== 'Training');
+      expect(allows(state, false, 'renamed', { deleted: true })).toBe(false);
+    }
+    const { events, add } = history();
+    created(add);
+    add('deleted', { remove_files: true, removed: ['/out/log/r1'] });
+    add('started', {});
+    const run = foldEvents(events);
+    expect(run.deleted).toEqual({ removeFiles: true, removed: ['/out/log/r1'] });
+    expect(run.state).toBe('Idle');
+    expect(run.problems[0]).toMatch(/while deleted/);
+  });
+
+  it('job_state is a fact of Training and reads as words', () => {
+    expect(allows('Idle', false, 'job_state')).toBe(false);
+    expect(jobStateText({ state: 'PENDING', reason: 'Resources', position: 3 })).toBe('Pending: Resources (position 3)');
+    expect(jobStateText({ state: 'NODE_FAIL' })).toBe('Node fail');
+    expect(jobStateText(null)).toBe('');
   });
 });
