@@ -8,12 +8,14 @@ protocol's error shape by `api_error`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import yaml
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -215,6 +217,42 @@ async def list_runs(request: Request) -> Response:
     runs = context(request).service.runs.values()
     ordered = sorted(runs, key=lambda s: (s.created_at or 0.0, s.run.run_id), reverse=True)
     return JSONResponse({"runs": [s.to_json() for s in ordered]})
+
+
+MAX_PARAM_KEYS = 32
+
+
+async def run_params(request: Request) -> Response:
+    """Every run's resolved config values at the asked dotted keys (`?keys=A.B,C.D`): the
+    runs table's hyperparameter columns. A key a run's config lacks answers null."""
+    wanted = [k for k in request.query_params.get("keys", "").split(",") if k]
+    if len(wanted) > MAX_PARAM_KEYS:
+        raise bad_request(f"at most {MAX_PARAM_KEYS} keys at once; ask for fewer columns")
+    ctx = context(request)
+    answer: dict[str, dict[str, Any]] = {}
+    for run_id in list(ctx.service.runs):
+        [created] = await ctx.store.read_run(run_id, 0, limit=1)
+        values = _config_values(str(created.data.get("config", "")))
+        answer[run_id] = {key: _dotted(values, key) for key in wanted}
+    return JSONResponse({"params": answer})
+
+
+@functools.lru_cache(maxsize=512)
+def _config_values(text: str) -> dict[str, Any]:
+    """A run's stored (resolved) YAML as values; read-only, shared by the cache."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _dotted(values: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return None
+        values = values[part]
+    return values if isinstance(values, str | int | float | bool) or values is None else str(values)
 
 
 async def create_run(request: Request) -> Response:
@@ -548,6 +586,7 @@ routes = [
     Route("/presets", presets),
     Route("/runs", list_runs),
     Route("/runs", create_run, methods=["POST"]),
+    Route("/runs/params", run_params),
     Route("/runs/{run_id}", get_run),
     Route("/runs/{run_id}/start", run_command, methods=["POST"]),
     Route("/runs/{run_id}/stop", run_command, methods=["POST"]),
