@@ -15,6 +15,10 @@ CREATED = "created"
 STARTED = "started"
 STOP_REQUESTED = "stop_requested"
 RESUMED = "resumed"
+# The queue (a flag of Idle): `start` on a busy server appends `queued`.
+QUEUED = "queued"
+QUEUE_MOVED = "queue_moved"
+DEQUEUED = "dequeued"
 
 # Reported by the supervisor (escalation, a child that died) or by the trainer child.
 STOP_ESCALATED = "stop_escalated"
@@ -27,9 +31,19 @@ LOG = "log"
 COMPLETED = "completed"
 FAILED = "failed"
 STOPPED = "stopped"
+# The executor's view of an attempt (a Slurm job's state, say): a fact.
+JOB_STATE = "job_state"
 
 # Facts that never change the lifecycle state; legal only while a run trains.
-FACT_TYPES: tuple[str, ...] = (TRAINER_READY, METRIC, PROGRESS, VALIDATION, CHECKPOINT, LOG)
+FACT_TYPES: tuple[str, ...] = (
+    TRAINER_READY,
+    METRIC,
+    PROGRESS,
+    VALIDATION,
+    CHECKPOINT,
+    LOG,
+    JOB_STATE,
+)
 # Everything a trainer child may emit.
 TRAINER_TYPES: tuple[str, ...] = (*FACT_TYPES, COMPLETED, FAILED, STOPPED)
 ALL_TYPES: tuple[str, ...] = (
@@ -37,6 +51,9 @@ ALL_TYPES: tuple[str, ...] = (
     STARTED,
     STOP_REQUESTED,
     RESUMED,
+    QUEUED,
+    QUEUE_MOVED,
+    DEQUEUED,
     STOP_ESCALATED,
     *TRAINER_TYPES,
 )
@@ -47,7 +64,11 @@ COMMAND_EVENTS: dict[str, str] = {
     "start": STARTED,
     "stop": STOP_REQUESTED,
     "resume": RESUMED,
+    "dequeue": DEQUEUED,
+    "move": QUEUE_MOVED,
 }
+# Events a command may append instead of its own (a start that finds no free slot).
+COMMAND_ALIASES: dict[str, str] = {QUEUED: "start"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from backend.fsm.machine import (
     State,
     fact_states,
     legal_commands,
+    refusal,
 )
 
 # Facts are most of a log (per-iteration metrics), so they skip the machine's trigger
@@ -45,8 +46,12 @@ class Run:
     def stopping(self) -> bool:
         return bool(self.lifecycle and self.lifecycle.stopping)
 
+    @property
+    def queued(self) -> bool:
+        return bool(self.lifecycle and self.lifecycle.queued)
+
     def legal_commands(self) -> list[str]:
-        return legal_commands(self.state, self.stopping)
+        return legal_commands(self.state, self.stopping, self.queued)
 
     def check(self, command: str) -> str:
         """The event type `command` would append; IllegalCommand if the state forbids it."""
@@ -66,8 +71,8 @@ class Run:
         )
         if not allowed:
             why = ""
-            if event_type == ev.STOP_REQUESTED and self.stopping:
-                why = "a stop is already under way"
+            if self.lifecycle is not None and event_type in self.lifecycle.trigger_names():
+                why = refusal(event_type)
             elif event_type == ev.CREATED:
                 why = f"run '{self.run_id}' already exists"
             raise IllegalCommand(
@@ -148,6 +153,7 @@ def admissible(run: Run, event_types: Sequence[str]) -> list[bool]:
         if scratch is None:
             scratch = Lifecycle(initial=state)
             scratch.stopping = run.stopping
+            scratch.queued = run.queued
         try:
             scratch.fire(event_type)
         except IllegalEvent:

@@ -5,6 +5,10 @@ Each transition's trigger is the event type that records it, so applying an even
 firing the trigger are the same act. Facts (metrics, logs, ...) are internal transitions
 of Training: legal there, and nowhere else. A stop request is internal too: the run stays
 Training, marked "stopping", until the trainer (or the escalation) reports `stopped`.
+The queue is the same kind of flag of Idle: `queued` marks the run, `queue_moved` keeps
+it, `dequeued` clears it, and leaving Idle (`started`) ends it. A flag's guards are the
+transitions' `conditions` / `unless`, so `allows` and `legal_commands` read them from the
+table like the machine does.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ class State(StrEnum):
 
 # Leaving Training ends any stop under way, whichever way it ends.
 STATES: list[State | dict[str, Any]] = [
-    State.IDLE,
+    {"name": State.IDLE, "on_exit": ["clear_queued"]},
     {"name": State.TRAINING, "on_exit": ["clear_stopping"]},
     State.COMPLETE,
     State.ERROR,
@@ -37,6 +41,21 @@ STATES: list[State | dict[str, Any]] = [
 
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": ev.STARTED, "source": State.IDLE, "dest": State.TRAINING},
+    {
+        "trigger": ev.QUEUED,
+        "source": State.IDLE,
+        "dest": None,
+        "unless": "is_queued",
+        "after": "mark_queued",
+    },
+    {"trigger": ev.QUEUE_MOVED, "source": State.IDLE, "dest": None, "conditions": "is_queued"},
+    {
+        "trigger": ev.DEQUEUED,
+        "source": State.IDLE,
+        "dest": None,
+        "conditions": "is_queued",
+        "after": "clear_queued",
+    },
     {
         "trigger": ev.STOP_REQUESTED,
         "source": State.TRAINING,
@@ -71,12 +90,13 @@ class IllegalEvent(Exception):
 
 
 class Lifecycle:
-    """The machine's model: holds the state and the stopping flag of one run."""
+    """The machine's model: holds the state and the flags (stopping, queued) of one run."""
 
     state: State
 
     def __init__(self, initial: State = State.IDLE) -> None:
         self.stopping = False
+        self.queued = False
         Machine(
             model=self,
             states=STATES,
@@ -94,6 +114,15 @@ class Lifecycle:
     def clear_stopping(self) -> None:
         self.stopping = False
 
+    def is_queued(self) -> bool:
+        return self.queued
+
+    def mark_queued(self) -> None:
+        self.queued = True
+
+    def clear_queued(self) -> None:
+        self.queued = False
+
     def fire(self, event_type: str) -> None:
         """Fire the trigger named by an event type; raise IllegalEvent if it cannot happen."""
         try:
@@ -101,12 +130,54 @@ class Lifecycle:
         except (MachineError, AttributeError) as exc:
             raise IllegalEvent(f"'{event_type}' cannot happen while {self.state}") from exc
         if not fired:
-            raise IllegalEvent(f"'{event_type}' is not allowed now: a stop is already under way")
+            raise IllegalEvent(f"'{event_type}' is not allowed now: {refusal(event_type)}")
+
+    def trigger_names(self) -> frozenset[str]:
+        """Event types the current state accepts, guards aside."""
+        return _triggers_from(self.state)
 
     def allows(self, event_type: str) -> bool:
-        if event_type == ev.STOP_REQUESTED and self.stopping:
-            return False
-        return event_type in _triggers_from(self.state)
+        return allowed(self.state, event_type, stopping=self.stopping, queued=self.queued)
+
+
+def _guards(event_type: str) -> list[tuple[str, bool]]:
+    """(flag, required value) for each guard the table gives this trigger."""
+    guards = []
+    for t in TRANSITIONS:
+        if t["trigger"] == event_type:
+            guards += [(_FLAGS[c], True) for c in _names(t.get("conditions"))]
+            guards += [(_FLAGS[c], False) for c in _names(t.get("unless"))]
+    return guards
+
+
+def _names(value: str | list[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+_FLAGS = {"is_stopping": "stopping", "is_queued": "queued"}  # guard -> the flag it reads
+# Why a guard refuses, per trigger (IllegalCommand / IllegalEvent messages).
+_REFUSALS = {
+    ev.STOP_REQUESTED: "a stop is already under way",
+    ev.QUEUED: "it is already queued",
+    ev.QUEUE_MOVED: "it is not queued",
+    ev.DEQUEUED: "it is not queued",
+}
+_GUARDS: dict[str, list[tuple[str, bool]]] = {
+    t["trigger"]: _guards(t["trigger"]) for t in TRANSITIONS
+}
+
+
+def refusal(event_type: str) -> str:
+    """Why a guarded trigger was refused, in words."""
+    return _REFUSALS.get(event_type, "a guard refused it")
+
+
+def allowed(state: State, event_type: str, *, stopping: bool = False, queued: bool = False) -> bool:
+    """Whether the machine accepts `event_type` in `state` with these flags."""
+    if event_type not in _triggers_from(state):
+        return False
+    flags = {"stopping": stopping, "queued": queued}
+    return all(flags[flag] is wanted for flag, wanted in _GUARDS.get(event_type, ()))
 
 
 @cache
@@ -124,17 +195,15 @@ def fact_states(event_type: str) -> frozenset[State]:
     return frozenset(s for s in State if event_type in _triggers_from(s))
 
 
-def legal_commands(state: State | None, stopping: bool = False) -> list[str]:
+def legal_commands(state: State | None, stopping: bool = False, queued: bool = False) -> list[str]:
     """Commands a client may send now, in a stable order."""
     if state is None:
         return ["create"]
-    legal = []
-    for command, event_type in ev.COMMAND_EVENTS.items():
-        if event_type == ev.STOP_REQUESTED and stopping:
-            continue
-        if event_type in _triggers_from(state):
-            legal.append(command)
-    return legal
+    return [
+        command
+        for command, event_type in ev.COMMAND_EVENTS.items()
+        if allowed(state, event_type, stopping=stopping, queued=queued)
+    ]
 
 
 def to_mermaid(current: State | None = None) -> str:
@@ -148,6 +217,7 @@ def to_mermaid(current: State | None = None) -> str:
         for source in sources:
             lines.append(f"    {source} --> {dest}: {t['trigger']}")
     lines.append("    Training --> Training: stop_requested (stopping)")
+    lines.append("    Idle --> Idle: queued / queue_moved / dequeued (queued)")
     for final in (State.COMPLETE,):
         lines.append(f"    {final} --> [*]")
     if current is not None:
