@@ -22,7 +22,7 @@ the same emitter, pipe and spool instead of training: it never imports torch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as StopFlag
 from typing import Any
@@ -48,6 +48,42 @@ class TrainJob:
     resume_from: str | None = None  # checkpoint to resume from
     own_checkpoints: tuple[str, ...] = ()  # this run's checkpoint paths, newest first
     options: dict[str, Any] = field(default_factory=dict)  # e.g. flush interval for tests
+
+    def to_json(self) -> bytes:
+        """The job as one JSON object (what a batch job reads from `job.json`)."""
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> TrainJob:
+        """The job `to_json` wrote; ValueError naming the field when it is not one."""
+        try:
+            record = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"a train job must be a JSON object: {exc}") from None
+        if not isinstance(record, dict):
+            raise ValueError("a train job must be a JSON object")
+        unknown = set(record) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown train job field(s): {', '.join(sorted(unknown))}")
+        try:
+            job = cls(**record)
+        except TypeError as exc:  # a required field is missing
+            raise ValueError(f"not a train job: {exc}") from None
+        checks = {
+            "run_id": isinstance(job.run_id, str),
+            "attempt": isinstance(job.attempt, int),
+            "config": isinstance(job.config, dict),
+            "output_path": isinstance(job.output_path, str),
+            "log_path": isinstance(job.log_path, str),
+            "seed": isinstance(job.seed, int),
+            "resume_from": job.resume_from is None or isinstance(job.resume_from, str),
+            "own_checkpoints": isinstance(job.own_checkpoints, list | tuple),
+            "options": isinstance(job.options, dict),
+        }
+        wrong = [name for name, ok in checks.items() if not ok]
+        if wrong:
+            raise ValueError(f"train job field(s) of the wrong type: {', '.join(wrong)}")
+        return replace(job, own_checkpoints=tuple(job.own_checkpoints))
 
 
 def child_entry(job: TrainJob, conn: Connection, stop: StopFlag) -> None:
