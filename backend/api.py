@@ -27,6 +27,7 @@ from backend.commands import check_id
 from backend.errors import ApiError, bad_request, not_found, unknown_run
 from backend.fsm import to_mermaid
 from backend.projections import RunSummary
+from backend.readmodels import zoom
 from backend.runs import UnknownRun
 from backend.runspec import InvalidRequest, check_fields, config_source
 from backend.security import MalformedPath, PathError, confine
@@ -34,6 +35,7 @@ from backend.wire import JSONResponse
 
 if TYPE_CHECKING:
     from backend.server import Context
+    from backend.store import EventStore
 
 MAX_PAGE = 10_000
 DEFAULT_PAGE = 1_000
@@ -280,12 +282,33 @@ async def run_command(request: Request) -> Response:
 
 
 async def run_events(request: Request) -> Response:
+    """One keyset page of a run's events: after a seq, or after a version (replay's
+    window around a position). Both read the (run_id, version) index: bounded."""
     summary = run_of(request)
+    run_id, store = summary.run.run_id, context(request).store
+    if "after" in request.query_params and "after_version" in request.query_params:
+        raise bad_request("give 'after' (a seq) or 'after_version', not both")
     after = int_param(request, "after", 0, 0, MAX_SEQ)
     limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    store = context(request).store
-    page = await store.read_run_after_seq(summary.run.run_id, after, limit + 1)
+    after_version: int | None = int_param(request, "after_version", -1, 0, MAX_SEQ)
+    if after_version == -1:
+        after_version = await _version_at(store, run_id, after)
+    if after_version is None:  # a seq of another run's event: the slower read by seq
+        page = await store.read_run_after_seq(run_id, after, limit + 1)
+    else:
+        page = await store.read_run(run_id, after_version, limit + 1)
     return _page(page, after, limit)
+
+
+async def _version_at(store: EventStore, run_id: str, seq: int) -> int | None:
+    """The run's version at `seq` when that event is the run's own (0 for seq 0): then
+    the page is read by version, with the index, instead of sorting the run by seq."""
+    if seq == 0:
+        return 0
+    found = await store.read_all(seq - 1, limit=1)
+    if found and found[0].seq == seq and found[0].run_id == run_id:
+        return found[0].version
+    return None
 
 
 async def all_events(request: Request) -> Response:
@@ -316,13 +339,15 @@ async def run_series(request: Request) -> Response:
     summary = run_of(request)
     page = await context(request).service.page(summary.run.run_id)
     name = request.query_params.get("name", "")
-    series = page.series.get(name)
-    if series is None:
+    if name not in page.series:
         raise bad_request(f"unknown series '{name}'; the series are: {', '.join(page.series)}")
     x_from = int_param(request, "from", 0, 0, MAX_SEQ)
     x_to = int_param(request, "to", MAX_SEQ, 0, MAX_SEQ)
-    level, buckets = series.window(x_from, x_to)
-    return JSONResponse({"name": name, "seq": page.seq, "level": level, "buckets": buckets})
+    if x_from > x_to:
+        raise bad_request(f"'from' ({x_from}) must not be after 'to' ({x_to})")
+    points = int_param(request, "points", zoom.DEFAULT_POINTS, 16, zoom.MAX_POINTS)
+    answer = await zoom.window(context(request).store, page, name, x_from, x_to, points)
+    return JSONResponse(answer.to_json(name, page.seq))
 
 
 async def export_run(request: Request) -> Response:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sqlite3
 import sys
@@ -161,15 +162,27 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 2_000_000])
     parser.add_argument("--dir", type=Path, default=None, help="where to grow the history")
     parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="grow the history in this folder and leave it there: a later run with the same "
+        "folder goes on from it (a 20M-event history takes a long while to write)",
+    )
+    parser.add_argument(
         "--cold-max",
         type=int,
         default=2_000_000,
         help="measure the cold start (whole log folded) only up to this size: it grows linearly",
     )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.keep is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir)))
+        else:
+            tmp = args.keep
+            tmp.mkdir(parents=True, exist_ok=True)
         for size in sorted(args.sizes):
-            print(measure(Path(tmp), size, args.cold_max), flush=True)
+            print(measure(tmp, size, args.cold_max), flush=True)
 
 
 if __name__ == "__main__":

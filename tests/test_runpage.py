@@ -20,7 +20,7 @@ from backend.store import EventStore
 def extremes_hold(series: Series, points: list[tuple[float, float]]) -> None:
     """Every bucket's min/max are the true extremes of the points it covers."""
     for bucket in series.whole():
-        x0, x1, x_lo, y_lo, x_hi, y_hi, n = bucket
+        x0, x1, x_lo, y_lo, x_hi, y_hi, n, _, _ = bucket
         inside = [(x, y) for x, y in points if x0 <= x <= x1]
         assert len(inside) == n
         assert y_lo == min(y for _, y in inside) and (x_lo, y_lo) in inside
@@ -166,13 +166,54 @@ def test_page_and_series_endpoints(tmp_path: Path) -> None:
         status, body, _ = live.request("GET", f"/api/runs/{run_id}/series?name=loss&from=2990")
         assert status == 200 and body["level"] == 0
         assert [b[0] for b in body["buckets"]] == list(range(2990, 3001))
+        status, body, _ = live.request("GET", f"/api/runs/{run_id}/series?name=loss&points=16")
+        assert status == 200 and len(body["buckets"]) <= 16
+        assert sum(b[6] for b in body["buckets"]) == 3_000
+        series = f"/api/runs/{run_id}/series?name="
         rows = [
-            (f"/api/runs/{run_id}/series?name=nope", 400, "the series are: loss, lr"),
-            (f"/api/runs/{run_id}/series?name=loss&from=x", 400, "'from' must be an integer"),
+            (f"{series}nope", 400, "the series are: loss, lr"),
+            (f"{series}loss&from=x", 400, "'from' must be an integer"),
+            (f"{series}loss&from=9&to=3", 400, "'from' (9) must not be after 'to' (3)"),
+            (f"{series}loss&points=5", 400, "'points' must be between 16 and 4096"),
+            (f"/api/runs/{run_id}/events?after=1&after_version=1", 400, "not both"),
             ("/api/runs/missing/page", 404, "no run with id 'missing'"),
         ]
         for path, expected, message in rows:
             status, body, _ = live.request("GET", path)
             assert (status, message in body["error"]["message"]) == (expected, True), path
+    finally:
+        live.stop()
+
+
+def test_run_events_page_by_seq_or_by_version_alike(tmp_path: Path) -> None:
+    """Keyset pages of one run among others: after its own seqs (read by version, with
+    the index), after another run's seq, and after a version all give the same events."""
+    from tests.server.live import LiveServer, make_settings
+
+    live = LiveServer(make_settings(tmp_path)).start()
+    try:
+        run_id, other = live.synthetic_run("a"), live.synthetic_run("b")
+        for start in range(1, 400, 100):
+            live.metrics(run_id, start, 100)
+            live.metrics(other, start, 50)
+        events = f"/api/runs/{run_id}/events"
+        _, whole, _ = live.request("GET", f"{events}?limit=10000")
+        seqs = [e["seq"] for e in whole["events"]]
+        assert [e["version"] for e in whole["events"]] == list(range(1, len(seqs) + 1))
+
+        def pages(first: str) -> list[int]:
+            got, query = [], first
+            while True:
+                status, body, _ = live.request("GET", f"{events}?{query}&limit=70")
+                assert status == 200
+                got += [e["seq"] for e in body["events"]]
+                if not body["more"]:
+                    return got
+                query = f"after={body['next_after']}"
+
+        assert pages("after=0") == seqs
+        foreign = live.request("GET", f"/api/runs/{other}/events?limit=5")[1]["events"][-1]["seq"]
+        assert pages(f"after={foreign}") == [s for s in seqs if s > foreign]
+        assert pages("after_version=250") == seqs[250:]
     finally:
         live.stop()

@@ -25,13 +25,20 @@ LIFECYCLE = 200  # a run resumed a hundred times still shows its latest story
 METRIC_SERIES = ("loss", "lr")  # metric data keys
 VALIDATION_SERIES = {"val_loss": "loss", "dice": "dice", "iou": "iou"}  # name -> data key
 _METRIC_KEYS = {name: name for name in METRIC_SERIES}
+# Where each series' points come from: name -> (event type, data key).
+SOURCES = {
+    **{name: (ev.METRIC, name) for name in METRIC_SERIES},
+    **{name: (ev.VALIDATION, key) for name, key in VALIDATION_SERIES.items()},
+}
 _KEPT = ("lifecycle", "logs", "checkpoints", "previews")
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value if value == value and abs(value) != float("inf") else None
+def number(value: Any) -> float | None:
+    """A finite int or float, else None (bool, NaN, infinities, anything else)."""
+    kind = type(value)  # exact types, not isinstance: this runs for every point folded
+    if kind is float:
+        return value if value - value == 0.0 else None  # inf - inf and NaN - NaN are NaN
+    return value if kind is int else None
 
 
 class RunPage:
@@ -56,9 +63,9 @@ class RunPage:
         self.version = event.version
         kind, data = event.type, event.data
         if kind == ev.METRIC:
-            self._points(data, _METRIC_KEYS)
+            self._points(data, _METRIC_KEYS, event.version)
         elif kind == ev.VALIDATION:
-            self._points(data, VALIDATION_SERIES)
+            self._points(data, VALIDATION_SERIES, event.version)
             if data.get("preview"):
                 self.previews.append(event.to_json())
         elif kind == ev.PROGRESS:
@@ -72,15 +79,15 @@ class RunPage:
         else:
             self.lifecycle.append(event.to_json())
 
-    def _points(self, data: Any, names: dict[str, str]) -> None:
-        x = _number(data.get("iteration"))
+    def _points(self, data: Any, names: dict[str, str], version: int) -> None:
+        x = number(data.get("iteration"))
         if x is None:
             return
         for name, key in names.items():
-            y = _number(data.get(key))
+            y = number(data.get(key))
             series = self.series[name]
             if y is not None:
-                series.add(x, y)
+                series.add(x, y, version)
             elif series.last_x is not None and x <= series.last_x:
                 series.cut(x)  # a resumed attempt cuts every series, valued here or not
 

@@ -7,9 +7,12 @@ Points `(x, y)` arrive in x order. A `Series` keeps
 - `overview`: at most `2 * width` buckets covering the whole series, their size doubling
   (pairs merged) whenever they would exceed that.
 
-A bucket is `[x_first, x_last, x_min, y_min, x_max, y_max, n]`: its extremes and where
-they are, so a chart drawn from buckets (the lowest and highest point of each, in x order)
-shows every spike a full-resolution chart shows. Adding a point is O(1) amortized; the
+A bucket is `[x_first, x_last, x_min, y_min, x_max, y_max, n, v_first, v_last]`: its
+extremes and where they are, so a chart drawn from buckets (the lowest and highest point
+of each, in x order) shows every spike a full-resolution chart shows, and the run versions
+of its first and last point: where its events are in the log (a zoom reads them back at
+full resolution, `window.raw_window`) and when it was complete (a replay draws, as of a
+version, the buckets that ended by then). Adding a point is O(1) amortized; the
 memory is O(width * levels) whatever the length of the run.
 
 A point whose x is not after the last one (a resumed attempt restarting from its
@@ -23,20 +26,36 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-Bucket = list[float]  # [x_first, x_last, x_min, y_min, x_max, y_max, n]
+Bucket = list[float]  # [x_first, x_last, x_min, y_min, x_max, y_max, n, v_first, v_last]
+BUCKET_LEN = 9
 WIDTH = 512
 LEVELS = 8  # level 7: buckets of 128 points; the overview covers everything beyond
 
 
-def point(x: float, y: float) -> Bucket:
-    return [x, x, x, y, x, y, 1]
+def point(x: float, y: float, v: int = 0) -> Bucket:
+    return [x, x, x, y, x, y, 1, v, v]
 
 
 def merge(a: Bucket, b: Bucket) -> Bucket:
     """One bucket covering `a` then `b`."""
     low = a if a[3] <= b[3] else b
     high = a if a[5] >= b[5] else b
-    return [a[0], b[1], low[2], low[3], high[4], high[5], a[6] + b[6]]
+    return [a[0], b[1], low[2], low[3], high[4], high[5], a[6] + b[6], a[7], b[8]]
+
+
+def downsample(buckets: list[Bucket], points: int) -> list[Bucket]:
+    """At most `points` buckets covering the same stretch (consecutive ones merged)."""
+    if len(buckets) <= points:
+        return buckets
+    size = -(-len(buckets) // points)  # ceil
+    out = []
+    for start in range(0, len(buckets), size):
+        group = buckets[start : start + size]
+        merged = group[0]
+        for bucket in group[1:]:
+            merged = merge(merged, bucket)
+        out.append(merged)
+    return out
 
 
 class Series:
@@ -55,13 +74,24 @@ class Series:
     def last_x(self) -> float | None:
         return self.levels[0][-1][0] if self.levels[0] else None
 
-    def add(self, x: float, y: float) -> None:
+    def add(self, x: float, y: float, v: int = 0) -> None:
+        """The point `(x, y)` of the run's event at version `v`. Runs once per point of
+        every series of every event folded: level 0 is inlined (half its points close
+        no pair)."""
         level0 = self.levels[0]
         if level0 and x <= level0[-1][0]:
             self.cut(x)
         self.count += 1
-        self._add_level(0, [x, x, x, y, x, y, 1])
-        self._add_overview(x, y)
+        bucket = [x, x, x, y, x, y, 1, v, v]
+        level0.append(bucket)
+        if len(self.levels) > 1:
+            pending = self._carry[0]
+            if pending is None:
+                self._carry[0] = bucket
+            else:
+                self._carry[0] = None
+                self._add_level(1, merge(pending, bucket))
+        self._add_overview(x, y, v)
 
     def _add_level(self, k: int, bucket: Bucket) -> None:
         while True:
@@ -75,10 +105,10 @@ class Series:
             self._carry[k] = None
             bucket, k = merge(pending, bucket), k + 1
 
-    def _add_overview(self, x: float, y: float) -> None:
+    def _add_overview(self, x: float, y: float, v: int) -> None:
         bucket = self._open
         if bucket is None:
-            bucket = self._open = [x, x, x, y, x, y, 1]
+            bucket = self._open = [x, x, x, y, x, y, 1, v, v]
         else:  # in place: this runs once per point
             bucket[1] = x
             if y < bucket[3]:
@@ -86,6 +116,7 @@ class Series:
             if y > bucket[5]:
                 bucket[4], bucket[5] = x, y
             bucket[6] += 1
+            bucket[8] = v
         if bucket[6] < self.overview_size:
             return
         self.overview.append(bucket)
@@ -113,18 +144,21 @@ class Series:
         tail = [] if self._open is None else [list(self._open)]
         return [*self.overview, *tail]
 
-    def window(self, x_from: float, x_to: float) -> tuple[int, list[Bucket]]:
-        """The finest buckets covering [x_from, x_to] that fit in `2 * width`: (level, buckets).
+    def window(
+        self, x_from: float, x_to: float, points: int | None = None
+    ) -> tuple[int, list[Bucket]]:
+        """The finest kept buckets covering [x_from, x_to], at most `points` (default
+        `2 * width`; merged down when more): (level, buckets).
 
-        Level -1 is the overview, used when no finer level still holds x_from.
+        Level k holds buckets of 2**k points; -1 is the overview, used when no finer level
+        still holds x_from (an old stretch: `zoom.window` reads it back from the log).
         """
+        points = points or 2 * self.width
         for k, level in enumerate(self.levels):
-            if not level or level[0][0] > x_from:
-                continue
-            inside = [b for b in level if b[1] >= x_from and b[0] <= x_to]
-            if len(inside) <= 2 * self.width:
-                return k, inside
-        return -1, [b for b in self.whole() if b[1] >= x_from and b[0] <= x_to]
+            if level and level[0][0] <= x_from:
+                return k, downsample([b for b in level if b[1] >= x_from and b[0] <= x_to], points)
+        inside = [b for b in self.whole() if b[1] >= x_from and b[0] <= x_to]
+        return -1, downsample(inside, points)
 
     def to_state(self) -> dict[str, Any]:
         """A copy (encoded later, in a thread, while points keep arriving): closed
@@ -153,7 +187,7 @@ class Series:
 
 
 def _bucket(value: Any) -> Bucket:
-    if not isinstance(value, list) or len(value) != 7:
+    if not isinstance(value, list) or len(value) != BUCKET_LEN:
         raise ValueError(f"not a bucket: {value!r}")
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
         raise ValueError(f"not a bucket: {value!r}")

@@ -3,8 +3,8 @@
 The event log stays the only source of truth. A snapshot set is written in one
 transaction (`EventStore.save_snapshots`): `summaries` (every run's summary) and one
 `page:<run_id>` per loaded run page that changed since the last set. Each row carries its seq,
-a schema tag (the snapshot format and the read models' fields: a changed model makes
-old snapshots unusable) and a checksum.
+a schema tag (the snapshot format and that read model's fields: a changed model makes
+its old snapshots unusable; summaries and pages have a tag each) and a checksum.
 
 At start `restore` loads them and verifies: the schema tag, the checksum, seq <= the
 store's last seq. Any failure: the whole set is dropped and everything folded from the
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from backend.jsontext import dumps, loads
 from backend.projections import RunSummary, summary_fields
-from backend.readmodels import runpage
+from backend.readmodels import runpage, series
 from backend.readmodels.runpage import RunPage
 from backend.store import StoredSnapshot
 
@@ -53,9 +53,15 @@ INTERVAL_S = 30.0
 
 
 def schema_tag() -> str:
-    """Names the snapshot format and the models' shape: any change retires old snapshots."""
+    """Names the summaries' snapshot format and fields: any change retires old ones."""
+    return _tag(list(summary_fields()))
+
+
+def page_schema_tag() -> str:
+    """The same for run pages, apart: a page format change refolds pages, lazily, one
+    run at a time as each is opened, and leaves the summaries (and start) alone."""
     shape = [
-        *summary_fields(),
+        f"bucket{series.BUCKET_LEN}",
         *runpage.METRIC_SERIES,
         *runpage.VALIDATION_SERIES,
         str(runpage.LOG_LINES),
@@ -63,6 +69,10 @@ def schema_tag() -> str:
         str(runpage.PREVIEWS),
         str(runpage.LIFECYCLE),
     ]
+    return _tag(shape)
+
+
+def _tag(shape: list[str]) -> str:
     digest = hashlib.sha256(",".join(shape).encode()).hexdigest()[:16]
     return f"{FORMAT}:{digest}"
 
@@ -170,7 +180,7 @@ async def load_page(service: RunService, run_id: str) -> RunPage:
         if row.name != PAGE_PREFIX + run_id:
             continue
         try:
-            page = RunPage.from_state(_decode(row, store.last_seq, schema_tag()))
+            page = RunPage.from_state(_decode(row, store.last_seq, page_schema_tag()))
         except (SnapshotUnusable, KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("page snapshot of run %s unusable (%s): folding its events", run_id, exc)
     page = page or RunPage(run_id)
@@ -208,10 +218,14 @@ def capture(service: RunService, everything: bool = False) -> tuple[int, dict[st
 async def save(service: RunService, everything: bool = False) -> int:
     """Write one snapshot set; returns its seq. Encoding runs in a thread."""
     seq, states = capture(service, everything)
-    schema = schema_tag()
+    schema, page_schema = schema_tag(), page_schema_tag()
     try:
         encoded = await asyncio.to_thread(lambda: [(n, dumps(s)) for n, s in states.items()])
-        await service.store.save_snapshots([(n, seq, schema, data) for n, data in encoded])
+        rows = [
+            (n, seq, page_schema if n.startswith(PAGE_PREFIX) else schema, data)
+            for n, data in encoded
+        ]
+        await service.store.save_snapshots(rows)
     except BaseException:
         # Not written (a failure, or cancelled at shutdown): the next set writes them.
         service.changed |= {n[len(PAGE_PREFIX) :] for n in states if n != SUMMARIES}
