@@ -34,6 +34,16 @@ STOPPED = "stopped"
 # The executor's view of an attempt (a Slurm job's state, say): a fact.
 JOB_STATE = "job_state"
 
+# Experiment management: legal in every state (nothing after `deleted`, no delete while
+# Training), never change the state.
+RENAMED = "renamed"
+TAGS_SET = "tags_set"
+NOTES_SET = "notes_set"
+ARCHIVED = "archived"
+UNARCHIVED = "unarchived"
+DELETED = "deleted"
+MANAGE_TYPES: tuple[str, ...] = (RENAMED, TAGS_SET, NOTES_SET, ARCHIVED, UNARCHIVED, DELETED)
+
 # Facts that never change the lifecycle state; legal only while a run trains.
 FACT_TYPES: tuple[str, ...] = (
     TRAINER_READY,
@@ -56,8 +66,19 @@ ALL_TYPES: tuple[str, ...] = (
     DEQUEUED,
     STOP_ESCALATED,
     *TRAINER_TYPES,
+    *MANAGE_TYPES,
 )
 
+# Management commands (not listed in a run's `legal_commands`: they are always legal but
+# for a delete while Training, and nothing is after a delete).
+MANAGE_COMMANDS: dict[str, str] = {
+    "rename": RENAMED,
+    "tag": TAGS_SET,
+    "notes": NOTES_SET,
+    "archive": ARCHIVED,
+    "unarchive": UNARCHIVED,
+    "delete": DELETED,
+}
 # The commands a client may send, and the event each becomes once accepted.
 COMMAND_EVENTS: dict[str, str] = {
     "create": CREATED,
@@ -66,6 +87,7 @@ COMMAND_EVENTS: dict[str, str] = {
     "resume": RESUMED,
     "dequeue": DEQUEUED,
     "move": QUEUE_MOVED,
+    **MANAGE_COMMANDS,
 }
 # Events a command may append instead of its own (a start that finds no free slot).
 COMMAND_ALIASES: dict[str, str] = {QUEUED: "start"}

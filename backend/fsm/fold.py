@@ -50,8 +50,12 @@ class Run:
     def queued(self) -> bool:
         return bool(self.lifecycle and self.lifecycle.queued)
 
+    @property
+    def deleted(self) -> bool:
+        return bool(self.lifecycle and self.lifecycle.deleted)
+
     def legal_commands(self) -> list[str]:
-        return legal_commands(self.state, self.stopping, self.queued)
+        return legal_commands(self.state, self.stopping, self.queued, self.deleted)
 
     def check(self, command: str) -> str:
         """The event type `command` would append; IllegalCommand if the state forbids it."""
@@ -154,6 +158,7 @@ def admissible(run: Run, event_types: Sequence[str]) -> list[bool]:
             scratch = Lifecycle(initial=state)
             scratch.stopping = run.stopping
             scratch.queued = run.queued
+            scratch.deleted = run.deleted
         try:
             scratch.fire(event_type)
         except IllegalEvent:

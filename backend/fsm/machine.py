@@ -5,6 +5,9 @@ Each transition's trigger is the event type that records it, so applying an even
 firing the trigger are the same act. Facts (metrics, logs, ...) are internal transitions
 of Training: legal there, and nowhere else. A stop request is internal too: the run stays
 Training, marked "stopping", until the trainer (or the escalation) reports `stopped`.
+Management events (rename, tags, notes, archive) are internal transitions of every state;
+`deleted` (not while Training, nor while queued) marks the run a tombstone: every
+transition is guarded by that flag, so nothing is legal after it.
 The queue is the same kind of flag of Idle: `queued` marks the run, `queue_moved` keeps
 it, `dequeued` clears it, and leaving Idle (`started`) ends it. A flag's guards are the
 transitions' `conditions` / `unless`, so `allows` and `legal_commands` read them from the
@@ -70,6 +73,30 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": ev.RESUMED, "source": [State.STOPPED, State.ERROR], "dest": State.TRAINING},
 ]
 TRANSITIONS += [{"trigger": fact, "source": State.TRAINING, "dest": None} for fact in ev.FACT_TYPES]
+TRANSITIONS += [
+    {"trigger": kind, "source": list(State), "dest": None}
+    for kind in ev.MANAGE_TYPES
+    if kind != ev.DELETED
+]
+TRANSITIONS.append(
+    {
+        "trigger": ev.DELETED,
+        "source": [s for s in State if s is not State.TRAINING],
+        "dest": None,
+        "unless": "is_queued",
+        "after": "mark_deleted",
+    }
+)
+
+
+def _unless_deleted(transition: dict[str, Any]) -> dict[str, Any]:
+    unless = transition.get("unless")
+    names = [unless] if isinstance(unless, str) else list(unless or [])
+    return {**transition, "unless": [*names, "is_deleted"]}
+
+
+# A tombstone: no transition fires once the run is deleted (keep this after the table).
+TRANSITIONS = [_unless_deleted(t) for t in TRANSITIONS]
 
 
 class IllegalCommand(Exception):
@@ -97,6 +124,7 @@ class Lifecycle:
     def __init__(self, initial: State = State.IDLE) -> None:
         self.stopping = False
         self.queued = False
+        self.deleted = False
         Machine(
             model=self,
             states=STATES,
@@ -123,6 +151,12 @@ class Lifecycle:
     def clear_queued(self) -> None:
         self.queued = False
 
+    def is_deleted(self) -> bool:
+        return self.deleted
+
+    def mark_deleted(self) -> None:
+        self.deleted = True
+
     def fire(self, event_type: str) -> None:
         """Fire the trigger named by an event type; raise IllegalEvent if it cannot happen."""
         try:
@@ -130,14 +164,21 @@ class Lifecycle:
         except (MachineError, AttributeError) as exc:
             raise IllegalEvent(f"'{event_type}' cannot happen while {self.state}") from exc
         if not fired:
-            raise IllegalEvent(f"'{event_type}' is not allowed now: {refusal(event_type)}")
+            why = "the run is deleted" if self.deleted else refusal(event_type)
+            raise IllegalEvent(f"'{event_type}' is not allowed now: {why}")
 
     def trigger_names(self) -> frozenset[str]:
         """Event types the current state accepts, guards aside."""
         return _triggers_from(self.state)
 
     def allows(self, event_type: str) -> bool:
-        return allowed(self.state, event_type, stopping=self.stopping, queued=self.queued)
+        return allowed(
+            self.state,
+            event_type,
+            stopping=self.stopping,
+            queued=self.queued,
+            deleted=self.deleted,
+        )
 
 
 def _guards(event_type: str) -> list[tuple[str, bool]]:
@@ -154,13 +195,15 @@ def _names(value: str | list[str] | None) -> list[str]:
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
-_FLAGS = {"is_stopping": "stopping", "is_queued": "queued"}  # guard -> the flag it reads
+# guard -> the flag it reads
+_FLAGS = {"is_stopping": "stopping", "is_queued": "queued", "is_deleted": "deleted"}
 # Why a guard refuses, per trigger (IllegalCommand / IllegalEvent messages).
 _REFUSALS = {
     ev.STOP_REQUESTED: "a stop is already under way",
     ev.QUEUED: "it is already queued",
     ev.QUEUE_MOVED: "it is not queued",
     ev.DEQUEUED: "it is not queued",
+    ev.DELETED: "it is queued: cancel it from the queue first (dequeue)",
 }
 _GUARDS: dict[str, list[tuple[str, bool]]] = {
     t["trigger"]: _guards(t["trigger"]) for t in TRANSITIONS
@@ -172,11 +215,18 @@ def refusal(event_type: str) -> str:
     return _REFUSALS.get(event_type, "a guard refused it")
 
 
-def allowed(state: State, event_type: str, *, stopping: bool = False, queued: bool = False) -> bool:
+def allowed(
+    state: State,
+    event_type: str,
+    *,
+    stopping: bool = False,
+    queued: bool = False,
+    deleted: bool = False,
+) -> bool:
     """Whether the machine accepts `event_type` in `state` with these flags."""
     if event_type not in _triggers_from(state):
         return False
-    flags = {"stopping": stopping, "queued": queued}
+    flags = {"stopping": stopping, "queued": queued, "deleted": deleted}
     return all(flags[flag] is wanted for flag, wanted in _GUARDS.get(event_type, ()))
 
 
@@ -195,14 +245,18 @@ def fact_states(event_type: str) -> frozenset[State]:
     return frozenset(s for s in State if event_type in _triggers_from(s))
 
 
-def legal_commands(state: State | None, stopping: bool = False, queued: bool = False) -> list[str]:
-    """Commands a client may send now, in a stable order."""
+def legal_commands(
+    state: State | None, stopping: bool = False, queued: bool = False, deleted: bool = False
+) -> list[str]:
+    """Lifecycle commands a client may send now, in a stable order (management commands
+    are left out: always legal, but a delete while Training, and none after a delete)."""
     if state is None:
         return ["create"]
     return [
         command
         for command, event_type in ev.COMMAND_EVENTS.items()
-        if allowed(state, event_type, stopping=stopping, queued=queued)
+        if command not in ev.MANAGE_COMMANDS
+        and allowed(state, event_type, stopping=stopping, queued=queued, deleted=deleted)
     ]
 
 
