@@ -1,0 +1,1 @@
+"""The experiment layer: managing runs (rename, tags, notes, archive, delete), and sweeps."""
