@@ -84,8 +84,11 @@ class Commands:
         run_id: str | None = None,
         data: Mapping[str, Any] | None = None,
         command_id: str | None = None,
+        *,
+        annotations: Mapping[str, Any] | None = None,
     ) -> Outcome:
-        """Apply a command, or answer a repeated id from its first answer."""
+        """Apply a command, or answer a repeated id from its first answer. `annotations`
+        (from the server itself, never a client: a sweep's trial) join a create's data."""
         remembered = None if command_id is None else self._remembered(command_id)
         if command_id is not None and remembered is not None:
             first_command, first_run, answer = remembered
@@ -100,7 +103,7 @@ class Commands:
                 )
             self._answers.move_to_end(command_id)
             return await asyncio.shield(answer)
-        task = self._task(self._settle(command, run_id, data or {}, command_id))
+        task = self._task(self._settle(command, run_id, data or {}, command_id, annotations))
         if command_id is not None:
             self._remember(command_id, command, run_id, task)
         return await asyncio.shield(task)
@@ -150,10 +153,15 @@ class Commands:
         return Outcome(200, body)
 
     async def _settle(
-        self, command: str, run_id: str | None, data: Mapping[str, Any], command_id: str | None
+        self,
+        command: str,
+        run_id: str | None,
+        data: Mapping[str, Any],
+        command_id: str | None,
+        annotations: Mapping[str, Any] | None = None,
     ) -> Outcome:
         try:
-            outcome = await self._execute(command, run_id, data, command_id)
+            outcome = await self._execute(command, run_id, data, command_id, annotations)
         except Exception as exc:
             log.exception("command %s of run %s failed", command, run_id)
             message = f"the server failed ({type(exc).__name__}: {exc}); see its log"
@@ -163,12 +171,17 @@ class Commands:
         return outcome
 
     async def _execute(
-        self, command: str, run_id: str | None, data: Mapping[str, Any], command_id: str | None
+        self,
+        command: str,
+        run_id: str | None,
+        data: Mapping[str, Any],
+        command_id: str | None,
+        annotations: Mapping[str, Any] | None = None,
     ) -> Outcome:
         started: Event | None = None
         try:
             if command == "create":
-                event, started = await self._create(data, command_id)
+                event, started = await self._create(data, command_id, annotations)
                 status = 201
             elif command in COMMANDS:
                 if not run_id:
@@ -211,7 +224,10 @@ class Commands:
         return Outcome(status, body)
 
     async def _create(
-        self, data: Mapping[str, Any], command_id: str | None
+        self,
+        data: Mapping[str, Any],
+        command_id: str | None,
+        annotations: Mapping[str, Any] | None = None,
     ) -> tuple[Event, Event | None]:
         """The `created` event (and `started`, for a create with `start: true`)."""
         run_id = new_run_id() if command_id is None else run_id_for(command_id)
@@ -232,6 +248,7 @@ class Commands:
                     runs=runs,
                 )
             )
+            created.update(annotations or {})
             if command_id is not None:
                 created["command_id"] = command_id
             if data.get("start"):
