@@ -48,7 +48,7 @@ class Run:
 
     @property
     def queued(self) -> bool:
-        return bool(self.lifecycle and self.lifecycle.queued)
+        return bool(self.lifecycle and self.lifecycle.in_queue)
 
     @property
     def deleted(self) -> bool:
@@ -157,7 +157,7 @@ def admissible(run: Run, event_types: Sequence[str]) -> list[bool]:
         if scratch is None:
             scratch = Lifecycle(initial=state)
             scratch.stopping = run.stopping
-            scratch.queued = run.queued
+            scratch.in_queue = run.queued
             scratch.deleted = run.deleted
         try:
             scratch.fire(event_type)

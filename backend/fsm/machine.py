@@ -123,7 +123,7 @@ class Lifecycle:
 
     def __init__(self, initial: State = State.IDLE) -> None:
         self.stopping = False
-        self.queued = False
+        self.in_queue = False  # not `queued`: that name is the trigger
         self.deleted = False
         Machine(
             model=self,
@@ -143,13 +143,13 @@ class Lifecycle:
         self.stopping = False
 
     def is_queued(self) -> bool:
-        return self.queued
+        return self.in_queue
 
     def mark_queued(self) -> None:
-        self.queued = True
+        self.in_queue = True
 
     def clear_queued(self) -> None:
-        self.queued = False
+        self.in_queue = False
 
     def is_deleted(self) -> bool:
         return self.deleted
@@ -176,7 +176,7 @@ class Lifecycle:
             self.state,
             event_type,
             stopping=self.stopping,
-            queued=self.queued,
+            queued=self.in_queue,
             deleted=self.deleted,
         )
 
