@@ -21,6 +21,7 @@ from typing import Any
 
 from backend import events as ev
 from backend.events import Event, NewEvent
+from backend.experiments.sweeps import is_sweep
 from backend.fsm.fold import admissible
 from backend.fsm.machine import State
 from backend.projections import CommandRecord, RunSummary
@@ -76,6 +77,8 @@ class RunService:
 
     def fold(self, event: Event) -> None:
         """Apply one stored event from the log, leniently, to every read model."""
+        if is_sweep(event.run_id):
+            return  # a sweep's own stream: backend.experiments folds it
         summary = self.runs.get(event.run_id)
         if summary is None:
             summary = self.runs[event.run_id] = RunSummary.new(event.run_id)

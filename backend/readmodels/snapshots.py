@@ -32,9 +32,11 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from backend.experiments.sweeps import is_sweep
 from backend.jsontext import dumps, loads
 from backend.projections import RunSummary, summary_fields
 from backend.readmodels import runpage, series
@@ -155,7 +157,8 @@ async def _verify(service: RunService) -> int:
     wrong = [
         run_id
         for run_id in store.run_ids()
-        if run_id not in service.runs
+        if not is_sweep(run_id)  # a sweep's stream: its own service restores it
+        and run_id not in service.runs
         or service.runs[run_id].run.version != store.run_version(run_id)
     ]
     wrong += [run_id for run_id in service.runs if store.run_version(run_id) == 0]
@@ -206,6 +209,8 @@ def capture(service: RunService, everything: bool = False) -> tuple[int, dict[st
     `everything`). The seq is the last one applied to the models."""
     seq = max((s.run.last_seq for s in service.runs.values()), default=0)
     states: dict[str, Any] = {SUMMARIES: {rid: s.to_state() for rid, s in service.runs.items()}}
+    for name, state_of in service.snapshots.extras.items():  # other models (sweeps)
+        states[name] = state_of()
     changed = set(service.pages) if everything else service.changed
     for run_id in changed:
         page = service.pages.get(run_id)
@@ -228,7 +233,7 @@ async def save(service: RunService, everything: bool = False) -> int:
         await service.store.save_snapshots(rows)
     except BaseException:
         # Not written (a failure, or cancelled at shutdown): the next set writes them.
-        service.changed |= {n[len(PAGE_PREFIX) :] for n in states if n != SUMMARIES}
+        service.changed |= {n[len(PAGE_PREFIX) :] for n in states if n.startswith(PAGE_PREFIX)}
         raise
     service.unload_idle_pages()
     return seq
@@ -241,6 +246,8 @@ class Snapshotter:
         self.service = service
         self.interval_s = interval_s
         self.saved_seq = -1
+        # Snapshot rows of other read models: name -> their state now (JSON values).
+        self.extras: dict[str, Callable[[], Any]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self, save_now: bool = False) -> None:
