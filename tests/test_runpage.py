@@ -20,7 +20,7 @@ from backend.store import EventStore
 def extremes_hold(series: Series, points: list[tuple[float, float]]) -> None:
     """Every bucket's min/max are the true extremes of the points it covers."""
     for bucket in series.whole():
-        x0, x1, x_lo, y_lo, x_hi, y_hi, n, _, _ = bucket
+        x0, x1, x_lo, y_lo, x_hi, y_hi, n, *_ = bucket
         inside = [(x, y) for x, y in points if x0 <= x <= x1]
         assert len(inside) == n
         assert y_lo == min(y for _, y in inside) and (x_lo, y_lo) in inside

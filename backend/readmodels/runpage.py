@@ -63,9 +63,9 @@ class RunPage:
         self.version = event.version
         kind, data = event.type, event.data
         if kind == ev.METRIC:
-            self._points(data, _METRIC_KEYS, event.version)
+            self._points(data, _METRIC_KEYS, event.version, event.ts)
         elif kind == ev.VALIDATION:
-            self._points(data, VALIDATION_SERIES, event.version)
+            self._points(data, VALIDATION_SERIES, event.version, event.ts)
             if data.get("preview"):
                 self.previews.append(event.to_json())
         elif kind == ev.PROGRESS:
@@ -79,7 +79,7 @@ class RunPage:
         else:
             self.lifecycle.append(event.to_json())
 
-    def _points(self, data: Any, names: dict[str, str], version: int) -> None:
+    def _points(self, data: Any, names: dict[str, str], version: int, ts: float) -> None:
         x = number(data.get("iteration"))
         if x is None:
             return
@@ -87,7 +87,7 @@ class RunPage:
             y = number(data.get(key))
             series = self.series[name]
             if y is not None:
-                series.add(x, y, version)
+                series.add(x, y, version, ts)
             elif series.last_x is not None and x <= series.last_x:
                 series.cut(x)  # a resumed attempt cuts every series, valued here or not
 

@@ -7,12 +7,13 @@ Points `(x, y)` arrive in x order. A `Series` keeps
 - `overview`: at most `2 * width` buckets covering the whole series, their size doubling
   (pairs merged) whenever they would exceed that.
 
-A bucket is `[x_first, x_last, x_min, y_min, x_max, y_max, n, v_first, v_last]`: its
-extremes and where they are, so a chart drawn from buckets (the lowest and highest point
-of each, in x order) shows every spike a full-resolution chart shows, and the run versions
-of its first and last point: where its events are in the log (a zoom reads them back at
-full resolution, `window.raw_window`) and when it was complete (a replay draws, as of a
-version, the buckets that ended by then). Adding a point is O(1) amortized; the
+A bucket is `[x_first, x_last, x_min, y_min, x_max, y_max, n, v_first, v_last, t_last]`:
+its extremes and where they are, so a chart drawn from buckets (the lowest and highest
+point of each, in x order) shows every spike a full-resolution chart shows; the run
+versions of its first and last point: where its events are in the log (a zoom reads them
+back at full resolution, `zoom.window`) and when it was complete (a replay draws, as of a
+version, the buckets that ended by then); and the timestamp of its last point (a
+comparison draws runs against wall time). Adding a point is O(1) amortized; the
 memory is O(width * levels) whatever the length of the run.
 
 A point whose x is not after the last one (a resumed attempt restarting from its
@@ -26,21 +27,21 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-Bucket = list[float]  # [x_first, x_last, x_min, y_min, x_max, y_max, n, v_first, v_last]
-BUCKET_LEN = 9
+Bucket = list[float]  # [x_first, x_last, x_min, y_min, x_max, y_max, n, v_first, v_last, t_last]
+BUCKET_LEN = 10
 WIDTH = 512
 LEVELS = 8  # level 7: buckets of 128 points; the overview covers everything beyond
 
 
-def point(x: float, y: float, v: int = 0) -> Bucket:
-    return [x, x, x, y, x, y, 1, v, v]
+def point(x: float, y: float, v: int = 0, t: float = 0.0) -> Bucket:
+    return [x, x, x, y, x, y, 1, v, v, t]
 
 
 def merge(a: Bucket, b: Bucket) -> Bucket:
     """One bucket covering `a` then `b`."""
     low = a if a[3] <= b[3] else b
     high = a if a[5] >= b[5] else b
-    return [a[0], b[1], low[2], low[3], high[4], high[5], a[6] + b[6], a[7], b[8]]
+    return [a[0], b[1], low[2], low[3], high[4], high[5], a[6] + b[6], a[7], b[8], b[9]]
 
 
 def downsample(buckets: list[Bucket], points: int) -> list[Bucket]:
@@ -74,15 +75,15 @@ class Series:
     def last_x(self) -> float | None:
         return self.levels[0][-1][0] if self.levels[0] else None
 
-    def add(self, x: float, y: float, v: int = 0) -> None:
-        """The point `(x, y)` of the run's event at version `v`. Runs once per point of
+    def add(self, x: float, y: float, v: int = 0, t: float = 0.0) -> None:
+        """The point `(x, y)` of the run's event at version `v`, time `t`. Runs once per point of
         every series of every event folded: level 0 is inlined (half its points close
         no pair)."""
         level0 = self.levels[0]
         if level0 and x <= level0[-1][0]:
             self.cut(x)
         self.count += 1
-        bucket = [x, x, x, y, x, y, 1, v, v]
+        bucket = [x, x, x, y, x, y, 1, v, v, t]
         level0.append(bucket)
         if len(self.levels) > 1:
             pending = self._carry[0]
@@ -91,7 +92,7 @@ class Series:
             else:
                 self._carry[0] = None
                 self._add_level(1, merge(pending, bucket))
-        self._add_overview(x, y, v)
+        self._add_overview(x, y, v, t)
 
     def _add_level(self, k: int, bucket: Bucket) -> None:
         while True:
@@ -105,10 +106,10 @@ class Series:
             self._carry[k] = None
             bucket, k = merge(pending, bucket), k + 1
 
-    def _add_overview(self, x: float, y: float, v: int) -> None:
+    def _add_overview(self, x: float, y: float, v: int, t: float) -> None:
         bucket = self._open
         if bucket is None:
-            bucket = self._open = [x, x, x, y, x, y, 1, v, v]
+            bucket = self._open = [x, x, x, y, x, y, 1, v, v, t]
         else:  # in place: this runs once per point
             bucket[1] = x
             if y < bucket[3]:
@@ -117,6 +118,7 @@ class Series:
                 bucket[4], bucket[5] = x, y
             bucket[6] += 1
             bucket[8] = v
+            bucket[9] = t
         if bucket[6] < self.overview_size:
             return
         self.overview.append(bucket)

@@ -18,7 +18,9 @@ Run pages are bigger than summaries and only one is open at a time, so they are 
 their snapshots at start, and again once saved when their run is not training, and
 loaded when asked for or when their run has a new event (`load_page`): the page's
 snapshot, verified the same way, plus that run's events after it; a page that is missing
-or disagrees with the run's version is folded from the run's events.
+or disagrees with the run's version is folded from the run's events. A start that
+folds the whole log folds summaries only: every page is then missing, and folded from
+its own run when first needed (one run's events, not the lab's).
 
 `Snapshotter` writes a set every `interval_s` while events arrive, and at close; the
 state is captured on the event loop in one go (no await: one consistent seq) and
@@ -118,6 +120,9 @@ async def restore(service: RunService) -> Restored:
         if reason != "no snapshot":
             log.warning("snapshots unusable (%s): folding the whole log", reason)
         service.clear()
+        # Summaries only: each run's page is folded from that run's events when it is
+        # first opened (or appended to), so this start costs the summary fold alone.
+        service.lazy_pages = set(store.run_ids())
         await service.fold_from(0)  # indexes the command ids too, in log order
         service.changed = set(service.runs)
         result = Restored(False, 0, store.last_seq, 0, reason)

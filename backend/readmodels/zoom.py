@@ -56,7 +56,7 @@ async def window(
     if last - first >= MAX_READ or first <= 0:
         return Window(level, buckets, False)
     raw = await _read_points(store, page.run_id, name, first, last)
-    inside = [point(x, y, v) for x, y, v in raw if x_from <= x <= x_to]
+    inside = [point(x, y, v, t) for x, y, v, t in raw if x_from <= x <= x_to]
     merged = downsample(inside, points)
     most = max((b[6] for b in merged), default=1)
     return Window(max(0, int(most - 1).bit_length()), merged, True)
@@ -64,10 +64,10 @@ async def window(
 
 async def _read_points(
     store: EventStore, run_id: str, name: str, first: int, last: int
-) -> list[tuple[float, float, int]]:
+) -> list[tuple[float, float, int, float]]:
     """The series' points of the run's events at versions first..last, folded with cuts."""
     kind, key = SOURCES[name]
-    points: list[tuple[float, float, int]] = []
+    points: list[tuple[float, float, int, float]] = []
     after = first - 1
     while after < last:
         batch = await store.read_run(run_id, after, limit=min(PAGE, last - after))
@@ -83,6 +83,6 @@ async def _read_points(
                 points.pop()
             y = number(event.data.get(key))
             if y is not None:
-                points.append((x, y, event.version))
+                points.append((x, y, event.version, event.ts))
         after = batch[-1].version
     return points

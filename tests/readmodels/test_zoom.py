@@ -99,7 +99,7 @@ async def test_a_window_too_wide_to_read_back_stays_coarse(
         assert max(b[5] for b in answer.buckets) == 50.0  # coarse, but the spike is kept
 
 
-async def test_buckets_say_the_versions_they_cover(tmp_path: Path) -> None:
+async def test_buckets_say_the_versions_and_the_time_they_cover(tmp_path: Path) -> None:
     async with await EventStore.open(tmp_path / "events.db") as store:
         service = RunService(store)
         run_id = await write_resumed_run(service)
@@ -107,3 +107,4 @@ async def test_buckets_say_the_versions_they_cover(tmp_path: Path) -> None:
         for bucket in (await service.page(run_id)).series["loss"].whole():
             first, last = events[int(bucket[7])], events[int(bucket[8])]
             assert (first.data["iteration"], last.data["iteration"]) == (bucket[0], bucket[1])
+            assert bucket[9] == last.ts
