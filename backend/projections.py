@@ -59,6 +59,7 @@ class RunSummary:
     checkpoints: dict[str, int] = field(default_factory=dict)
     interrupted: dict[str, Any] | None = None
     stop_reason: str | None = None  # of the stop under way
+    sweep: dict[str, Any] | None = None  # a sweep trial's {id, number, params}
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -123,6 +124,8 @@ class RunSummary:
             self.total = data.get("total_iterations", 0)
             self.output_path = data.get("output_path")
             self.log_path = data.get("log_path")
+            sweep = data.get("sweep")
+            self.sweep = dict(sweep) if isinstance(sweep, dict) else None
             self.created_at = event.ts
         elif kind in (ev.STARTED, ev.RESUMED):
             self.attempts += 1
@@ -230,6 +233,8 @@ class RunSummary:
             "log_path": self.log_path,
             "interrupted": self.interrupted,
             "resumable_from": self.resumable_from,
+            "stop_reason": self.stop_reason,
+            "sweep": self.sweep,
             "problems": list(self.run.problems),
         }
 
