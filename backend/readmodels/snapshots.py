@@ -163,8 +163,10 @@ async def _verify(service: RunService) -> int:
         run_id
         for run_id in store.run_ids()
         if not is_sweep(run_id)  # a sweep's stream: its own service restores it
-        and run_id not in service.runs
-        or service.runs[run_id].run.version != store.run_version(run_id)
+        and (
+            run_id not in service.runs
+            or service.runs[run_id].run.version != store.run_version(run_id)
+        )
     ]
     wrong += [run_id for run_id in service.runs if store.run_version(run_id) == 0]
     for run_id in wrong:
