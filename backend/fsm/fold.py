@@ -75,7 +75,9 @@ class Run:
         )
         if not allowed:
             why = ""
-            if self.lifecycle is not None and event_type in self.lifecycle.trigger_names():
+            if self.deleted:
+                why = "the run is deleted"
+            elif self.lifecycle is not None and event_type in self.lifecycle.trigger_names():
                 why = refusal(event_type)
             elif event_type == ev.CREATED:
                 why = f"run '{self.run_id}' already exists"
