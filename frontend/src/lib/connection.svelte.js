@@ -16,6 +16,8 @@ import { applyEvent, newRun, seedFromPage, snapshot, LIFECYCLE_TYPES } from './f
 import { ApiError, get, post, onUnauthorized } from './api.js';
 
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
+// Events after which the queue (GET /api/queue) is fetched again.
+const QUEUE_CHANGES = new Set(['queued', 'queue_moved', 'dequeued', 'started', 'resumed', 'completed', 'stopped', 'failed', 'deleted']);
 const COMMAND_TIMEOUT_MS = 20000;
 const KEEP_FOLDED_RUNS = 8;
 
@@ -48,6 +50,8 @@ export class Connection {
   serverSeq = $state(0);
   /** run_id whose subscription has caught up with the stored history. */
   caughtUp = $state(null);
+  /** GET /api/queue: {slots: [{index, devices, run_id}], queued: [run ids in order]}. */
+  queue = $state.raw({ slots: [], queued: [] });
 
   #ws = null;
   #subsSent = 0;
@@ -252,6 +256,7 @@ export class Connection {
     for (const p of this.#pending.values()) this.#send(p.frame);
     this.refreshHealth();
     this.refreshRuns();
+    this.refreshQueue();
   }
 
   #reset() {
@@ -350,6 +355,7 @@ export class Connection {
         }
         if (r !== 'duplicate') {
           this.#dirty.add(e.run_id);
+          if (QUEUE_CHANGES.has(e.type)) this.#queueSoon();
           // Live: keep its summary (the top bar, the buttons) current too.
           if (this.caughtUp === sub.runId) this.#touchSummary(e);
         }
@@ -361,6 +367,7 @@ export class Connection {
   // Keep the runs table live without folding every run: progress updates in place, lifecycle
   // changes refetch the server's summary (its legal_commands are the truth).
   #touchSummary(e) {
+    if (QUEUE_CHANGES.has(e.type)) this.#queueSoon();
     const s = this.summaries[e.run_id];
     if (LIFECYCLE_TYPES.has(e.type) || !s) {
       this.#refreshSoon(e.run_id);
@@ -455,7 +462,8 @@ export class Connection {
   async refreshRuns() {
     clearTimeout(this.#listTimer);
     try {
-      const { runs } = await get('runs');
+      // Archived runs too: the runs table hides them itself ("Show archived").
+      const { runs } = await get('runs', { archived: 1 });
       const next = {};
       for (const r of runs) next[r.run_id] = r;
       this.summaries = next;
@@ -477,6 +485,24 @@ export class Connection {
       }
       return null;
     }
+  }
+
+  async refreshQueue() {
+    try {
+      const q = await get('queue');
+      this.queue = { slots: q.slots ?? [], queued: q.queued ?? [] };
+    } catch {
+      /* an older server has no queue: keep the empty one */
+    }
+  }
+
+  #queueTimer = null;
+  #queueSoon() {
+    if (this.#queueTimer !== null) return;
+    this.#queueTimer = setTimeout(() => {
+      this.#queueTimer = null;
+      this.refreshQueue();
+    }, 120);
   }
 
   #refreshSoon(runId) {
@@ -520,8 +546,9 @@ export class Connection {
     const res =
       command === 'create'
         ? await post('runs', data)
-        : await post(`runs/${runId}/${command}`, { id });
+        : await post(`runs/${runId}/${command}`, { ...data, id });
     this.setSummary(res.run);
+    if (QUEUE_CHANGES.has(res.event?.type)) this.#queueSoon();
     return res;
   }
 
@@ -532,6 +559,7 @@ export class Connection {
     clearTimeout(p.timer);
     if (frame.ok) {
       this.setSummary(frame.run);
+      if (QUEUE_CHANGES.has(frame.event?.type)) this.#queueSoon();
       p.resolve(frame);
     } else {
       p.reject(new ApiError(409, { error: frame.error }));
