@@ -338,8 +338,8 @@ class SlurmAttempt:
             if time.monotonic() >= next_poll or held is not None:
                 next_poll = time.monotonic() + self.executor.poll_s
                 fact = await self._poll()
-                # After the final event a fact could not be stored: the run has ended.
-                if fact is not None and not (self.follower.ended or held):
+                # After a final event passed on, a fact could not be stored: the run ended.
+                if fact is not None and (held is not None or not self.follower.ended):
                     events.append(fact)
             if events:
                 yield events

@@ -1,0 +1,352 @@
+"""The Slurm executor against a real single-node Slurm cluster (`slurm_cluster`).
+
+Each run is a real batch job (`sbatch`) running `python -m backend.trainer.batch`; the
+server side is a real `RunService` on a real SQLite store with a `Supervisor` on the
+`SlurmExecutor`. Training where training is the point (the tiny 2D U-Net), the synthetic
+trainer elsewhere, to keep the whole set short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from backend import events as ev
+from backend import runspec
+from backend.events import Event
+from backend.execution.job import EVENTS_FILE, TrainJob
+from backend.execution.reconcile import reconcile
+from backend.execution.slurm import (
+    JOB_FILE,
+    SCRIPT_FILE,
+    SlurmExecutor,
+    explain_state,
+)
+from backend.execution.supervisor import Supervisor
+from backend.fsm.machine import State
+from backend.runs import RunService
+from backend.store import EventStore
+from tests.execution.slurm_cluster import SlurmCluster
+from tests.trainer.helpers import tiny_config
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 120.0
+REAL = {"flush_interval": 0.05, "threads": 1}
+SYNTHETIC = {"flush_interval": 0.05, "synthetic": {"rate": 200, "seconds": 0}}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[RunService]:
+    store = await EventStore.open(tmp_path / "events.db")
+    svc = RunService(store)
+    await svc.load()
+    yield svc
+    await store.close()
+
+
+def executor() -> SlurmExecutor:
+    return SlurmExecutor(poll_s=0.5)
+
+
+def supervisor_for(service: RunService, options: dict[str, Any]) -> Supervisor:
+    return Supervisor(
+        service,
+        executor=executor(),
+        job_options=options,
+        stop_grace_s=20.0,
+        kill_grace_s=5.0,
+    )
+
+
+async def create(service: RunService, tmp_path: Path, **solver: Any) -> str:
+    tree = tiny_config(tmp_path / "data", tmp_path / "out", **solver)
+    tree["SYSTEM"]["NUM_CPUS"] = 1
+    request = {"config": yaml.safe_dump(tree), "name": "slurm"}
+    return (await runspec.create_run(service, request)).run_id
+
+
+async def until(check: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{what} within {TIMEOUT:.0f} s")
+
+
+async def stored(service: RunService, run_id: str) -> list[Event]:
+    return await service.store.read_run(run_id)
+
+
+def job_id_of(events: list[Event]) -> str:
+    [launch] = [e for e in events if e.type == ev.LOG and e.data.get("executor") == "slurm"]
+    return str(launch.data["job_id"])
+
+
+def spool_lines(service: RunService, run_id: str) -> list[dict[str, Any]]:
+    path = Path(service.get(run_id).log_path or "") / EVENTS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assert_matches_spool(service: RunService, run_id: str, events: list[Event]) -> None:
+    """Every trainer event of the spool is stored once, in order, byte-equal data."""
+    numbered = [(e.type, e.data["n"]) for e in events if "n" in e.data]
+    assert [n for _, n in numbered] == list(range(1, len(numbered) + 1))
+    spool = [(line["type"], line["data"]["n"]) for line in spool_lines(service, run_id)]
+    assert numbered == spool
+
+
+def states(events: list[Event]) -> list[str]:
+    return [e.data["state"] for e in events if e.type == ev.JOB_STATE]
+
+
+def slurm(*args: str) -> str:
+    return subprocess.run(args, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+# --- training on Slurm ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_tiny_run_trains_to_complete_as_a_batch_job(
+    slurm_cluster: SlurmCluster, tmp_path: Path, service: RunService
+) -> None:
+    supervisor = supervisor_for(service, REAL)
+    run_id = await create(service, tmp_path, ITERATION_TOTAL=12, ITERATION_VAL=12)
+    await supervisor.start(run_id)
+    assert await asyncio.wait_for(supervisor.wait(run_id), TIMEOUT) is State.COMPLETE
+    events = await stored(service, run_id)
+    job_id = job_id_of(events)
+    assert_matches_spool(service, run_id, events)
+    types = [e.type for e in events]
+    assert types[-1] == ev.COMPLETED and types.count(ev.COMPLETED) == 1
+    assert {ev.TRAINER_READY, ev.METRIC, ev.CHECKPOINT, ev.VALIDATION} <= set(types)
+    assert "RUNNING" in states(events)
+    assert service.get(run_id).iteration == 12
+    log_dir = Path(service.get(run_id).log_path or "")
+    # The job ran our entry point on the job file, from the run's log folder.
+    assert TrainJob.from_json((log_dir / JOB_FILE).read_bytes()).run_id == run_id
+    assert "backend.trainer.batch" in (log_dir / SCRIPT_FILE).read_text()
+    assert (log_dir / f"slurm-{job_id}.out").exists()
+    assert "WorkDir=" + str(log_dir) in slurm("scontrol", "show", "job", "-o", job_id)
+
+
+@pytest.mark.slow
+async def test_a_stop_checkpoints_and_ends_stopped(
+    slurm_cluster: SlurmCluster, tmp_path: Path, service: RunService
+) -> None:
+    supervisor = supervisor_for(service, REAL)
+    run_id = await create(service, tmp_path, ITERATION_TOTAL=100_000, ITERATION_SAVE=100_000)
+    await supervisor.start(run_id)
+    await until(lambda: service.get(run_id).iteration, "a training iteration")
+    await supervisor.stop(run_id)
+    assert await asyncio.wait_for(supervisor.wait(run_id), TIMEOUT) is State.STOPPED
+    events = await stored(service, run_id)
+    final = events[-1]
+    assert final.type == ev.STOPPED and not final.data.get("forced")
+    assert final.data["checkpoint"] and Path(final.data["checkpoint"]).is_file()
+    assert_matches_spool(service, run_id, events)
+    # `scancel --signal=TERM --full` is a graceful stop: the job itself ended well.
+    assert "ExitCode=0:0" in slurm("scontrol", "show", "job", "-o", job_id_of(events))
+
+
+# --- the server's death, and Slurm's own decisions ------------------------------------------
+
+_SERVER = """
+import asyncio, sys, time
+from backend import runspec
+from backend.execution.slurm import SlurmExecutor
+from backend.execution.supervisor import Supervisor
+from backend.runs import RunService
+from backend.store import EventStore
+
+async def main(db, run_id):
+    store = await EventStore.open(db)
+    service = RunService(store)
+    await service.load()
+    options = {"flush_interval": 0.05, "synthetic": {"rate": 100, "seconds": 6}}
+    supervisor = Supervisor(service, executor=SlurmExecutor(poll_s=0.5), job_options=options)
+    await supervisor.start(run_id)
+    while service.get(run_id).iteration < 50:
+        await asyncio.sleep(0.05)
+    print("training", flush=True)
+    await asyncio.sleep(3600)  # until SIGKILL
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+async def test_a_server_killed_during_a_job_reconciles_by_job_id(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """A server process dies by SIGKILL while its run's job trains; a new one on the same
+    store follows the job again by its id and ingests what it wrote meanwhile: every
+    event once, nothing lost."""
+    db = tmp_path / "events.db"
+    store = await EventStore.open(db)
+    service = RunService(store)
+    await service.load()
+    run_id = await create(service, tmp_path)
+    await store.close()
+
+    server = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_SERVER), str(db), run_id],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert server.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), TIMEOUT)
+        assert line == b"training\n"
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+
+    store = await EventStore.open(db)
+    try:
+        service = RunService(store)
+        await service.load()
+        before = await stored(service, run_id)
+        assert service.get(run_id).state is State.TRAINING
+        job_id = job_id_of(before)
+        # The job lives on without its server.
+        assert slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() == "RUNNING"
+
+        supervisor = supervisor_for(service, SYNTHETIC)
+        assert await reconcile(service, supervisor) == [run_id]
+        assert supervisor.training() == [run_id]
+        assert await asyncio.wait_for(supervisor.wait(run_id), TIMEOUT) is State.COMPLETE
+        events = await stored(service, run_id)
+        assert len(events) > len(before)
+        assert_matches_spool(service, run_id, events)
+        assert [e.type for e in events].count(ev.COMPLETED) == 1
+        # Reconciling again finds nothing to do and appends nothing.
+        assert await reconcile(service, supervisor) == []
+        assert len(await stored(service, run_id)) == len(events)
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_job_cancelled_behind_our_back_ends_in_error_with_a_hint(
+    slurm_cluster: SlurmCluster, tmp_path: Path, service: RunService
+) -> None:
+    supervisor = supervisor_for(service, SYNTHETIC)
+    run_id = await create(service, tmp_path)
+    await supervisor.start(run_id)
+    await until(lambda: service.get(run_id).iteration, "a synthetic iteration")
+    job_id = job_id_of(await stored(service, run_id))
+    slurm("scancel", job_id)  # SIGTERM from Slurm: the trainer stops cleanly...
+    assert await asyncio.wait_for(supervisor.wait(run_id), TIMEOUT) is State.ERROR
+    events = await stored(service, run_id)
+    final = events[-1]
+    # ...but nobody asked Trainboard to stop: the run failed, and says why.
+    assert final.type == ev.FAILED
+    assert final.data["slurm_state"] == "CANCELLED"
+    assert "cancelled outside Trainboard" in final.data["message"]
+    assert "resume" in final.data["hint"]
+    cancelled = [e for e in events if e.type == ev.JOB_STATE and e.data["state"] == "CANCELLED"]
+    assert cancelled and "resume" in cancelled[0].data["hint"]
+    # The spool's `stopped` became that `failed`, under the same number.
+    numbers = [e.data["n"] for e in events if "n" in e.data]
+    assert numbers == [line["data"]["n"] for line in spool_lines(service, run_id)]
+    assert "resume" in service.get(run_id).run.legal_commands()
+
+
+@pytest.mark.slow
+async def test_a_pending_job_shows_slurms_reason_and_a_stop_cancels_it(
+    slurm_cluster: SlurmCluster, tmp_path: Path, service: RunService
+) -> None:
+    """Another job holds every CPU: the run's job waits, PENDING (Resources), first in
+    the queue; stopping it then cancels the job, and the run ends Stopped."""
+    blocker = slurm(
+        "sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}", "--wrap", "sleep 120"
+    ).strip()
+    try:
+        await until(
+            lambda: slurm("squeue", "-h", "-j", blocker, "-o", "%T").strip() == "RUNNING",
+            "the blocking job running",
+        )
+        supervisor = supervisor_for(service, SYNTHETIC)
+        run_id = await create(service, tmp_path)
+        await supervisor.start(run_id)
+
+        def pending() -> dict[str, Any] | None:
+            fact = service.get(run_id).job_state
+            return fact if fact and fact.get("reason") == "Resources" else None
+
+        fact = await until(pending, "a PENDING job_state with Slurm's reason")
+        assert fact["state"] == "PENDING" and fact["position"] == 1
+        assert fact["executor"] == "slurm" and "resources" in fact["hint"]
+        await supervisor.stop(run_id)
+        assert await asyncio.wait_for(supervisor.wait(run_id), TIMEOUT) is State.STOPPED
+        events = await stored(service, run_id)
+        assert events[-1].data.get("forced") and events[-1].data["checkpoint"] is None
+        job = slurm("scontrol", "show", "job", "-o", job_id_of(events))
+        assert "JobState=CANCELLED" in job
+        assert ev.TRAINER_READY not in [e.type for e in events]  # it never ran
+    finally:
+        slurm("scancel", blocker)
+
+
+# --- what the executor asks of Slurm --------------------------------------------------------
+
+
+def job(tmp_path: Path, **system: Any) -> TrainJob:
+    return TrainJob("r1", 2, {"SYSTEM": system}, str(tmp_path / "out"), str(tmp_path / "log"))
+
+
+@pytest.mark.parametrize(
+    ("system", "expected", "srun"),
+    [
+        ({"NUM_GPUS": 0, "NUM_CPUS": 0}, ["--ntasks-per-node=1", "--cpus-per-task=1"], False),
+        ({"NUM_GPUS": 1, "NUM_CPUS": 4}, ["--gpus-per-node=1", "--cpus-per-task=4"], False),
+        ({"NUM_GPUS": 4, "NUM_CPUS": 8}, ["--ntasks-per-node=4", "--gpus-per-node=4"], True),
+    ],
+)
+def test_resources_come_from_the_config(
+    tmp_path: Path, system: dict[str, int], expected: list[str], srun: bool
+) -> None:
+    slurm_executor = SlurmExecutor("gpu", "lab", "02:00:00", "--qos=high --mem=32G")
+    args = slurm_executor.sbatch_args(job(tmp_path, **system))
+    assert set(expected) <= set(args)
+    assert args[0] == "--parsable" and "--no-requeue" in args
+    assert {"--partition=gpu", "--account=lab", "--time=02:00:00"} <= set(args)
+    assert args[-2:] == ["--qos=high", "--mem=32G"]
+    assert f"--output={tmp_path / 'log'}/slurm-%j.out" in args
+    script = slurm_executor.script(job(tmp_path, **system))
+    assert ("exec srun" in script) is srun
+    assert f"backend.trainer.batch {tmp_path / 'log' / JOB_FILE}" in script
+
+
+@pytest.mark.parametrize(
+    ("state", "words"),
+    [
+        ("TIMEOUT", "time limit"),
+        ("NODE_FAIL", "node"),
+        ("OUT_OF_MEMORY", "memory"),
+        ("PREEMPTED", "preempted"),
+        ("CANCELLED", "outside Trainboard"),
+        ("UNKNOWN", "no longer knows"),
+    ],
+)
+def test_every_ending_slurm_decides_has_a_message_and_a_hint(state: str, words: str) -> None:
+    message, hint = explain_state(state, "42")
+    assert message and words in message and "42" in message
+    assert hint and ("resume" in hint or "memory" in hint)
