@@ -45,7 +45,12 @@ const PERSISTED = [
   'browseDir',
   'retryOf',
   'reuseOutput',
+  'sweepMarks',
+  'sweepSettings',
 ];
+
+// A sweep's settings beside its search space (POST /api/sweeps).
+export const SWEEP_DEFAULTS = { trials: 8, parallel: 1, sampler: 'tpe', pruner: 'median', objective: 'max_dice' };
 
 function emptyState() {
   return {
@@ -65,6 +70,8 @@ function emptyState() {
     browseDir: '',
     retryOf: null, // {runId, name, error} when fixing a failed run
     reuseOutput: false, // the user chose to write into a folder another run owns
+    sweepMarks: {}, // key -> {type: float|int|choice, low, high, log, choices}: swept, not set
+    sweepSettings: { ...SWEEP_DEFAULTS },
   };
 }
 
@@ -85,6 +92,8 @@ export class Wizard {
   browseDir = $state('');
   retryOf = $state(null);
   reuseOutput = $state(false);
+  sweepMarks = $state({});
+  sweepSettings = $state({ ...SWEEP_DEFAULTS });
 
   // validation (not persisted)
   validating = $state(false);
@@ -401,6 +410,43 @@ export class Wizard {
     return body;
   }
 
+  // ---------------------------------------------------------------- sweeps
+
+  /** Mark a parameter "sweep" (with a range from its control and value) or unmark it. */
+  markSweep(field, on) {
+    const next = { ...this.sweepMarks };
+    if (on) next[field.key] = initialMark(field, this.value(field.key));
+    else delete next[field.key];
+    this.sweepMarks = next;
+    this.#persist();
+  }
+
+  setSweepMark(key, patch) {
+    if (!this.sweepMarks[key]) return;
+    this.sweepMarks = { ...this.sweepMarks, [key]: { ...this.sweepMarks[key], ...patch } };
+    this.#persist();
+  }
+
+  setSweepSetting(name, value) {
+    this.sweepSettings = { ...this.sweepSettings, [name]: value };
+    this.#persist();
+  }
+
+  get sweeping() {
+    return Object.keys(this.sweepMarks).length > 0;
+  }
+
+  /** The body of POST /api/sweeps: this configuration as the base, the marks as the space. */
+  sweepBody(space) {
+    const { name, config, base, overrides, seed } = this.runBody();
+    const s = this.sweepSettings;
+    const body = { config, space, objective: s.objective, trials: Number(s.trials), parallel: Number(s.parallel), sampler: s.sampler, pruner: s.pruner, seed };
+    if (name) body.name = name;
+    if (base !== undefined) body.base = base;
+    if (overrides) body.overrides = overrides;
+    return body;
+  }
+
   // ---------------------------------------------------------------- persistence
 
   #persist() {
@@ -425,6 +471,21 @@ export class Wizard {
     for (const k of PERSISTED) this[k] = state[k];
     if (this.hasConfig) this.validateSoon(0);
   }
+}
+
+/** A first range for a parameter marked "sweep": its control's bounds around its value. */
+export function initialMark(field, value) {
+  if (field.widget === 'toggle') return { type: 'choice', choices: [true, false] };
+  if (field.widget === 'select' || field.options?.length) return { type: 'choice', choices: (field.options ?? [value]).slice() };
+  const v = typeof value === 'number' ? value : null;
+  if (field.widget === 'log-slider') {
+    const low = v !== null && v > 0 ? v / 10 : field.min;
+    const high = v !== null && v > 0 ? v * 10 : field.max;
+    const clamp = (x) => Math.min(field.max ?? x, Math.max(field.min ?? x, x));
+    const round = (x) => (field.integer ? Math.round(x) : Number(x.toPrecision(2)));
+    return { type: field.integer ? 'int' : 'float', low: round(clamp(low)), high: round(clamp(high)), log: true };
+  }
+  return { type: field.integer ? 'int' : 'float', low: field.min ?? (v ?? 0), high: field.max ?? (v ?? 1), log: false };
 }
 
 function retryName(name) {

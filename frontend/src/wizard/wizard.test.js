@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeEach, vi } from 'vitest';
-import { Wizard } from './wizard.svelte.js';
+import { Wizard, initialMark } from './wizard.svelte.js';
 
 class MemoryStorage {
   data = new Map();
@@ -130,5 +130,47 @@ describe('the wizard state', () => {
     expect(w.configYaml).toContain('LABEL_NAME: cells.tif');
     w.loadUpload('f.yaml', file, { data: 'file' });
     expect(w.configYaml).toBe(file);
+  });
+});
+
+describe('sweep marks', () => {
+  const lr = { key: 'SOLVER.BASE_LR', widget: 'log-slider', min: 1e-5, max: 1, integer: false };
+  const batch = { key: 'SOLVER.SAMPLES_PER_BATCH', widget: 'slider', min: 1, max: 32, integer: true };
+  const arch = { key: 'MODEL.ARCHITECTURE', widget: 'select', options: ['unet_3d', 'fpn_3d'] };
+  const amp = { key: 'MODEL.MIXED_PRECESION', widget: 'toggle' };
+
+  it.each([
+    [lr, 0.002, { type: 'float', low: 0.0002, high: 0.02, log: true }],
+    [lr, 0.5, { type: 'float', low: 0.05, high: 1, log: true }], // clamped to the control
+    [batch, 4, { type: 'int', low: 1, high: 32, log: false }],
+    [arch, 'unet_3d', { type: 'choice', choices: ['unet_3d', 'fpn_3d'] }],
+    [amp, false, { type: 'choice', choices: [true, false] }],
+  ])('%o at %s starts as %o', (field, value, mark) => {
+    expect(initialMark(field, value)).toEqual(mark);
+  });
+
+  it('marks persist, and the sweep body carries the config, the space and the settings', () => {
+    const storage = new MemoryStorage();
+    const w = new Wizard(storage);
+    w.loadPreset(demo2d);
+    w.markSweep(batch, true);
+    w.setSweepMark(batch.key, { low: 2, high: 8 });
+    w.setSweepSetting('trials', 3);
+    w.setField('name', 'lr-search');
+    expect(w.sweeping).toBe(true);
+    const again = new Wizard(storage);
+    expect(again.sweepMarks).toEqual({ [batch.key]: { type: 'int', low: 2, high: 8, log: false } });
+    const body = again.sweepBody({ K: { type: 'int', low: 2, high: 8 } });
+    expect(body).toMatchObject({ name: 'lr-search', config: demo2d.yaml, trials: 3, parallel: 1, sampler: 'tpe', pruner: 'median', objective: 'max_dice', space: { K: { type: 'int', low: 2, high: 8 } } });
+    again.markSweep(batch, false);
+    expect(again.sweeping).toBe(false);
+  });
+
+  it('loading a run starts without marks', () => {
+    const w = new Wizard(new MemoryStorage());
+    w.loadPreset(demo2d);
+    w.markSweep(arch, true);
+    w.loadFromRun('r1', { name: 'trial', config: 'SOLVER:\n  BASE_LR: 0.01\n', source: { config: 'SOLVER:\n  BASE_LR: 0.01\n' } }, {});
+    expect(w.sweepMarks).toEqual({});
   });
 });
