@@ -110,6 +110,10 @@ def assert_matches_spool(service: RunService, run_id: str, events: list[Event]) 
     assert numbered == spool
 
 
+def is_file(path: str) -> bool:
+    return Path(path).is_file()
+
+
 def states(events: list[Event]) -> list[str]:
     return [e.data["state"] for e in events if e.type == ev.JOB_STATE]
 
@@ -158,7 +162,7 @@ async def test_a_stop_checkpoints_and_ends_stopped(
     events = await stored(service, run_id)
     final = events[-1]
     assert final.type == ev.STOPPED and not final.data.get("forced")
-    assert final.data["checkpoint"] and Path(final.data["checkpoint"]).is_file()
+    assert final.data["checkpoint"] and is_file(final.data["checkpoint"])
     assert_matches_spool(service, run_id, events)
     # `scancel --signal=TERM --full` is a graceful stop: the job itself ended well.
     assert "ExitCode=0:0" in slurm("scontrol", "show", "job", "-o", job_id_of(events))
@@ -204,19 +208,22 @@ async def test_a_server_killed_during_a_job_reconciles_by_job_id(
     run_id = await create(service, tmp_path)
     await store.close()
 
-    server = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_SERVER), str(db), run_id],
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        textwrap.dedent(_SERVER),
+        str(db),
+        run_id,
         cwd=ROOT,
-        stdout=subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         assert server.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), TIMEOUT)
-        assert line == b"training\n"
+        assert await asyncio.wait_for(server.stdout.readline(), TIMEOUT) == b"training\n"
     finally:
         server.send_signal(signal.SIGKILL)
-        server.wait()
+        await server.wait()
 
     store = await EventStore.open(db)
     try:
