@@ -60,6 +60,9 @@ class RunSummary:
     interrupted: dict[str, Any] | None = None
     stop_reason: str | None = None  # of the stop under way
     sweep: dict[str, Any] | None = None  # a sweep trial's {id, number, params}
+    tags: list[str] = field(default_factory=list)  # sorted
+    notes: str = ""  # Markdown
+    archived: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -69,6 +72,11 @@ class RunSummary:
     @property
     def state(self) -> State | None:
         return self.run.state
+
+    @property
+    def deleted(self) -> bool:
+        """A tombstone (`deleted`): kept, shown only on demand, changed by nothing."""
+        return self.run.deleted
 
     def apply(self, event: Event) -> None:
         """Apply an accepted event (strict: the live path)."""
@@ -119,6 +127,14 @@ class RunSummary:
             self._own_checkpoint(data.get("path"), data.get("iteration"))
         elif kind == ev.STOP_REQUESTED:
             self.stop_reason = data.get("reason")
+        elif kind == ev.RENAMED:
+            self.name = data.get("name", self.name)
+        elif kind == ev.TAGS_SET:
+            self.tags = sorted(data.get("tags", []))
+        elif kind == ev.NOTES_SET:
+            self.notes = data.get("notes", "")
+        elif kind in (ev.ARCHIVED, ev.UNARCHIVED):
+            self.archived = kind == ev.ARCHIVED
         elif kind == ev.CREATED:
             self.name = data.get("name", "")
             self.total = data.get("total_iterations", 0)
@@ -126,6 +142,7 @@ class RunSummary:
             self.log_path = data.get("log_path")
             sweep = data.get("sweep")
             self.sweep = dict(sweep) if isinstance(sweep, dict) else None
+            self.tags = sorted(data.get("tags", []))
             self.created_at = event.ts
         elif kind in (ev.STARTED, ev.RESUMED):
             self.attempts += 1
@@ -178,6 +195,7 @@ class RunSummary:
                 "run_id": run.run_id,
                 "state": None if run.lifecycle is None else str(run.lifecycle.state),
                 "stopping": run.stopping,
+                "deleted": run.deleted,
                 "version": run.version,
                 "last_seq": run.last_seq,
                 "problems": list(run.problems),
@@ -201,6 +219,7 @@ class RunSummary:
         if saved["state"] is not None:
             run.lifecycle = Lifecycle(initial=State(saved["state"]))
             run.lifecycle.stopping = bool(saved["stopping"])
+            run.lifecycle.deleted = bool(saved["deleted"])
         values = {f: state[f] for f in summary_fields()}
         values["commands"] = {
             cid: CommandRecord(str(c), int(v)) for cid, (c, v) in values["commands"].items()
@@ -211,6 +230,10 @@ class RunSummary:
         return {
             "run_id": self.run.run_id,
             "name": self.name,
+            "tags": list(self.tags),
+            "notes": self.notes,
+            "archived": self.archived,
+            "deleted": self.deleted,
             "state": self.run.state,
             "stopping": self.run.stopping,
             "legal_commands": self.run.legal_commands(),
