@@ -21,7 +21,7 @@ const FACTS = new Set(FACT_TYPES);
 // queued), `queue_moved`/`dequeued` need it, leaving Idle ends it (contracts §1).
 export const QUEUE_TYPES = ['queued', 'queue_moved', 'dequeued'];
 // Experiment management: legal in every state, never change it; `deleted` is a tombstone
-// (not while Training; after it nothing is legal).
+// (not while Training or queued; after it nothing is legal).
 export const MANAGEMENT_TYPES = ['renamed', 'tags_set', 'notes_set', 'archived', 'unarchived', 'deleted'];
 const QUEUE = new Set(QUEUE_TYPES);
 const MANAGEMENT = new Set(MANAGEMENT_TYPES);
@@ -58,7 +58,7 @@ export function allows(state, stopping, type, { queued = false, deleted = false 
   if (FACTS.has(type)) return state === TRAINING;
   if (type === 'queued') return state === IDLE && !queued;
   if (QUEUE.has(type)) return state === IDLE && queued;
-  if (type === 'deleted') return state !== TRAINING;
+  if (type === 'deleted') return state !== TRAINING && !queued; // cancel it first
   if (MANAGEMENT.has(type)) return true;
   const t = TRANSITIONS[type];
   if (!t) return false;
