@@ -115,13 +115,65 @@ class Rest:
         answer: dict[str, Any] = self.get("/api/health")
         return answer
 
-    def runs(self) -> list[dict[str, Any]]:
-        runs: list[dict[str, Any]] = self.get("/api/runs")["runs"]
+    def runs(self, *, archived: bool = False, deleted: bool = False) -> list[dict[str, Any]]:
+        """The runs, newest first; archived and deleted ones only when asked for."""
+        flags = {"archived": 1 if archived else None, "deleted": 1 if deleted else None}
+        runs: list[dict[str, Any]] = self.get("/api/runs", **flags)["runs"]
         return runs
 
     def run(self, run_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.get(f"/api/runs/{_quote(run_id)}")
         return answer
+
+    # Managing runs (docs/experiments.md): each returns `{"run", "event"}`.
+
+    def rename(self, run_id: str, name: str, command_id: str | None = None) -> dict[str, Any]:
+        return self._manage(run_id, "rename", {"name": name}, command_id)
+
+    def tag(
+        self,
+        run_id: str,
+        add: list[str] | None = None,
+        remove: list[str] | None = None,
+        command_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Add and remove tags (the others stay)."""
+        return self._manage(run_id, "tag", {"add": add or [], "remove": remove or []}, command_id)
+
+    def set_tags(
+        self, run_id: str, tags: list[str], command_id: str | None = None
+    ) -> dict[str, Any]:
+        """Replace the whole tag set."""
+        return self._manage(run_id, "tag", {"tags": tags}, command_id)
+
+    def notes(self, run_id: str, notes: str, command_id: str | None = None) -> dict[str, Any]:
+        return self._manage(run_id, "notes", {"notes": notes}, command_id)
+
+    def archive(self, run_id: str, command_id: str | None = None) -> dict[str, Any]:
+        return self._manage(run_id, "archive", {}, command_id)
+
+    def unarchive(self, run_id: str, command_id: str | None = None) -> dict[str, Any]:
+        return self._manage(run_id, "unarchive", {}, command_id)
+
+    def delete(
+        self, run_id: str, remove_files: bool = False, command_id: str | None = None
+    ) -> dict[str, Any]:
+        """A tombstone; with `remove_files`, the run's own files go too (the event lists them)."""
+        return self._manage(run_id, "delete", {"remove_files": remove_files}, command_id)
+
+    def _manage(
+        self, run_id: str, command: str, data: dict[str, Any], command_id: str | None
+    ) -> dict[str, Any]:
+        path = f"/api/runs/{_quote(run_id)}/{command}"
+        answer: dict[str, Any] = self.call("POST", path, {**data, "id": command_id or new_id()})
+        return answer
+
+    def artifact(self, run_id: str, path: str) -> bytes:
+        """A file of the run's output or log folder (a preview PNG, say)."""
+        query = urllib.parse.urlencode({"path": path})
+        with self._open("GET", f"/api/runs/{_quote(run_id)}/artifact?{query}") as response:
+            data: bytes = response.read()
+        return data
 
     def create(self, request: dict[str, Any], command_id: str | None = None) -> dict[str, Any]:
         answer: dict[str, Any] = self.call(
