@@ -242,6 +242,7 @@ function update(run, event) {
       run.stop = null;
       run.stopReason = null;
       run.queueRank = null;
+      run.jobState = null; // the previous attempt's executor state is over
       run.attemptStartedAt = event.ts;
       run.pace = [];
       log(
@@ -325,12 +326,10 @@ function update(run, event) {
     case 'log':
       log(run, event, d.level || 'info', String(d.message ?? ''), d.source ?? null);
       break;
-    case 'job_state': {
-      const { command_id: _, ...state } = d;
-      run.jobState = state;
-      log(run, event, 'event', `${d.executor ?? 'executor'}: ${jobStateText(state)}`);
+    case 'job_state':
+      run.jobState = { ...d };
+      log(run, event, 'event', `${d.executor ?? 'executor'}: ${jobStateText(d)}`);
       break;
-    }
     case 'queued':
     case 'queue_moved':
       run.queued = true;
