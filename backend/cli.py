@@ -19,7 +19,10 @@ _REGISTRARS = [
     (
         "backend.client_cli",
         "add_client_parsers",
-        ("runs", "show", "start", "stop", "resume", "watch", "replay", "export"),
+        (
+            *("runs", "show", "start", "stop", "resume", "watch", "replay", "export"),
+            *("rename", "tag", "notes", "archive", "unarchive", "delete"),
+        ),
     ),
 ]
 

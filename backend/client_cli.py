@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
 from backend.client import Client, ClientError, Rest, resolve
@@ -34,7 +35,9 @@ def add_client_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         parser.set_defaults(func=lambda args: _guard(func, args))
         return parser
 
-    add("runs", "list the runs on the server", cmd_runs, run=False)
+    runs = add("runs", "list the runs on the server", cmd_runs, run=False)
+    runs.add_argument("--archived", action="store_true", help="also list archived runs")
+    runs.add_argument("--deleted", action="store_true", help="also list deleted runs")
     add("show", "show one run", cmd_show)
     add("start", "start an idle run", lambda args: cmd_command(args, "start"))
     add(
@@ -49,9 +52,39 @@ def add_client_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     replay.add_argument(
         "--max-gap", type=float, default=None, help="wait at most this many seconds between events"
     )
-    export = add("export", "download a run's events (jsonl) or metrics (csv)", cmd_export)
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export = add(
+        "export",
+        "download a run's events (jsonl), metrics (csv), or scalars and previews as "
+        "TensorBoard event files (tensorboard DIR)",
+        cmd_export,
+    )
+    export.add_argument("--format", choices=("jsonl", "csv", "tensorboard"), default="jsonl")
     export.add_argument("-o", "--output", help="file to write (default: standard output)")
+    export.add_argument(
+        "directory", metavar="DIR", nargs="?", help="with --format tensorboard: the folder"
+    )
+    add_manage_parsers(add)
+
+
+def add_manage_parsers(add: Any) -> None:
+    """rename, tag, notes, archive, unarchive, delete (docs/experiments.md)."""
+    rename = add("rename", "rename a run", cmd_rename)
+    rename.add_argument("name", metavar="NAME", help="the new name (one line, 1 to 200 chars)")
+    tag = add("tag", "add or remove a run's tags", cmd_tag)
+    tag.add_argument("--add", action="append", default=[], metavar="TAG", help="(repeatable)")
+    tag.add_argument("--remove", action="append", default=[], metavar="TAG", help="(repeatable)")
+    notes = add(
+        "notes", "set a run's notes (Markdown) from a file, or - for standard input", cmd_notes
+    )
+    notes.add_argument("file", metavar="FILE", help="a Markdown file, or - (standard input)")
+    add("archive", "hide a run from the runs list (shown with --archived)", cmd_archive)
+    add("unarchive", "show an archived run in the runs list again", cmd_unarchive)
+    delete = add("delete", "delete a run (its events stay; not while it trains)", cmd_delete)
+    delete.add_argument(
+        "--remove-files",
+        action="store_true",
+        help="also remove its own files: its log folder and the checkpoints it wrote",
+    )
 
 
 def _guard(func: Any, args: argparse.Namespace) -> int:
@@ -95,7 +128,7 @@ def _rest(args: argparse.Namespace) -> Rest:
 
 def _run_id(rest: Rest, given: str) -> str:
     """A full run id from an id or a unique prefix of one."""
-    ids: list[str] = [r["run_id"] for r in rest.runs()]
+    ids: list[str] = [r["run_id"] for r in rest.runs(archived=True, deleted=True)]
     if given in ids:
         return given
     matches = [i for i in ids if i.startswith(given)]
@@ -109,17 +142,19 @@ def _run_id(rest: Rest, given: str) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    runs = _rest(args).runs()
+    runs = _rest(args).runs(archived=args.archived, deleted=args.deleted)
     if not runs:
         print("no runs yet")
         return 0
-    rows = [["RUN", "NAME", "STATE", "PROGRESS", "LOSS", "BEST DICE", "CREATED"]]
+    rows = [["RUN", "NAME", "TAGS", "STATE", "PROGRESS", "LOSS", "BEST DICE", "CREATED"]]
     for r in runs:
         state = r["state"] + (" (stopping)" if r["stopping"] else "")
+        state += " (deleted)" if r.get("deleted") else " (archived)" if r.get("archived") else ""
         rows.append(
             [
                 r["run_id"],
                 _clip(r["name"], 28),
+                _clip(",".join(r.get("tags", [])), 24),
                 state,
                 f"{r['iteration']}/{r['total']}",
                 _num(r["last_loss"]),
@@ -138,6 +173,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     fields = [
         ("run", run["run_id"]),
         ("name", run["name"]),
+        ("tags", ", ".join(run.get("tags", [])) or "-"),
         ("state", run["state"] + (" (stopping)" if run["stopping"] else "")),
         ("allowed now", ", ".join(run["legal_commands"]) or "none"),
         ("progress", f"{run['iteration']}/{run['total']}"),
@@ -157,6 +193,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         fields.append(("hint", run["error"].get("hint") or "-"))
     if run.get("interrupted"):
         fields.append(("interrupted", interruption(run["interrupted"])))
+    if run.get("archived") or run.get("deleted"):
+        fields.append(("hidden", "deleted" if run.get("deleted") else "archived"))
+    if run.get("notes"):
+        first = run["notes"].strip().splitlines()[0] if run["notes"].strip() else ""
+        fields.append(("notes", _clip(first, 72)))
     resumable = run.get("resumable_from")
     if "resume" in run["legal_commands"]:
         fields.append(
@@ -181,6 +222,62 @@ def cmd_command(args: argparse.Namespace, command: str) -> int:
     state = run["state"] + (" (stopping)" if run["stopping"] else "")
     print(
         f"{command}: run {run_id} is {state} ({answer['event']['type']} at seq {run['last_seq']})"
+    )
+    return 0
+
+
+# --- managing runs -------------------------------------------------------------------------
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    rest = _rest(args)
+    return _managed("rename", rest.rename(_run_id(rest, args.run), args.name))
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    if not args.add and not args.remove:
+        raise ClientError("give tags to --add and/or --remove", "bad_request")
+    rest = _rest(args)
+    return _managed("tag", rest.tag(_run_id(rest, args.run), args.add, args.remove))
+
+
+def cmd_notes(args: argparse.Namespace) -> int:
+    try:
+        notes = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(f"cannot read the notes from {args.file}: {exc}", "bad_request") from None
+    rest = _rest(args)
+    return _managed("notes", rest.notes(_run_id(rest, args.run), notes))
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    rest = _rest(args)
+    return _managed("archive", rest.archive(_run_id(rest, args.run)))
+
+
+def cmd_unarchive(args: argparse.Namespace) -> int:
+    rest = _rest(args)
+    return _managed("unarchive", rest.unarchive(_run_id(rest, args.run)))
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    rest = _rest(args)
+    answer = rest.delete(_run_id(rest, args.run), remove_files=args.remove_files)
+    data = answer["event"]["data"]
+    for path in data.get("removed", []):
+        print(f"removed {path}")
+    for kept in data.get("kept", []):
+        print(f"kept {kept['path']}: {kept['reason']}")
+    return _managed("delete", answer)
+
+
+def _managed(command: str, answer: dict[str, Any]) -> int:
+    run = answer["run"]
+    tags = ", ".join(run.get("tags", [])) or "no tags"
+    hidden = " (deleted)" if run.get("deleted") else " (archived)" if run.get("archived") else ""
+    print(
+        f"{command}: run {run['run_id']} '{run['name']}', {tags}, {run['state']}{hidden} "
+        f"({answer['event']['type']} at seq {run['last_seq']})"
     )
     return 0
 
@@ -273,6 +370,10 @@ def replay(
 def cmd_export(args: argparse.Namespace) -> int:
     rest = _rest(args)
     run_id = _run_id(rest, args.run)
+    if args.format == "tensorboard":
+        return export_tensorboard(rest, run_id, args.directory or args.output)
+    if args.directory:
+        raise ClientError(f"DIR is for --format tensorboard; write {args.format} with -o FILE")
     path = f"/api/runs/{run_id}/export?format={args.format}"
     if args.output:
         with open(args.output, "wb") as handle:
@@ -281,6 +382,48 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         rest.download(path, sys.stdout.buffer)
         sys.stdout.flush()
+    return 0
+
+
+def export_tensorboard(rest: Rest, run_id: str, directory: str | None) -> int:
+    """The run's scalars and previews as TensorBoard event files in `directory`, from the
+    events read page by page (`backend.export.TensorBoardExport`)."""
+    from backend.export import TensorBoardExport, tensorboard_files
+
+    if not directory:
+        raise ClientError(
+            "--format tensorboard needs a folder: trainboard export RUN --format tensorboard DIR",
+            "bad_request",
+        )
+    folder = Path(directory)
+    if tensorboard_files(folder):
+        raise ClientError(
+            f"{folder} already holds TensorBoard event files: TensorBoard would show both; "
+            "choose an empty folder (one per run, e.g. DIR/<run>) or remove them",
+            "bad_request",
+        )
+
+    def read_preview(path: str) -> bytes | None:
+        try:
+            return rest.artifact(run_id, path)
+        except ClientError:
+            return None
+
+    with TensorBoardExport(folder, run_id, read_preview) as board:
+        for event in rest.iter_events(run_id):
+            board.feed(Event(**event))
+    counts = board.counts
+    print(
+        f"wrote {counts.scalar_events:,} scalar events and {counts.images:,} previews to "
+        f"{folder} (open with: tensorboard --logdir {folder})",
+        file=sys.stderr,
+    )
+    if counts.missing_previews:
+        print(
+            f"{len(counts.missing_previews)} preview(s) not found, first "
+            f"{counts.missing_previews[0]}",
+            file=sys.stderr,
+        )
     return 0
 
 
