@@ -1,7 +1,8 @@
-"""A run's history as a download: every event as JSON Lines, or its metrics as CSV.
+"""A run's history to take away: every event as JSON Lines, its metrics as CSV, or its
+scalars and validation previews as TensorBoard event files.
 
-Both stream page by page from the store, so exporting a million-event run needs no more
-memory than one page.
+All of them stream page by page, so exporting a million-event run needs no more memory
+than one page.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import AsyncIterator, Iterable
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from backend import events as ev
@@ -90,3 +94,107 @@ async def metrics_csv(store: EventStore, run_id: str) -> AsyncIterator[str]:
         if out:
             yield csv_text(out)
     yield csv_text(rows.finish())
+
+
+# --- TensorBoard -----------------------------------------------------------------------------
+
+TB_FILE_GLOB = "events.out.tfevents.*"
+_COUNTERS = frozenset({"iteration", "attempt", "n"})  # numbers that are not measurements
+PreviewReader = Callable[[str], bytes | None]
+
+
+@dataclass
+class TensorBoardCounts:
+    """What an export wrote: TensorBoard events with scalars, images, previews not found."""
+
+    scalar_events: int = 0
+    images: int = 0
+    missing_previews: list[str] = field(default_factory=list)
+
+
+class TensorBoardExport:
+    """A run's scalars and validation previews as one TensorBoard event file.
+
+    Fed one stored event at a time (`feed`), so a million-event run passes through page by
+    page. Written with TensorBoard's own `EventFileWriter`; every `metric` becomes scalars
+    `train/<field>` (and `train/components/<name>`), every `validation` `val/<field>` and
+    its preview PNG an image `val/preview`, at the event's iteration and time. A resumed
+    run that repeats iterations writes them again, in order (TensorBoard shows both).
+    Imports `tensorboard` only when constructed: the server does not need it.
+    """
+
+    def __init__(self, directory: Path, run_id: str, read_preview: PreviewReader) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self.read_preview = read_preview
+        self.counts = TensorBoardCounts()
+        self._writer = EventFileWriter(str(directory), max_queue_size=1000, flush_secs=5)
+
+    def __enter__(self) -> TensorBoardExport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._writer.close()
+
+    def feed(self, event: Event) -> None:
+        iteration = event.data.get("iteration")
+        if not isinstance(iteration, int) or isinstance(iteration, bool):
+            return
+        if event.type == ev.METRIC:
+            scalars = _scalars("train", event.data)
+            scalars.update(_scalars("train/components", event.data.get("components")))
+            self._write(event, iteration, scalars)
+        elif event.type == ev.VALIDATION:
+            self._write(event, iteration, _scalars("val", event.data))
+            preview = event.data.get("preview")
+            if isinstance(preview, str) and preview:
+                self._image(event, iteration, preview)
+
+    def _write(self, event: Event, step: int, scalars: dict[str, float]) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        if scalars:
+            values = [Summary.Value(tag=tag, simple_value=v) for tag, v in scalars.items()]
+            self._add(event, step, Summary(value=values))
+            self.counts.scalar_events += 1
+
+    def _image(self, event: Event, step: int, path: str) -> None:
+        from PIL import Image, UnidentifiedImageError
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        png = self.read_preview(path)
+        try:
+            with Image.open(io.BytesIO(png or b"")) as image:
+                width, height, bands = image.width, image.height, len(image.getbands())
+        except (UnidentifiedImageError, OSError):
+            self.counts.missing_previews.append(path)
+            return
+        picture = Summary.Image(
+            height=height, width=width, colorspace=bands, encoded_image_string=png
+        )
+        self._add(event, step, Summary(value=[Summary.Value(tag="val/preview", image=picture)]))
+        self.counts.images += 1
+
+    def _add(self, event: Event, step: int, summary: Any) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event as TbEvent
+
+        self._writer.add_event(TbEvent(wall_time=event.ts, step=step, summary=summary))
+
+
+def _scalars(prefix: str, data: Any) -> dict[str, float]:
+    """The measurements of an event's data (numbers; not its counters or flags), as tags."""
+    if not isinstance(data, Mapping):
+        return {}
+    return {
+        f"{prefix}/{key}": float(value)
+        for key, value in data.items()
+        if key not in _COUNTERS
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    }
+
+
+def tensorboard_files(directory: Path) -> list[Path]:
+    """TensorBoard event files already in a folder (an export would add a second run)."""
+    return sorted(directory.glob(TB_FILE_GLOB)) if directory.is_dir() else []
