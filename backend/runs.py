@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from backend import events as ev
@@ -192,6 +192,23 @@ class RunService:
             summary = self.get(run_id)
             event_type = summary.run.check(command)
             [event] = await self._append(summary, [NewEvent(event_type, data or {})])
+            return event
+
+    async def prepared_command(
+        self,
+        run_id: str,
+        command: str,
+        data: Mapping[str, Any],
+        prepare: Callable[[RunSummary], Awaitable[Mapping[str, Any]]],
+    ) -> Event:
+        """A command whose data depends on the run as it is once the command is known legal
+        (a tag set made from the current tags, a delete's removed files): `prepare` runs
+        after the check, under the run's lock, so no other event can come in between."""
+        async with self._lock(run_id):
+            summary = self.get(run_id)
+            event_type = summary.run.check(command)
+            data = {**data, **await prepare(summary)}
+            [event] = await self._append(summary, [NewEvent(event_type, data)])
             return event
 
     async def record(self, run_id: str, new_events: Sequence[NewEvent]) -> list[Event]:
