@@ -93,7 +93,10 @@ COMMAND_EVENTS: dict[str, str] = {
 COMMAND_ALIASES: dict[str, str] = {QUEUED: "start"}
 
 
-@dataclass(frozen=True, slots=True)
+# Events are values: never assign to one. Not `frozen=True`: a frozen dataclass's
+# `__init__` costs about 1 us per event (object.__setattr__ per field), on the path
+# that ingests tens of thousands of events a second (docs/performance.md).
+@dataclass(slots=True)
 class NewEvent:
     """An event not yet stored: the store assigns its seq, version and timestamp."""
 
@@ -102,7 +105,7 @@ class NewEvent:
     ts: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """A stored event. `seq` is global and gapless; `version` is gapless per run from 1."""
 

@@ -18,6 +18,7 @@ Integers beyond 64 bits and non-string keys, which orjson refuses, go through th
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -44,6 +45,21 @@ def dumps(value: Any) -> bytes:
 def dumps_text(value: Any) -> str:
     """`dumps` as text."""
     return dumps(value).decode()
+
+
+def dumps_many(values: Sequence[Any]) -> list[str]:
+    """`dumps_text` of each value, with the same errors, for a batch of events: one
+    search for `null` over the whole batch instead of one per value (metric events,
+    nearly all of them, hold none)."""
+    try:
+        # Each encoding is decoded as soon as it is made: holding the bytes objects
+        # (orjson over-allocates them) until the batch is done costs more than encoding.
+        texts = [encoded.decode() for encoded in map(orjson.dumps, values)]
+    except orjson.JSONEncodeError:
+        return [dumps_text(value) for value in values]
+    if "null" in "".join(texts):
+        return [dumps_text(value) for value in values]  # the strict check, value by value
+    return texts
 
 
 loads = orjson.loads

@@ -85,6 +85,32 @@ async def test_invalid_data_fails_alone(store: EventStore) -> None:
     assert store.last_seq == 1 and store.run_version("b") == 0
 
 
+@pytest.mark.parametrize(
+    ("data", "stored"),
+    [
+        ({"iteration": None, "loss": 0.5}, True),  # a real null is data, kept as null
+        ({"loss": math.inf}, False),
+        ({"nested": {"values": [1.0, -math.inf]}}, False),
+        ({"big": 2**70}, True),  # beyond 64 bits: orjson refuses, the stdlib writes it
+        ({"not json": object()}, False),
+    ],
+)
+async def test_a_batch_is_stored_whole_or_not_at_all(
+    store: EventStore, data: dict[str, object], stored: bool
+) -> None:
+    """The batch encoder checks every event of the batch as `jsontext.dumps` would:
+    one bad value anywhere refuses the append and writes nothing."""
+    batch = [metric(1), NewEvent("metric", data), metric(3)]
+    if stored:
+        events = await store.append("a", batch)
+        assert [e.data for e in await store.read_run("a")] == [e.data for e in events]
+        assert (await store.read_run("a"))[1].data == data
+    else:
+        with pytest.raises(StoreError, match="JSON"):
+            await store.append("a", batch)
+        assert store.last_seq == 0 and await store.read_all() == []
+
+
 async def test_group_commit_and_gapless_under_concurrency(store: EventStore) -> None:
     async def appender(run: str, count: int) -> list[int]:
         seqs = []
