@@ -134,7 +134,7 @@ async def health(request: Request) -> Response:
             "training": ctx.supervisor.training(),
             "gpus": ctx.gpus,
             "data_root": str(ctx.settings.data_root.resolve()),
-            "max_concurrent": ctx.settings.max_concurrent,
+            "max_concurrent": ctx.supervisor.max_concurrent,
             "demo": ctx.demo_state,
             "python": platform.python_version(),
         }
@@ -275,10 +275,18 @@ async def run_command(request: Request) -> Response:
     ctx = context(request)
     command = request.url.path.rsplit("/", 1)[-1]
     body = await read_json(request, ctx.settings.max_json_bytes)
-    known_fields(body, ("id",), f"a {command} request")
-    command_id = check_id(body.get("id"))
-    outcome = await ctx.commands.run(command, request.path_params["run_id"], {}, command_id)
+    known_fields(body, ("id", *_COMMAND_FIELDS.get(command, ())), f"a {command} request")
+    command_id = check_id(body.pop("id", None))
+    outcome = await ctx.commands.run(command, request.path_params["run_id"], body, command_id)
     return JSONResponse(outcome.body, outcome.status)
+
+
+_COMMAND_FIELDS = {"move": ("before", "position")}  # a command's fields besides "id"
+
+
+async def queue(request: Request) -> Response:
+    """The slots (devices, the run on each) and the queued runs, first to start first."""
+    return JSONResponse(context(request).supervisor.queue_table())
 
 
 async def run_events(request: Request) -> Response:
@@ -616,6 +624,9 @@ routes = [
     Route("/runs/{run_id}/start", run_command, methods=["POST"]),
     Route("/runs/{run_id}/stop", run_command, methods=["POST"]),
     Route("/runs/{run_id}/resume", run_command, methods=["POST"]),
+    Route("/runs/{run_id}/dequeue", run_command, methods=["POST"]),
+    Route("/runs/{run_id}/move", run_command, methods=["POST"]),
+    Route("/queue", queue),
     Route("/runs/{run_id}/events", run_events),
     Route("/runs/{run_id}/page", run_page),
     Route("/runs/{run_id}/series", run_series),

@@ -181,10 +181,23 @@ class Rest:
         )
         return answer
 
-    def command(self, run_id: str, command: str, command_id: str | None = None) -> dict[str, Any]:
-        """start, stop or resume; returns `{"run", "event"}`."""
+    def command(
+        self,
+        run_id: str,
+        command: str,
+        command_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """start, stop, resume, dequeue or move (`data`: its fields); returns `{"run",
+        "event"}` (a queued start adds `"queued": true, "position"`)."""
         path = f"/api/runs/{_quote(run_id)}/{command}"
-        answer: dict[str, Any] = self.call("POST", path, {"id": command_id or new_id()})
+        body = {**(data or {}), "id": command_id or new_id()}
+        answer: dict[str, Any] = self.call("POST", path, body)
+        return answer
+
+    def queue(self) -> dict[str, Any]:
+        """The slots and the queued runs (`GET /api/queue`)."""
+        answer: dict[str, Any] = self.get("/api/queue")
         return answer
 
     def events(

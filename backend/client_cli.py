@@ -1,4 +1,5 @@
-"""Client subcommands of `trainboard`: runs, show, start, stop, resume, watch, replay, export.
+"""Client subcommands of `trainboard`: runs, show, start, stop, resume, queue, dequeue, move,
+watch, replay, export.
 
 They talk to a running server: `--url`/`--token`, or TRAINBOARD_URL/TRAINBOARD_TOKEN (the
 URL `trainboard serve` prints, token included, works as --url on its own).
@@ -46,6 +47,12 @@ def add_client_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         lambda args: cmd_command(args, "stop"),
     )
     add("resume", "resume a stopped or failed run", lambda args: cmd_command(args, "resume"))
+    add("queue", "show the slots and the queued runs", cmd_queue, run=False)
+    add("dequeue", "take a queued run out of the queue", lambda args: cmd_command(args, "dequeue"))
+    move = add("move", "move a queued run in the queue", cmd_move)
+    where = move.add_mutually_exclusive_group(required=True)
+    where.add_argument("--position", type=int, help="its new place (1 starts first)")
+    where.add_argument("--before", metavar="RUN", help="just before this queued run")
     add("watch", "follow a run live; exit 0 Complete, 1 Error, 130 Stopped", cmd_watch)
     replay = add("replay", "print a run's timeline as it happened", cmd_replay)
     replay.add_argument("--speed", type=float, default=1.0, help="X times faster (default 1)")
@@ -218,8 +225,36 @@ def cmd_command(args: argparse.Namespace, command: str) -> int:
     rest = _rest(args)
     run_id = _run_id(rest, args.run)
     answer = rest.command(run_id, command)
+    return _print_answer(command, run_id, answer)
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    rest = _rest(args)
+    run_id = _run_id(rest, args.run)
+    where = (
+        {"position": args.position}
+        if args.position is not None
+        else {"before": _run_id(rest, args.before)}
+    )
+    return _print_answer("move", run_id, rest.command(run_id, "move", data=where))
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    table = _rest(args).queue()
+    for slot in table["slots"]:
+        print(f"slot {slot['index']} ({', '.join(slot['devices'])}): {slot['run_id'] or 'free'}")
+    if not table["queued"]:
+        print("nothing queued")
+    for position, run_id in enumerate(table["queued"], 1):
+        print(f"{position}. {run_id}")
+    return 0
+
+
+def _print_answer(command: str, run_id: str, answer: dict[str, Any]) -> int:
     run = answer["run"]
     state = run["state"] + (" (stopping)" if run["stopping"] else "")
+    if run.get("queued"):
+        state += f" (queued, position {run.get('queue_position')})"
     print(
         f"{command}: run {run_id} is {state} ({answer['event']['type']} at seq {run['last_seq']})"
     )

@@ -26,8 +26,10 @@ from typing import Any
 import anyio
 
 from backend import errors
+from backend import events as ev
 from backend.errors import ApiError
 from backend.events import Event
+from backend.execution.scheduler import NoRoom
 from backend.execution.supervisor import Busy, Supervisor
 from backend.fsm.machine import IllegalCommand
 from backend.outputs import OutputInUse
@@ -37,7 +39,7 @@ from backend.runspec import InvalidConfig, InvalidRequest, claim_output, created
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("create", "start", "stop", "resume")
+COMMANDS = ("create", "start", "stop", "resume", "dequeue", "move")
 MAX_ID_LENGTH = 128
 
 
@@ -148,8 +150,10 @@ class Commands:
                 if e.data.get("command_id") == events[0].data.get("command_id")
             ]
             if started:
-                body["started"] = started[0].to_json()
+                _add_start(body, summary, started[0])
             return Outcome(201, body)
+        if events[0].type == ev.QUEUED:
+            return Outcome(202, _queued_body(body, summary))
         return Outcome(200, body)
 
     async def _settle(
@@ -187,8 +191,12 @@ class Commands:
                 if not run_id:
                     raise errors.bad_request(f"'{command}' needs a run_id")
                 self.service.get(run_id)  # UnknownRun before anything else
-                event = await getattr(self.supervisor, command)(run_id, command_id)
-                status = 200
+                if command == "move":
+                    target = self._move_target(data)
+                    event = await self.supervisor.move(run_id, command_id, **target)
+                else:
+                    event = await getattr(self.supervisor, command)(run_id, command_id)
+                status = 202 if event.type == ev.QUEUED else 200
             else:
                 raise errors.bad_request(
                     f"unknown command '{command}'; use one of {', '.join(COMMANDS)}"
@@ -211,6 +219,9 @@ class Commands:
                     },
                 )
             )
+        except NoRoom as exc:
+            details = {"need": exc.need, "have": exc.have}
+            return _refused(ApiError(422, "not_enough_devices", str(exc), details))
         except InvalidRequest as exc:
             return _refused(errors.bad_request(str(exc), **exc.details))
         except InvalidConfig as exc:
@@ -220,8 +231,33 @@ class Commands:
         summary = self.service.get(event.run_id)
         body = {"run": summary.to_json(), "event": event.to_json()}
         if started is not None:
-            body["started"] = started.to_json()
+            _add_start(body, summary, started)
+        elif event.type == ev.QUEUED:
+            _queued_body(body, summary)
         return Outcome(status, body)
+
+    def _move_target(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A move's `{"before": run_id | null}` or `{"position": n}`, checked."""
+        if ("before" in data) == ("position" in data):
+            raise errors.bad_request(
+                "a move needs either 'before' (a queued run's id, or null for the end) "
+                "or 'position' (1 is the first to start)"
+            )
+        if "position" in data:
+            position = data["position"]
+            if isinstance(position, bool) or not isinstance(position, int) or position < 1:
+                raise errors.bad_request("'position' must be an integer of at least 1")
+            return {"position": position}
+        before = data["before"]
+        if before is not None and not isinstance(before, str):
+            raise errors.bad_request("'before' must be a run id or null")
+        if before is not None and (
+            before not in self.service.runs or not self.service.runs[before].queued
+        ):
+            raise errors.bad_request(
+                f"run '{before}' is not queued; 'before' names a queued run (see GET /api/queue)"
+            )
+        return {"before": before}
 
     async def _create(
         self,
@@ -264,6 +300,21 @@ def run_id_for(command_id: str) -> str:
     """The run a create command with this id makes: the same id always names the same run,
     so a repeated create is recognised even after a restart emptied the answer cache."""
     return hashlib.blake2b(command_id.encode(), digest_size=6).hexdigest()
+
+
+def _add_start(body: dict[str, Any], summary: RunSummary, started: Event) -> None:
+    """A create-and-start's second event: `started`, or `queued` when no slot was free."""
+    if started.type == ev.QUEUED:
+        _queued_body(body, summary)
+        body["queued_event"] = started.to_json()
+    else:
+        body["started"] = started.to_json()
+
+
+def _queued_body(body: dict[str, Any], summary: RunSummary) -> dict[str, Any]:
+    body["queued"] = True
+    body["position"] = summary.queue_position
+    return body
 
 
 def _refused(exc: ApiError) -> Outcome:

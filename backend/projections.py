@@ -22,6 +22,7 @@ from backend.fsm.machine import Lifecycle, State
 
 # The command each command event records (the inverse of events.COMMAND_EVENTS).
 _COMMAND_OF = {event_type: command for command, event_type in ev.COMMAND_EVENTS.items()}
+_COMMAND_OF |= ev.COMMAND_ALIASES
 SERVER_SHUTDOWN = "server_shutdown"  # the reason of a stop the server asks for as it stops
 
 
@@ -59,11 +60,18 @@ class RunSummary:
     checkpoints: dict[str, int] = field(default_factory=dict)
     interrupted: dict[str, Any] | None = None
     stop_reason: str | None = None  # of the stop under way
+    queue_rank: float | None = None  # while queued: orders the queue (lowest first)
+    job_state: dict[str, Any] | None = None  # the executor's latest `job_state` fact
+    # The version of the current attempt's `started`/`resumed` event: where reconcile reads.
+    attempt_version: int | None = None
     sweep: dict[str, Any] | None = None  # a sweep trial's {id, number, params}
     tags: list[str] = field(default_factory=list)  # sorted
     notes: str = ""  # Markdown
     archived: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # 1-based place among queued runs: derived by RunService from every run's rank, so
+    # not part of a snapshot (see `summary_fields`).
+    queue_position: int | None = field(default=None, metadata={"derived": True})
 
     @classmethod
     def new(cls, run_id: str) -> RunSummary:
@@ -77,6 +85,10 @@ class RunSummary:
     def deleted(self) -> bool:
         """A tombstone (`deleted`): kept, shown only on demand, changed by nothing."""
         return self.run.deleted
+
+    @property
+    def queued(self) -> bool:
+        return self.run.queued
 
     def apply(self, event: Event) -> None:
         """Apply an accepted event (strict: the live path)."""
@@ -135,6 +147,13 @@ class RunSummary:
             self.notes = data.get("notes", "")
         elif kind in (ev.ARCHIVED, ev.UNARCHIVED):
             self.archived = kind == ev.ARCHIVED
+        elif kind in (ev.QUEUED, ev.QUEUE_MOVED):
+            rank = data.get("rank")
+            self.queue_rank = float(rank) if isinstance(rank, int | float) else 0.0
+        elif kind == ev.DEQUEUED:
+            self.queue_rank = None
+        elif kind == ev.JOB_STATE:
+            self.job_state = dict(data)
         elif kind == ev.CREATED:
             self.name = data.get("name", "")
             self.total = data.get("total_iterations", 0)
@@ -146,6 +165,9 @@ class RunSummary:
             self.created_at = event.ts
         elif kind in (ev.STARTED, ev.RESUMED):
             self.attempts += 1
+            self.attempt_version = event.version
+            self.queue_rank = None
+            self.job_state = None
             self.started_at = self.started_at or event.ts
             self.ended_at = None
             self.error = None
@@ -196,6 +218,7 @@ class RunSummary:
                 "state": None if run.lifecycle is None else str(run.lifecycle.state),
                 "stopping": run.stopping,
                 "deleted": run.deleted,
+                "queued": run.queued,
                 "version": run.version,
                 "last_seq": run.last_seq,
                 "problems": list(run.problems),
@@ -220,6 +243,7 @@ class RunSummary:
             run.lifecycle = Lifecycle(initial=State(saved["state"]))
             run.lifecycle.stopping = bool(saved["stopping"])
             run.lifecycle.deleted = bool(saved["deleted"])
+            run.lifecycle.in_queue = bool(saved["queued"])
         values = {f: state[f] for f in summary_fields()}
         values["commands"] = {
             cid: CommandRecord(str(c), int(v)) for cid, (c, v) in values["commands"].items()
@@ -236,6 +260,9 @@ class RunSummary:
             "deleted": self.deleted,
             "state": self.run.state,
             "stopping": self.run.stopping,
+            "queued": self.run.queued,
+            "queue_position": self.queue_position,
+            "job_state": self.job_state,
             "legal_commands": self.run.legal_commands(),
             "version": self.run.version,
             "last_seq": self.run.last_seq,
@@ -264,7 +291,9 @@ class RunSummary:
 
 def summary_fields() -> tuple[str, ...]:
     """RunSummary's fields besides the lifecycle, in declaration order."""
-    return tuple(f.name for f in fields(RunSummary) if f.name != "run")
+    return tuple(
+        f.name for f in fields(RunSummary) if f.name != "run" and not f.metadata.get("derived")
+    )
 
 
 def _copy(value: Any) -> Any:

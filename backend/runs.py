@@ -23,13 +23,15 @@ from backend import events as ev
 from backend.events import Event, NewEvent
 from backend.experiments.sweeps import is_sweep
 from backend.fsm.fold import admissible
-from backend.fsm.machine import State
+from backend.fsm.machine import IllegalCommand, State, refusal
 from backend.projections import CommandRecord, RunSummary
 from backend.readmodels import snapshots
 from backend.readmodels.runpage import RunPage
 from backend.store import EventStore
 
 log = logging.getLogger(__name__)
+# Events that change which runs are queued, or their order.
+_QUEUE_TYPES = frozenset({ev.QUEUED, ev.QUEUE_MOVED, ev.DEQUEUED, ev.STARTED})
 Listener = Callable[[list[Event]], None]
 
 
@@ -57,11 +59,28 @@ class RunService:
         self._command_runs: dict[str, str] = {}  # command id -> the run whose log records it
         self._locks: dict[str, asyncio.Lock] = {}
         self._listeners: list[Listener] = []
+        self._queue: list[str] | None = None  # queued runs in order; None: to recompute
 
     async def load(self) -> snapshots.Restored:
         """Rebuild every run's read models (startup): from the snapshots and the events
         after them when they can be trusted, else from the whole log (logged)."""
-        return await snapshots.restore(self)
+        restored = await snapshots.restore(self)
+        self._queue = None
+        self.queue()
+        return restored
+
+    def queue(self) -> list[str]:
+        """The queued runs, first to start first (by `queue_rank`, then run id); keeps
+        each summary's `queue_position` in step."""
+        if self._queue is None:
+            for summary in self.runs.values():
+                summary.queue_position = None
+            queued = [s for s in self.runs.values() if s.queued]
+            queued.sort(key=lambda s: (s.queue_rank or 0.0, s.run.run_id))
+            for position, summary in enumerate(queued, 1):
+                summary.queue_position = position
+            self._queue = [s.run.run_id for s in queued]
+        return self._queue
 
     async def fold_from(self, after: int, run_id: str | None = None) -> None:
         """Fold the stored events after seq `after` (of one run, or all) into the models."""
@@ -83,6 +102,8 @@ class RunService:
         if summary is None:
             summary = self.runs[event.run_id] = RunSummary.new(event.run_id)
         summary.replay(event)
+        if event.type in _QUEUE_TYPES:
+            self._queue = None
         if event.run_id not in self.lazy_pages:
             page = self.pages.get(event.run_id)
             if page is None:
@@ -98,6 +119,7 @@ class RunService:
         self.pages.clear()
         self.lazy_pages.clear()
         self._command_runs.clear()
+        self._queue = None
 
     async def index_commands(self) -> None:
         """The command-id answers table, from the summaries (after a restore). An id that
@@ -162,7 +184,8 @@ class RunService:
 
     def _index(self, event: Event) -> None:
         command_id = event.data.get("command_id")
-        if isinstance(command_id, str) and event.type in ev.COMMAND_EVENTS.values():
+        is_command = event.type in ev.COMMAND_EVENTS.values() or event.type in ev.COMMAND_ALIASES
+        if isinstance(command_id, str) and is_command:
             self._command_runs.setdefault(command_id, event.run_id)
 
     def get(self, run_id: str) -> RunSummary:
@@ -185,12 +208,29 @@ class RunService:
             return event
 
     async def command(
-        self, run_id: str, command: str, data: Mapping[str, Any] | None = None
+        self,
+        run_id: str,
+        command: str,
+        data: Mapping[str, Any] | None = None,
+        alias: str | None = None,
     ) -> Event:
-        """Apply a client command (start, stop, resume); IllegalCommand writes nothing."""
+        """Apply a client command (start, stop, resume, ...); IllegalCommand writes nothing.
+        `alias` appends that event instead of the command's own (`queued` for a start that
+        finds no free slot), if the machine allows it now."""
         async with self._lock(run_id):
             summary = self.get(run_id)
             event_type = summary.run.check(command)
+            if alias is not None:
+                assert ev.COMMAND_ALIASES.get(alias) == command, alias
+                if not summary.run.allows(alias):
+                    raise IllegalCommand(
+                        run_id,
+                        command,
+                        summary.state or State.IDLE,
+                        summary.run.legal_commands(),
+                        refusal(alias),
+                    )
+                event_type = alias
             [event] = await self._append(summary, [NewEvent(event_type, data or {})])
             return event
 
@@ -237,7 +277,10 @@ class RunService:
             summary.apply(event)
             page.apply(event)
             self._index(event)
+            if event.type in _QUEUE_TYPES:
+                self._queue = None
         self.changed.add(run_id)
+        self.queue()  # positions in step before anyone reads a summary
         for listener in list(self._listeners):
             listener(stored)
         return stored

@@ -57,8 +57,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument(
         "--max-concurrent",
         type=at_least_one,
-        default=1,
-        help="runs that may train at once (default 1)",
+        default=None,
+        help="runs that may train at once (default: one per visible GPU, one on a CPU-only "
+        "machine); more start requests wait in the queue",
     )
     parser.add_argument(
         "--allow-origin",

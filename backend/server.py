@@ -121,6 +121,7 @@ async def _start(settings: Settings, store: EventStore) -> Context:
     commands = Commands(service, supervisor, base_dir=settings.data_root.resolve())
     if settings.auto_resume:
         await auto_resume(commands)
+    await supervisor.start_queued()  # the queue, rebuilt from events, goes on
     return Context(
         settings=settings,
         store=store,

@@ -28,7 +28,8 @@ class Settings:
     data_root: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = 8000
-    max_concurrent: int = 1
+    # Slots (runs training at once); None: one per visible GPU, one without a GPU.
+    max_concurrent: int | None = None
     # Supervisor escalation: seconds to wait for a graceful stop, then after SIGTERM.
     stop_grace_s: float = 30.0
     kill_grace_s: float = 10.0

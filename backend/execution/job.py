@@ -14,6 +14,9 @@ few batches per second at most; its last batch holds its final event (`completed
 `(type, data, ts)` tuples. Parent -> child: the shared `stop` Event (a graceful stop:
 checkpoint, report `stopped`, exit 0); SIGTERM does the same.
 
+`TrainJob.options["visible_devices"]` ("0", "0,1"; set by the local executor from the
+run's slot) becomes the child's `CUDA_VISIBLE_DEVICES` before the trainer is imported.
+
 `TrainJob.options["synthetic"]` (a dict: `rate`, `seconds`; see
 `backend.trainer.synthetic`) makes the child emit metric events at a chosen rate through
 the same emitter, pipe and spool instead of training: it never imports torch.
@@ -21,6 +24,7 @@ the same emitter, pipe and spool instead of training: it never imports torch.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing.connection import Connection
@@ -88,6 +92,9 @@ class TrainJob:
 
 def child_entry(job: TrainJob, conn: Connection, stop: StopFlag) -> None:
     """Spawn target: runs in the child process only."""
+    devices = job.options.get("visible_devices")
+    if isinstance(devices, str):  # its slot's GPUs only, set before torch initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
     from backend.trainer.child import main
 
     main(job, conn, stop)

@@ -4,6 +4,10 @@ A trainer child writes every event to `<log_path>/events.jsonl` as well as to th
 each stamped with its `attempt` and `n` (the child's own counter). When the server died,
 the child's last events may never have reached SQLite. For every run still Training:
 
+0. The executor named in the attempt's launch handle (the `log` event recorded at launch)
+   is asked to `reattach`: a Slurm job is followed again, from where the store stops, and
+   the supervisor watches it as if it had launched it; nothing below happens. The local
+   executor cannot (its pipe died with the server), so for it:
 1. If the trainer of its current attempt is still alive (the pid and start time the
    supervisor recorded in a `log` event match a live process), it is an orphan whose
    pipe leads nowhere: it gets SIGTERM (a graceful stop: checkpoint, `stopped` in the
@@ -19,6 +23,10 @@ the child's last events may never have reached SQLite. For every run still Train
 
 Either way the run's summary then says it was interrupted (`RunSummary.interrupted`),
 which `trainboard serve --auto-resume` reads (`auto_resume`).
+
+Only the current attempt is read from the store: from the version of its `started` /
+`resumed` event that the run's summary keeps (`RunSummary.attempt_version`), not from
+the run's first event.
 """
 
 from __future__ import annotations
@@ -36,10 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from backend import events as ev
+from backend import runspec
 from backend.commands import Commands, Outcome
 from backend.events import NewEvent
 from backend.execution.job import EVENTS_FILE
-from backend.execution.supervisor import FINAL_TYPES, Supervisor, process_start_time
+from backend.execution.local import process_start_time
+from backend.execution.supervisor import FINAL_TYPES, Supervisor
 from backend.fsm.machine import State
 from backend.projections import RunSummary
 from backend.runs import RunService
@@ -63,6 +73,7 @@ class _Attempt:
     known: set[int] = field(default_factory=set)  # the `n` of its events already stored
     pid: int | None = None
     pid_started: int | None = None
+    handle: dict[str, Any] | None = None  # the executor's, from the launch `log` event
 
 
 async def reconcile(
@@ -73,14 +84,45 @@ async def reconcile(
     done = []
     for run_id, summary in list(service.runs.items()):
         if summary.state is State.TRAINING and run_id not in live:
-            await reconcile_run(service, run_id, kill_grace_s=kill_grace_s)
+            current = await _current_attempt(service, run_id)
+            if supervisor is None or not await _reattach(service, supervisor, run_id, current):
+                await reconcile_run(service, run_id, kill_grace_s=kill_grace_s, current=current)
             done.append(run_id)
     return done
 
 
-async def reconcile_run(service: RunService, run_id: str, *, kill_grace_s: float = 10.0) -> int:
+async def _reattach(
+    service: RunService, supervisor: Supervisor, run_id: str, current: _Attempt
+) -> bool:
+    """Whether the attempt's executor follows it again (then the supervisor watches it)."""
+    handle = current.handle
+    executor = supervisor.executor
+    if handle is None or current.attempt is None or handle.get("executor") != executor.name:
+        return False
+    [created] = await service.store.read_run(run_id, 0, limit=1)
+    try:
+        job = runspec.job_for(run_id, created.data, current.attempt, None, supervisor.job_options)
+        attempt = await executor.reattach(job, handle, set(current.known))
+    except Exception:
+        log.exception("run %s: the %s executor could not reattach", run_id, executor.name)
+        return False
+    if attempt is None:
+        return False
+    await supervisor.adopt(run_id, attempt)
+    log.warning("run %s: reattached to its %s attempt %s", run_id, executor.name, handle)
+    return True
+
+
+async def reconcile_run(
+    service: RunService,
+    run_id: str,
+    *,
+    kill_grace_s: float = 10.0,
+    current: _Attempt | None = None,
+) -> int:
     """Recover one run's lost events and end it; returns how many events were recovered."""
-    current = await _current_attempt(service, run_id)
+    if current is None:
+        current = await _current_attempt(service, run_id)
     if current.pid is not None and current.pid_started is not None:
         await _end_orphan(current.pid, current.pid_started, kill_grace_s)
     summary = service.get(run_id)
@@ -162,8 +204,10 @@ async def auto_resume(commands: Commands) -> dict[str, Outcome]:
 
 
 async def _current_attempt(service: RunService, run_id: str) -> _Attempt:
+    """The current attempt, read from its `started`/`resumed` event on."""
     current = _Attempt()
-    after = 0
+    version = service.get(run_id).attempt_version
+    after = 0 if version is None else version - 1
     while page := await service.store.read_run(run_id, after, limit=10_000):
         for event in page:
             data = event.data
@@ -173,8 +217,16 @@ async def _current_attempt(service: RunService, run_id: str) -> _Attempt:
                 current.known.add(data["n"])
             elif event.type == ev.LOG and isinstance(data.get("pid"), int):
                 current.pid, current.pid_started = data["pid"], data.get("pid_started")
+                current.handle = {"executor": "local", **_handle_of(data)}
+            elif event.type == ev.LOG and isinstance(data.get("executor"), str):
+                current.handle = _handle_of(data)
         after = page[-1].version
     return current
+
+
+def _handle_of(log_data: Any) -> dict[str, Any]:
+    """An executor handle from the launch `log` event that records it."""
+    return {k: v for k, v in log_data.items() if k not in ("level", "message", "devices")}
 
 
 def _missing(path: Path, run_id: str, current: _Attempt) -> Iterator[NewEvent]:

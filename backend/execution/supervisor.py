@@ -1,57 +1,52 @@
-"""The supervisor: the only code that starts, stops, signals and reaps trainer children.
+"""The supervisor: the lifecycle of every attempt, whichever executor runs it.
 
 Commands still go through `RunService` (the state machine decides, the store appends);
-the supervisor adds what needs a process: the concurrency limit, spawning the child
-after `started`/`resumed` is stored, ingesting its event batches, the stop escalation,
-and turning a child that died without a final event into `failed` (or, during a stop,
-`stopped {forced: true}`). See docs/supervisor.md.
+the supervisor adds what needs an attempt: a slot from the scheduler (or a place in the
+queue when none is free), launching through the executor after `started`/`resumed` is
+stored, recording the attempt's event batches, the stop escalation's timing
+(`request_stop`, then `terminate`, then `kill`), and settling an attempt that ended
+without a final event from its `ExitStatus` (`failed`, or `stopped {forced: true}` during
+a stop). When a slot frees, the first queued run that fits starts (`start_queued`).
+See docs/execution.md.
 
-Torch-free: the child imports torch inside `backend.execution.job.child_entry`, never this process.
+Executor-agnostic and torch-free: `backend.execution.local` spawns the trainer children.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
-import multiprocessing
-import pickle
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
-from multiprocessing.context import BaseContext
-from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as StopFlag
 from typing import Any
 
 from backend import events as ev
 from backend import runspec
+from backend.config import load_config
 from backend.events import Event, NewEvent
-from backend.execution.job import TrainJob, child_entry, decode_batch
+from backend.execution.executor import Attempt, Executor, ExitStatus, Slot
+from backend.execution.job import TrainJob
+from backend.execution.local import LocalExecutor, process_start_time
+from backend.execution.scheduler import Scheduler, default_slots, rank_after, rank_at
 from backend.fsm.machine import IllegalCommand, State, legal_commands
 from backend.projections import SERVER_SHUTDOWN
 from backend.runs import RunService
 
 log = logging.getLogger(__name__)
 
+__all__ = ["FINAL_TYPES", "Busy", "Supervisor", "explain_exit", "process_start_time"]
+
 FINAL_TYPES = frozenset({ev.COMPLETED, ev.FAILED, ev.STOPPED})
-# How often the pipe reader looks at the process when the pipe is quiet: a child whose
-# pipe is held open by its own children (data-loader workers) is still seen to exit.
-_POLL_S = 0.5
-# Batches read from a pipe and not yet recorded: beyond this the pipe thread stops reading,
-# so a server that falls behind slows the trainer down instead of growing without bound.
-_MAX_QUEUED_BATCHES = 64
-# How long a new start waits for a finished child that has not exited yet (it holds
-# GPU memory until it does) before killing it.
+# How long a new start waits for a finished attempt on its devices that has not exited
+# yet (it holds GPU memory until it does) before killing it.
 _EXIT_WAIT_S = 10.0
 
 
 class Busy(Exception):
-    """The concurrency limit is reached: HTTP 409 `busy`."""
+    """No slot is free for a resume (the queue holds Idle runs only): HTTP 409 `busy`."""
 
     def __init__(self, training_run_id: str, max_concurrent: int = 1) -> None:
         self.training_run_id = training_run_id
@@ -63,96 +58,131 @@ class Busy(Exception):
 
 
 @dataclass(eq=False)
-class _Child:
-    """One attempt's trainer process, from reservation to reaping."""
+class _Run:
+    """One attempt as the supervisor sees it, from reserving its slot to its end."""
 
     run_id: str
-    attempt: int
-    process: BaseProcess | None = None
-    conn: Connection | None = None
-    stop_flag: StopFlag | None = None
+    number: int  # the attempt's number
+    slot: Slot
+    attempt: Attempt | None = None
     # The final event went through: the slot is free, late events are dropped.
     ended: bool = False
     stop_requested_at: float | None = None  # monotonic
-    exit_code: int | None = None
+    exit: ExitStatus | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     hurry: asyncio.Event = field(default_factory=asyncio.Event)  # skip the rest of a grace
-    done: asyncio.Event = field(default_factory=asyncio.Event)  # reaped and recorded
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # ended and recorded
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-@dataclass(frozen=True)
-class _Exit:
-    code: int | None
-
-
 class Supervisor:
-    """Trainer children for the runs of one `RunService`."""
+    """Attempts of the runs of one `RunService`, on one executor's slots."""
 
     def __init__(
         self,
         service: RunService,
         *,
-        max_concurrent: int = 1,
+        executor: Executor | None = None,
+        scheduler: Scheduler | None = None,
+        max_concurrent: int | None = None,
         stop_grace_s: float = 30.0,
         kill_grace_s: float = 10.0,
-        context: BaseContext | None = None,
         job_options: Mapping[str, Any] | None = None,
-        target: Callable[[TrainJob, Connection, StopFlag], None] = child_entry,
+        queue: bool = True,
     ) -> None:
-        if max_concurrent < 1:
-            raise ValueError("max_concurrent must be at least 1")
         self.service = service
-        self.max_concurrent = max_concurrent
+        self.queue = queue  # False: a start with no free slot is Busy, as a resume is
+        self.executor: Executor = executor or LocalExecutor()
+        self.scheduler = scheduler or Scheduler(default_slots(max_concurrent))
         self.stop_grace_s = stop_grace_s
         self.kill_grace_s = kill_grace_s
-        # spawn, never fork: the server's threads, sockets and SQLite handle must not be
-        # copied into a process that then imports torch.
-        self.context = context or multiprocessing.get_context("spawn")
         self.job_options = dict(job_options or {})  # passed to every TrainJob.options
-        self.target = target  # the child's entry point; tests may substitute one
-        self._active: dict[str, _Child] = {}  # runs holding a slot (starting or training)
-        self._exiting: set[_Child] = set()  # final event in, process not yet reaped
+        self._active: dict[str, _Run] = {}  # runs holding a slot (starting or training)
+        self._exiting: set[_Run] = set()  # final event in, attempt not yet over
+        self._needs: dict[str, int] = {}  # run id -> slots it takes (from its config)
+        self._pumping: asyncio.Task[None] | None = None
+        self._pump_again = False
         self._closing = False
+
+    @property
+    def max_concurrent(self) -> int:
+        return len(self.scheduler.slots)
 
     # --- commands ---------------------------------------------------------------------------
 
     async def start(self, run_id: str, command_id: str | None = None) -> Event:
-        """Start an Idle run: IllegalCommand, Busy, or the stored `started` event."""
-        return await self._launch(run_id, "start", command_id)
+        """Start an Idle run: IllegalCommand, the stored `started` event, or — no slot
+        free, or runs queued before it — the stored `queued` event."""
+        event = await self._launch(run_id, "start", command_id)
+        assert event is not None
+        return event
 
     async def resume(self, run_id: str, command_id: str | None = None) -> Event:
-        """Resume a Stopped or Error run from its latest checkpoint (fresh if it has none)."""
-        return await self._launch(run_id, "resume", command_id)
+        """Resume a Stopped or Error run from its latest checkpoint (fresh if it has none);
+        Busy when no slot is free."""
+        event = await self._launch(run_id, "resume", command_id)
+        assert event is not None
+        return event
 
     async def create_and_start(
         self, run_id: str, created: Mapping[str, Any], command_id: str | None = None
     ) -> tuple[Event, Event]:
-        """Create a run and start it at once: Busy, with nothing created, when no slot is
-        free; else the `created` and `started` events. The slot is taken first, so no
-        other start can come between the two."""
-        if self._closing:
-            raise RuntimeError("the supervisor is shutting down")
-        self._reserve(run_id)
-        child = self._active[run_id] = _Child(run_id, 1)
+        """Create a run and start it at once: the `created` event, then `started` — or
+        `queued` when no slot is free. The slot is taken first, so no other start can
+        come between the two."""
+        self._check_open()
+        need = self._need_of(run_id, created)
+        slot = None if self._queue_ahead(run_id) else self.scheduler.take(run_id, need)
+        if slot is None:
+            if not self.queue:
+                raise Busy(next(iter(self._active), ""), self.max_concurrent)
+            first = await self.service.create(created, run_id)
+            return first, await self._enqueue(run_id, command_id)
+        child = self._active[run_id] = _Run(run_id, 1, slot)
         try:
             job = runspec.job_for(run_id, created, 1, None, self.job_options)
             first = await self.service.create(created, run_id)
-            await self._reap_exiting()
+            await self._reap_exiting(slot)
             started = await self.service.command(
                 run_id, "start", _with_id({"attempt": 1}, command_id)
             )
         except BaseException:
-            del self._active[run_id]
+            self._forget(child)
             raise
         await self._spawn(child, job)
         return first, started
+
+    async def dequeue(
+        self, run_id: str, command_id: str | None = None, reason: str = "cancelled"
+    ) -> Event:
+        """Take a queued run out of the queue (it stays Idle): `dequeued`."""
+        data = _with_id({"reason": reason}, command_id)
+        return await self.service.command(run_id, "dequeue", data)
+
+    async def move(
+        self,
+        run_id: str,
+        command_id: str | None = None,
+        *,
+        before: str | None = None,
+        position: int | None = None,
+    ) -> Event:
+        """Reorder a queued run: just before the queued run `before` (None: last), or to
+        1-based `position`: `queue_moved`. ValueError when `before` is not queued."""
+        order = [r for r in self.service.queue() if r != run_id]
+        ranks = [self.service.get(r).queue_rank or 0.0 for r in order]
+        if position is None:
+            if before is not None and before not in order:
+                raise ValueError(f"run '{before}' is not queued; move before a queued run")
+            position = len(order) + 1 if before is None else order.index(before) + 1
+        data = _with_id({"rank": rank_at(ranks, position)}, command_id)
+        return await self.service.command(run_id, "move", data)
 
     async def stop(
         self, run_id: str, command_id: str | None = None, reason: str | None = None
     ) -> Event:
         """Ask a training run to stop; returns `stop_requested`. The run stays Training
-        (stopping) until the child reports `stopped` or the escalation ends it. `reason`
+        (stopping) until the attempt reports `stopped` or the escalation ends it. `reason`
         (`server_shutdown`) is recorded with the request."""
         data: dict[str, Any] = {"deadline_s": self.stop_grace_s}
         if reason is not None:
@@ -160,7 +190,7 @@ class Supervisor:
         event = await self.service.command(run_id, "stop", _with_id(data, command_id))
         child = self._active.get(run_id)
         if child is None:
-            # Training with no process here (nothing to wait for): end it now.
+            # Training with no attempt here (nothing to wait for): end it now.
             summary = self.service.get(run_id)
             await self._record(
                 run_id,
@@ -174,7 +204,7 @@ class Supervisor:
             )
             return event
         child.stop_requested_at = time.monotonic()
-        if child.process is not None:  # else _spawn begins the stop once it has one
+        if child.attempt is not None:  # else _spawn begins the stop once it has one
             self._begin_stop(child)
         return event
 
@@ -188,15 +218,21 @@ class Supervisor:
         return True
 
     def training(self) -> list[str]:
-        """Runs holding a training slot (starting, training or stopping)."""
+        """Runs holding a slot (starting, training or stopping)."""
         return list(self._active)
 
     def pid(self, run_id: str) -> int | None:
+        """The local trainer process of a run's attempt, if it has one here."""
         child = self._active.get(run_id)
-        return child.process.pid if child and child.process else None
+        pid = child.attempt.handle.get("pid") if child and child.attempt else None
+        return pid if isinstance(pid, int) else None
+
+    def queue_table(self) -> dict[str, Any]:
+        """`GET /api/queue`: the slots and who holds them, and the queued runs in order."""
+        return {"slots": self.scheduler.table(), "queued": list(self.service.queue())}
 
     async def wait(self, run_id: str) -> State | None:
-        """Wait until no child of this run is left, everything it sent recorded; its state."""
+        """Wait until no attempt of this run is left, everything it sent recorded; its state."""
         while children := [
             c for c in (*self._active.values(), *self._exiting) if c.run_id == run_id
         ]:
@@ -204,9 +240,12 @@ class Supervisor:
         return self.service.get(run_id).state
 
     async def shutdown(self) -> None:
-        """Stop every child gracefully and wait for them: at most about stop_grace_s +
-        kill_grace_s, thanks to the escalation."""
+        """Stop every attempt gracefully and wait for them: at most about stop_grace_s +
+        kill_grace_s, thanks to the escalation. Queued runs stay queued (the next start
+        of the server starts them)."""
         self._closing = True
+        if self._pumping is not None:
+            await asyncio.gather(self._pumping, return_exceptions=True)
         for run_id, child in list(self._active.items()):
             if child.stop_requested_at is None:
                 with contextlib.suppress(IllegalCommand):
@@ -214,135 +253,188 @@ class Supervisor:
         children = [*self._active.values(), *self._exiting]
         await asyncio.gather(*(c.done.wait() for c in children))
 
+    # --- the queue --------------------------------------------------------------------------
+
+    async def start_queued(self) -> None:
+        """Start queued runs, first first, while the first fits in the free slots (also
+        after a server restart: the queue is rebuilt from events)."""
+        while self.queue and not self._closing:
+            order = self.service.queue()
+            if not order:
+                return
+            run_id = order[0]
+            try:
+                started = await self._launch(run_id, "start", None, from_queue=True)
+            except Exception as exc:
+                # It could never start (its config, its devices): out of the queue, so it
+                # does not hold the others back.
+                log.warning("run %s: cannot start from the queue: %s", run_id, exc)
+                with contextlib.suppress(IllegalCommand):
+                    await self.dequeue(run_id, reason=f"failed: {exc}")
+                continue
+            if started is None:
+                return  # no room for the first: it waits, and the rest behind it
+
+    def _kick(self) -> None:
+        """A slot freed: run `start_queued` (once at a time; again if kicked meanwhile)."""
+        if self._closing:
+            return
+        if self._pumping is not None and not self._pumping.done():
+            self._pump_again = True
+            return
+        self._pumping = asyncio.create_task(self._pump_queue())
+
+    async def _pump_queue(self) -> None:
+        while True:
+            self._pump_again = False
+            try:
+                await self.start_queued()
+            except Exception:
+                log.exception("could not start queued runs")
+            if not self._pump_again:
+                return
+
+    def _queue_ahead(self, run_id: str) -> bool:
+        """Whether other queued runs come before `run_id` (a new start waits behind them)."""
+        if not self.queue:
+            return False
+        order = self.service.queue()
+        return bool(order) and order[0] != run_id
+
+    async def _enqueue(self, run_id: str, command_id: str | None) -> Event:
+        summary = self.service.get(run_id)
+        if summary.queued:
+            why = f"it is already queued, at position {summary.queue_position}"
+            raise IllegalCommand(run_id, "start", State.IDLE, summary.run.legal_commands(), why)
+        ranks = [self.service.get(r).queue_rank or 0.0 for r in self.service.queue()]
+        data = _with_id({"rank": rank_after(ranks)}, command_id)
+        return await self.service.command(run_id, "start", data, alias=ev.QUEUED)
+
     # --- starting ---------------------------------------------------------------------------
 
-    async def _launch(self, run_id: str, command: str, command_id: str | None) -> Event:
-        if self._closing:
-            raise RuntimeError("the supervisor is shutting down")
+    async def _launch(
+        self, run_id: str, command: str, command_id: str | None, from_queue: bool = False
+    ) -> Event | None:
+        self._check_open()
         summary = self.service.get(run_id)
         summary.run.check(command)  # IllegalCommand before anything else
+        created = await self._created(run_id)
+        need = self._need_of(run_id, created)
+        # From here to the slot, no await: two starts cannot both take the last slot.
+        self._check_open()
+        summary = self.service.get(run_id)
+        summary.run.check(command)
         if run_id in self._active:
             # Another start of this run is under way and has not stored its event yet.
             raise IllegalCommand(
                 run_id, command, State.TRAINING, legal_commands(State.TRAINING), "it is starting"
             )
-        self._reserve(run_id)
-        child = self._active[run_id] = _Child(run_id, summary.attempts + 1)
+        waits = command == "start" and not from_queue and self._queue_ahead(run_id)
+        slot = None if waits else self.scheduler.take(run_id, need)
+        if slot is None:
+            if from_queue:
+                return None
+            if command == "resume" or not self.queue:
+                holder = next(iter(self._active), "")
+                raise Busy(holder, self.max_concurrent)
+            return await self._enqueue(run_id, command_id)
+        child = self._active[run_id] = _Run(run_id, summary.attempts + 1, slot)
         try:
             latest = summary.resumable_from if command == "resume" else None
             checkpoint = None if latest is None else str(latest["path"])
             job = runspec.job_for(
                 run_id,
-                await self._created(run_id),
-                child.attempt,
+                created,
+                child.number,
                 checkpoint,
                 self.job_options,
                 summary.own_checkpoints,
             )
-            await self._reap_exiting()
-            data: dict[str, Any] = _with_id({"attempt": child.attempt}, command_id)
+            await self._reap_exiting(slot)
+            data: dict[str, Any] = _with_id({"attempt": child.number}, command_id)
             if command == "resume":
                 data["checkpoint"] = checkpoint
             event = await self.service.command(run_id, command, data)
         except BaseException:
-            del self._active[run_id]
+            self._forget(child)
             raise
         await self._spawn(child, job)
         return event
 
-    def _reserve(self, run_id: str) -> None:
-        """Busy unless a slot is free. Synchronous, so two starts cannot both take the last."""
-        if len(self._active) >= self.max_concurrent:
-            raise Busy(next(iter(self._active)), self.max_concurrent)
+    def _check_open(self) -> None:
+        if self._closing:
+            raise RuntimeError("the supervisor is shutting down")
+
+    def _need_of(self, run_id: str, created: Mapping[str, Any]) -> int:
+        """Slots the run takes (NoRoom when it could never start here); cached per run."""
+        need = self._needs.get(run_id)
+        if need is None:
+            loaded = load_config(text=str(created.get("config") or ""))
+            need = self._needs[run_id] = self.scheduler.need(loaded.values)
+        self.scheduler.check(need)
+        return need
 
     async def _created(self, run_id: str) -> Mapping[str, Any]:
         [created] = await self.service.store.read_run(run_id, 0, limit=1)
         return created.data
 
-    async def _reap_exiting(self) -> None:
-        """Let finished children exit before a new one needs their memory (bounded: see
-        `_reap`)."""
-        await asyncio.gather(*(c.done.wait() for c in list(self._exiting)))
+    async def _reap_exiting(self, slot: Slot) -> None:
+        """Let finished attempts on these devices end before a new one needs their memory
+        (bounded: see `_reap`)."""
+        on_it = [c for c in self._exiting if set(c.slot.devices) & set(slot.devices)]
+        await asyncio.gather(*(c.done.wait() for c in on_it))
 
-    async def _spawn(self, child: _Child, job: TrainJob) -> None:
+    async def _spawn(self, child: _Run, job: TrainJob) -> None:
         run_id = child.run_id
-        parent_conn, child_conn = self.context.Pipe(duplex=False)
-        stop_flag = self.context.Event()
-        process = self.context.Process(  # type: ignore[attr-defined]
-            target=self.target,
-            args=(job, child_conn, stop_flag),
-            name=f"trainboard-train-{run_id}",
-            daemon=False,  # a daemonic process may not start data-loader workers
-        )
         try:
-            with _sigint_ignored():
-                process.start()
+            attempt = await self.executor.launch(job, child.slot)
         except Exception as exc:
             log.exception("run %s: cannot start the trainer", run_id)
-            parent_conn.close()
-            child_conn.close()
-            del self._active[run_id]
+            self._forget(child)
             await self._record(
                 run_id,
                 ev.FAILED,
                 {
-                    "message": f"could not start the trainer process: {exc}",
+                    "message": f"could not start the trainer ({self.executor.name}): {exc}",
                     "hint": "check the server's log; the run can be resumed once fixed",
-                    "attempt": child.attempt,
+                    "attempt": child.number,
                 },
             )
+            child.done.set()
             return
-        child_conn.close()  # the child holds the write end: EOF when it (and its kin) exit
-        child.process, child.conn, child.stop_flag = process, parent_conn, stop_flag
-        await self._record(
-            run_id,
-            ev.LOG,
-            {
-                "level": "info",
-                "message": f"trainer process {process.pid} started (attempt {child.attempt})",
-                "pid": process.pid,
-                "pid_started": process_start_time(process.pid) if process.pid else None,
-            },
-        )
-        queue: asyncio.Queue[list[Any] | _Exit] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        threading.Thread(
-            target=_pump,
-            args=(process, parent_conn, loop, queue),
-            name=f"trainboard-pipe-{run_id}",
-            daemon=True,
-        ).start()
-        self._task(child, self._watch(child, queue))
-        if child.stop_requested_at is not None:  # stopped while it was being spawned
+        child.attempt = attempt
+        await self._record(run_id, ev.LOG, _launch_log(attempt.handle, child))
+        self._task(child, self._watch(child, attempt))
+        if child.stop_requested_at is not None:  # stopped while it was being launched
             self._begin_stop(child)
+
+    async def adopt(self, run_id: str, attempt: Attempt) -> None:
+        """Watch an attempt that an executor found again after a server restart
+        (`Executor.reattach`): as if this supervisor had launched it."""
+        summary = self.service.get(run_id)
+        slot = self.scheduler.take(run_id, 1) or Slot(-1, ())  # over the limit, if need be
+        child = self._active[run_id] = _Run(run_id, summary.attempts, slot, attempt)
+        self._task(child, self._watch(child, attempt))
 
     # --- watching ---------------------------------------------------------------------------
 
-    async def _watch(self, child: _Child, queue: asyncio.Queue[list[Any] | _Exit]) -> None:
-        """Record the child's batches in order; when it has exited, settle how it ended."""
+    async def _watch(self, child: _Run, attempt: Attempt) -> None:
+        """Record the attempt's batches in order; when it is over, settle how it ended."""
         try:
-            while True:
-                items = [await queue.get()]
-                while not queue.empty():  # batches that piled up go in one append
-                    items.append(queue.get_nowait())
-                batches = [i for i in items if not isinstance(i, _Exit)]
-                await self._ingest(child, [e for batch in batches for e in batch])
-                if isinstance(items[-1], _Exit):
-                    child.exit_code = items[-1].code
-                    child.exited.set()
-                    await self._settle(child)
-                    return
+            async for batch in attempt.batches():
+                await self._ingest(child, batch)
+            child.exit = await attempt.exit_status()
+            child.exited.set()
+            await self._settle(child)
         finally:
             self._release(child)
             self._exiting.discard(child)
             for task in child.tasks:
                 if task is not asyncio.current_task():
                     task.cancel()
-            if child.conn is not None:
-                child.conn.close()
             child.done.set()
 
-    async def _ingest(self, child: _Child, wire: list[Any]) -> None:
+    async def _ingest(self, child: _Run, wire: list[Any]) -> None:
         new: list[NewEvent] = []
         final = child.ended
         for item in wire:
@@ -362,66 +454,77 @@ class Supervisor:
         if final and not child.ended:
             child.ended = True
             self._release(child)
-            self._exiting.add(child)  # until it is reaped
+            self._exiting.add(child)  # until it is over
             self._task(child, self._reap(child))
 
-    async def _settle(self, child: _Child) -> None:
-        """The child exited and its pipe is drained: record the end it did not report."""
+    async def _settle(self, child: _Run) -> None:
+        """The attempt is over and all it sent is read: record the end it did not report.
+        The executor's message and hint (a Slurm TIMEOUT, say) win over `explain_exit`."""
         if not child.ended:  # killed between writing its spool and sending: the rest is there
             from backend.execution.reconcile import recover_spool  # reconcile imports this module
 
             await recover_spool(self.service, child.run_id)
         summary = self.service.get(child.run_id)
+        status = child.exit or ExitStatus(None)
         if child.ended or summary.state is not State.TRAINING:
-            if child.exit_code:
-                log.info("run %s: trainer exited with code %s", child.run_id, child.exit_code)
+            if status.code:
+                log.info("run %s: trainer exited with code %s", child.run_id, status.code)
             return
-        code = child.exit_code
         if child.stop_requested_at is not None:
             # A stop was under way: the user gets the Stopped they asked for.
-            await self._record(
-                child.run_id,
-                ev.STOPPED,
-                {
-                    "iteration": summary.iteration,
-                    "checkpoint": summary.last_checkpoint,
-                    "forced": True,
-                    "exit_code": code,
-                },
-            )
+            data: dict[str, Any] = {
+                "iteration": summary.iteration,
+                "checkpoint": summary.last_checkpoint,
+                "forced": True,
+                "exit_code": status.code,
+            }
+            if status.message:
+                data["message"] = status.message
+            await self._record(child.run_id, ev.STOPPED, data)
             return
-        message, hint = explain_exit(code)
+        message, hint = explain_exit(status.code)
         await self._record(
             child.run_id,
             ev.FAILED,
-            {"message": message, "hint": hint, "exit_code": code, "iteration": summary.iteration},
+            {
+                "message": status.message or message,
+                "hint": status.hint or hint,
+                "exit_code": status.code,
+                "iteration": summary.iteration,
+            },
         )
 
-    async def _reap(self, child: _Child) -> None:
-        """A child that reported its end should exit at once; kill it if it lingers, since
-        it still holds its memory (a GPU's, say) and everyone waiting on it."""
-        if await self._exits_within(child, _EXIT_WAIT_S) or child.process is None:
+    async def _reap(self, child: _Run) -> None:
+        """An attempt that reported its end should be over at once; kill it if it
+        lingers, since it still holds its memory (a GPU's, say) and everyone waiting."""
+        if await self._exits_within(child, _EXIT_WAIT_S) or child.attempt is None:
             return
         log.warning(
             "run %s: the trainer did not exit after its final event; killing it", child.run_id
         )
-        child.process.kill()
+        child.attempt.kill()
 
-    def _release(self, child: _Child) -> None:
-        """Free the child's slot (its process may still be exiting)."""
+    def _release(self, child: _Run) -> None:
+        """Free the attempt's slot (it may still be exiting), and start what is queued."""
+        if self._active.get(child.run_id) is child:
+            self._forget(child)
+            self._kick()
+
+    def _forget(self, child: _Run) -> None:
         if self._active.get(child.run_id) is child:
             del self._active[child.run_id]
+            self.scheduler.release(child.run_id)
 
     # --- stopping ---------------------------------------------------------------------------
 
-    def _begin_stop(self, child: _Child) -> None:
-        assert child.stop_flag is not None
-        child.stop_flag.set()
+    def _begin_stop(self, child: _Run) -> None:
+        assert child.attempt is not None
+        child.attempt.request_stop()
         self._task(child, self._escalate(child))
 
-    async def _escalate(self, child: _Child) -> None:
-        """SIGTERM after the stop grace, SIGKILL after the kill grace; each one recorded."""
-        assert child.process is not None and child.stop_requested_at is not None
+    async def _escalate(self, child: _Run) -> None:
+        """terminate() after the stop grace, kill() after the kill grace; each recorded."""
+        assert child.attempt is not None and child.stop_requested_at is not None
         for sig, grace in (
             (signal.SIGTERM, self.stop_grace_s),
             (signal.SIGKILL, self.kill_grace_s),
@@ -429,15 +532,15 @@ class Supervisor:
             if await self._exits_within(child, grace) or child.ended:
                 return
             if sig is signal.SIGTERM:
-                child.process.terminate()  # the child treats it as a graceful stop
+                child.attempt.terminate()  # the trainer treats it as a graceful stop
             else:
-                child.process.kill()
+                child.attempt.kill()
             after = round(time.monotonic() - child.stop_requested_at, 3)
             await self._record(
                 child.run_id, ev.STOP_ESCALATED, {"signal": sig.name, "after_s": after}
             )
 
-    async def _exits_within(self, child: _Child, seconds: float) -> bool:
+    async def _exits_within(self, child: _Run, seconds: float) -> bool:
         child.hurry.clear()
         waits = [asyncio.create_task(child.exited.wait()), asyncio.create_task(child.hurry.wait())]
         try:
@@ -449,7 +552,7 @@ class Supervisor:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _task(self, child: _Child, coro: Any) -> None:
+    def _task(self, child: _Run, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         child.tasks.add(task)
         task.add_done_callback(child.tasks.discard)
@@ -461,8 +564,20 @@ class Supervisor:
         try:
             await self.service.record(run_id, new)
         except Exception:
-            # A store that cannot write must not leave the child unwatched.
+            # A store that cannot write must not leave the attempt unwatched.
             log.exception("run %s: could not record %d event(s)", run_id, len(new))
+
+
+def _launch_log(handle: Mapping[str, Any], child: _Run) -> dict[str, Any]:
+    """The `log` event recorded at launch: the handle (reconcile reads it back), the
+    devices, and a line for people."""
+    where = ", ".join(child.slot.devices)
+    if isinstance(handle.get("pid"), int):
+        what = f"trainer process {handle['pid']} started"
+    else:
+        what = f"{handle.get('executor')} job {handle.get('job_id')} submitted"
+    message = f"{what} on {where} (attempt {child.number})"
+    return {**handle, "level": "info", "message": message, "devices": list(child.slot.devices)}
 
 
 def _with_id(data: dict[str, Any], command_id: str | None) -> dict[str, Any]:
@@ -471,7 +586,7 @@ def _with_id(data: dict[str, Any], command_id: str | None) -> dict[str, Any]:
 
 
 def _parse_wire(item: Any) -> NewEvent | None:
-    """One `(type, data, ts)` from the pipe, or None if it is not a trainer event."""
+    """One `(type, data, ts)` from an attempt, or None if it is not a trainer event."""
     try:
         type_, data, ts = item
     except (TypeError, ValueError):
@@ -479,106 +594,6 @@ def _parse_wire(item: Any) -> NewEvent | None:
     if type_ not in ev.TRAINER_TYPES or not isinstance(data, dict):
         return None
     return NewEvent(type_, data, float(ts) if isinstance(ts, int | float) else None)
-
-
-def _pump(
-    process: BaseProcess,
-    conn: Connection,
-    loop: asyncio.AbstractEventLoop,
-    queue: asyncio.Queue[list[Any] | _Exit],
-) -> None:
-    """Thread: hand each batch from the pipe to the loop, then the exit code once reaped.
-
-    A thread, not `loop.add_reader`: `recv` blocks until a whole message is in, and a
-    child stopped (SIGSTOP) halfway through a large send must not freeze the server.
-    """
-
-    def put(item: list[Any] | _Exit) -> bool:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            return False
-        return True
-
-    open_ = True
-    while True:
-        ready = wait([conn, process.sentinel] if open_ else [process.sentinel], timeout=_POLL_S)
-        if open_ and conn in ready:
-            while queue.qsize() >= _MAX_QUEUED_BATCHES and not loop.is_closed():
-                time.sleep(0.005)  # backpressure: the child waits on its pipe meanwhile
-            open_, batch = _receive(conn)
-            if batch is not None and not put(batch):
-                return
-            continue
-        if process.exitcode is not None:
-            break
-    while open_:  # whatever it sent before it exited
-        try:
-            if not conn.poll():
-                break
-        except OSError:
-            break
-        open_, batch = _receive(conn)
-        if batch is not None:
-            put(batch)
-    process.join()
-    put(_Exit(process.exitcode))
-
-
-def _receive(conn: Connection) -> tuple[bool, list[Any] | None]:
-    """(pipe still open, the batch or None)."""
-    try:
-        message = conn.recv_bytes()
-    except (EOFError, OSError):
-        return False, None
-    if message[:1] == b"{":  # JSON lines: the child's spool bytes (backend.execution.job)
-        return True, decode_batch(message)
-    try:
-        batch = _PlainUnpickler(io.BytesIO(message)).load()
-    except Exception as exc:  # not plain data: skip it, keep reading
-        log.error("dropped a batch from a trainer that is not plain data: %s", exc)
-        text = f"a batch of events from the trainer was dropped: it is not plain data ({exc})"
-        return True, [(ev.LOG, {"level": "error", "message": text}, time.time())]
-    return True, batch if isinstance(batch, list) else [batch]
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Unpickles plain data only (the wire format's lists, tuples, dicts, strings and
-    numbers), so a batch can neither run code in the server nor import torch into it.
-
-    A value of another class becomes the text it was built from when that is all it
-    holds (torch's version string is a `str` subclass); anything richer is refused.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        return _as_text(f"{module}.{name}")
-
-
-def _as_text(qualname: str) -> type:
-    def new(cls: type, *args: Any) -> str:
-        if len(args) == 1 and isinstance(args[0], str | int | float):
-            return str(args[0])
-        raise pickle.UnpicklingError(f"{qualname} is not plain data")
-
-    # A type, because pickle's NEWOBJ insists on one; calling it returns a plain str.
-    return type("Foreign", (), {"__new__": new})
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Start children with SIGINT ignored (Python keeps an inherited SIG_IGN).
-
-    Ctrl-C in a terminal reaches the whole process group; the child must stop through the
-    supervisor (checkpoint, `stopped`), not die of KeyboardInterrupt halfway through.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # --- exit codes -----------------------------------------------------------------------------
@@ -630,20 +645,3 @@ def explain_exit(code: int | None) -> tuple[str, str]:
         "it probably failed while starting (an import or a library error); see the "
         "server's output and train.log in the run's log folder",
     )
-
-
-def process_start_time(pid: int) -> int | None:
-    """A live process's start time in clock ticks since boot (Linux), to recognise it
-    later even if its pid has been reused; None if there is no such process (a zombie
-    counts as gone) or /proc is not available."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat.rpartition(")")[2].split()
-    try:
-        return None if fields[0] in "ZX" else int(fields[19])  # fields 3 and 22 of proc(5)
-    except (IndexError, ValueError):
-        return None

@@ -137,7 +137,8 @@ async def _train(args: argparse.Namespace, request: dict[str, Any]) -> int:
         await service.create(created, run_id)
         runspec.claim_output(created, run_id)  # the folder is this run's now
         print(f"run {run_id} ({created['name']}) in {args.db}; logs in {created['log_path']}")
-        supervisor = Supervisor(service, stop_grace_s=args.stop_grace)
+        # Its own run only: on every GPU it may use, never behind a server's queue.
+        supervisor = Supervisor(service, stop_grace_s=args.stop_grace, queue=False)
         progress = Progress(run_id, created["total_iterations"])
         unsubscribe = service.listen(progress.on_events)
         try:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -20,7 +18,9 @@ import yaml
 from backend import events as ev
 from backend import runspec
 from backend.events import Event
-from backend.execution.supervisor import Busy, Supervisor, _Child, _PlainUnpickler, explain_exit
+from backend.execution.executor import Slot
+from backend.execution.local import _receive
+from backend.execution.supervisor import Supervisor, _Run, explain_exit
 from backend.fsm.machine import IllegalCommand, State
 from backend.runs import RunService
 from backend.store import EventStore
@@ -127,12 +127,12 @@ async def test_stop_saves_a_checkpoint_and_resume_completes(
     run_id = await create(service, tmp_path)
     other = await create(service, tmp_path / "other")
     await supervisor.start(run_id)
-    # One run at a time: the second start is refused and writes nothing.
-    with pytest.raises(Busy) as busy:
-        await supervisor.start(other)
-    assert busy.value.training_run_id == run_id
-    assert service.get(other).state is State.IDLE
-    assert len(await events_of(service, other)) == 1
+    # One slot: the second start queues the run (Idle, queued) and a resume is refused.
+    queued = await supervisor.start(other)
+    assert queued.type == ev.QUEUED and service.get(other).queued
+    assert service.get(other).state is State.IDLE and service.get(other).queue_position == 1
+    await supervisor.dequeue(other)
+    assert not service.get(other).queued
 
     await wait_for(service, run_id, ev.METRIC)
     requested = await supervisor.stop(run_id)
@@ -249,7 +249,7 @@ async def test_events_after_the_final_one_are_dropped(
 ) -> None:
     run_id = await create(service, tmp_path)
     await service.command(run_id, "start", {"attempt": 1})  # as if a child had been spawned
-    child = _Child(run_id, attempt=1)
+    child = _Run(run_id, 1, Slot(0, ("cpu",)))
     now = time.time()
     await supervisor._ingest(
         child,
@@ -289,25 +289,20 @@ def test_exit_codes_are_explained() -> None:
     assert "signal 99" in explain_exit(-99)[0]
 
 
-class Version(str):
-    """Like torch's TorchVersion: a `str` subclass the server must not import."""
+def test_a_non_json_message_becomes_an_error_log_event() -> None:
+    import multiprocessing
+    import pickle
 
-
-class NotPlain:
-    def __init__(self) -> None:
-        self.x = 1
-
-
-def test_the_pipe_accepts_plain_data_only() -> None:
-    def load(obj: Any) -> Any:
-        return _PlainUnpickler(io.BytesIO(pickle.dumps(obj))).load()
-
-    batch = [("metric", {"loss": 0.5, "shape": (1, 2), "ok": True, "none": None}, 1.0)]
-    assert load(batch) == batch
-    version = load([("trainer_ready", {"torch": Version("2.1")}, 1.0)])[0][1]["torch"]
-    assert version == "2.1" and type(version) is str
-    with pytest.raises(pickle.UnpicklingError):
-        load([NotPlain()])
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    line = b'{"type": "metric", "ts": 1.0, "data": {"loss": 0.5, "attempt": 1, "n": 1}}\n'
+    sending.send_bytes(line)
+    sending.send_bytes(pickle.dumps([("metric", {"loss": 0.5}, 1.0)]))  # the old wire format
+    sending.close()
+    assert _receive(receiving) == (True, [("metric", {"loss": 0.5, "attempt": 1, "n": 1}, 1.0)])
+    still_open, [(type_, data, _)] = _receive(receiving)
+    assert still_open and type_ == ev.LOG and data["level"] == "error"
+    assert "not JSON lines" in data["message"]
+    assert _receive(receiving) == (False, None)  # the sender closed its end
 
 
 def test_the_server_side_modules_never_import_torch() -> None:

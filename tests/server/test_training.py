@@ -1,4 +1,4 @@
-"""Real trainer children behind a live server: complete, busy, stop, resume, killed child."""
+"""Real trainer children behind a live server: complete, queue, stop, resume, killed child."""
 
 from __future__ import annotations
 
@@ -78,14 +78,20 @@ def test_create_start_complete_with_busy_and_duplicate_ids(server: LiveServer) -
     assert started["run"]["state"] == "Training"
     status, again, _ = server.request("POST", f"/api/runs/{first}/start", {"id": "start-1"})
     assert status == 200 and again == started  # answered from the first result
-    status, busy, _ = server.request("POST", f"/api/runs/{second}/start", {})
-    assert status == 409
-    assert busy["error"]["code"] == "busy"
-    assert busy["error"]["details"]["training_run"] == first
-    assert summary(server, second)["state"] == "Idle"  # nothing written
+    # One slot: the second start is accepted into the queue (202), the run stays Idle.
+    status, queued, _ = server.request("POST", f"/api/runs/{second}/start", {"id": "start-2"})
+    assert status == 202, queued
+    assert queued["event"]["type"] == "queued" and queued["queued"] is True
+    assert queued["position"] == 1 and queued["run"]["queue_position"] == 1
+    assert summary(server, second)["state"] == "Idle" and summary(server, second)["queued"]
+    _, table, _ = server.request("GET", "/api/queue")
+    assert table == {
+        "slots": [{"index": 0, "devices": ["cpu"], "run_id": first}],
+        "queued": [second],
+    }
     cli = ["--url", server.url, "--token", TOKEN]
-    assert main(["start", second, *cli]) == 1  # the CLI says so too, and exits 1
-    assert summary(server, second)["state"] == "Idle"
+    assert main(["start", second, *cli]) == 1  # already queued: the CLI says so, exits 1
+    assert [e["type"] for e in events(server, second)] == ["created", "queued"]
 
     streamed = asyncio.run(watch(server, first))
     assert streamed[-1]["type"] == "completed"
@@ -99,6 +105,10 @@ def test_create_start_complete_with_busy_and_duplicate_ids(server: LiveServer) -
     run = summary(server, first)
     assert run["state"] == "Complete" and run["iteration"] == 24
     assert run["best_dice"] is not None and Path(run["last_checkpoint"]).is_file()
+    # The queued run started once the slot was free, as a start does, and completes.
+    assert wait_event(server, second, "completed")
+    types = [e["type"] for e in events(server, second)]
+    assert types[:3] == ["created", "queued", "started"] and types.count("started") == 1
     assert server.ctx.supervisor.training() == [] or wait_for(
         lambda: server.ctx.supervisor.training() == [], 30
     )
