@@ -31,6 +31,7 @@ from backend.errors import ApiError
 from backend.events import Event
 from backend.execution.scheduler import NoRoom
 from backend.execution.supervisor import Busy, Supervisor
+from backend.experiments import manage
 from backend.fsm.machine import IllegalCommand
 from backend.outputs import OutputInUse
 from backend.projections import CommandRecord, RunSummary
@@ -39,7 +40,7 @@ from backend.runspec import InvalidConfig, InvalidRequest, claim_output, created
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("create", "start", "stop", "resume", "dequeue", "move")
+COMMANDS = ("create", "start", "stop", "resume", "dequeue", "move", *manage.COMMANDS)
 MAX_ID_LENGTH = 128
 
 
@@ -73,6 +74,7 @@ class Commands:
         self.check_paths = check_paths
         # Relative paths in a config are relative to the data root, as the file browser's.
         self.base_dir = base_dir
+        self.manager = manage.Manager(service, base_dir)  # files are removed only under it
         self._answers: OrderedDict[str, tuple[str, str | None, asyncio.Task[Outcome]]] = (
             OrderedDict()
         )
@@ -190,8 +192,11 @@ class Commands:
             elif command in COMMANDS:
                 if not run_id:
                     raise errors.bad_request(f"'{command}' needs a run_id")
-                self.service.get(run_id)  # UnknownRun before anything else
-                if command == "move":
+                if self.service.get(run_id).deleted:  # UnknownRun before anything else
+                    raise manage.deleted_run(run_id)
+                if command in manage.COMMANDS:
+                    event = await self.manager.run(command, run_id, data, command_id)
+                elif command == "move":
                     target = self._move_target(data)
                     event = await self.supervisor.move(run_id, command_id, **target)
                 else:
@@ -273,7 +278,9 @@ class Commands:
                 # events: the run its id made is the first answer.
                 [first] = await self.service.store.read_run(run_id, limit=1)
                 return first, None
-            runs = dict(self.service.runs)  # a snapshot the worker thread may read
+            # A snapshot the worker thread may read. A deleted run's folder is judged by
+            # what it left (its marker, checkpoints): a delete that removed them frees it.
+            runs = {rid: s for rid, s in self.service.runs.items() if not s.deleted}
             # Validation reads volume headers: keep the event loop free meanwhile.
             created = await anyio.to_thread.run_sync(
                 lambda: created_data(
