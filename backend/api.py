@@ -25,6 +25,7 @@ import backend
 from backend import export, files, outputs, wire
 from backend.commands import check_id
 from backend.errors import ApiError, bad_request, not_found, unknown_run
+from backend.experiments import manage
 from backend.fsm import to_mermaid
 from backend.projections import RunSummary
 from backend.readmodels import zoom
@@ -111,6 +112,13 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     if not low <= value <= high:
         raise bad_request(f"'{name}' must be between {low} and {high}")
     return value
+
+
+def flag_param(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "")
+    if raw.lower() not in ("", "0", "1", "false", "true"):
+        raise bad_request(f"'{name}' must be 1 or 0 (true or false), not '{raw}'")
+    return raw.lower() in ("1", "true")
 
 
 def run_of(request: Request) -> RunSummary:
@@ -216,7 +224,14 @@ def _presets_in(folder: Path, limit: int) -> dict[str, dict[str, str]]:
 
 
 async def list_runs(request: Request) -> Response:
-    runs = context(request).service.runs.values()
+    """The runs, newest first; archived and deleted ones only on demand (`?archived=1`,
+    `?deleted=1`)."""
+    archived, deleted = flag_param(request, "archived"), flag_param(request, "deleted")
+    runs = [
+        s
+        for s in context(request).service.runs.values()
+        if (archived or not s.archived) and (deleted or not s.deleted)
+    ]
     ordered = sorted(runs, key=lambda s: (s.created_at or 0.0, s.run.run_id), reverse=True)
     return JSONResponse({"runs": [s.to_json() for s in ordered]})
 
@@ -281,7 +296,8 @@ async def run_command(request: Request) -> Response:
     return JSONResponse(outcome.body, outcome.status)
 
 
-_COMMAND_FIELDS = {"move": ("before", "position")}  # a command's fields besides "id"
+# A command's fields besides "id".
+_COMMAND_FIELDS: dict[str, tuple[str, ...]] = {"move": ("before", "position"), **manage.FIELDS}
 
 
 async def queue(request: Request) -> Response:
@@ -626,6 +642,7 @@ routes = [
     Route("/runs/{run_id}/resume", run_command, methods=["POST"]),
     Route("/runs/{run_id}/dequeue", run_command, methods=["POST"]),
     Route("/runs/{run_id}/move", run_command, methods=["POST"]),
+    *(Route(f"/runs/{{run_id}}/{c}", run_command, methods=["POST"]) for c in manage.COMMANDS),
     Route("/queue", queue),
     Route("/runs/{run_id}/events", run_events),
     Route("/runs/{run_id}/page", run_page),
