@@ -3,9 +3,12 @@
 A checkpoint is `OUTPUT_PATH/checkpoint_%05d.pth.tar` (the number: iterations done), a
 dict with PyTC's keys `state_dict` (the bare model, no `module.` prefix), `optimizer`
 (PyTC's layout: one param group per parameter, see `optim.param_groups`), `lr_scheduler`
-and `iteration`, plus Trainboard's: `scaler` (mixed precision), `best_dice`, `rng_state`,
-with SWA `swa_model` / `swa_scheduler`, and `trainboard` (run id, attempt, seed, format
-version). PyTC ignores the extras; a checkpoint without them (PyTC's) resumes here too.
+and `iteration`, plus Trainboard's: `scaler` (mixed precision), `best_dice`, `rng_state`
+(and under DDP `rng_states`, every rank's, so each rank resumes its own), with SWA
+`swa_model` / `swa_scheduler`, and `trainboard` (run id, attempt, seed, format version).
+PyTC ignores the extras; a checkpoint without them (PyTC's) resumes here too. A DDP run's
+checkpoint is written by rank 0 from the bare model: the same layout, no `module.`
+prefix, loadable by a single process and by any number of ranks.
 `checkpoint_best.pth.tar` is the same dict, written when validation Dice improves;
 `checkpoint_swa.pth.tar` holds the SWA average as `{'state_dict': ...}` (bare keys).
 
@@ -74,6 +77,7 @@ class TrainingState:
     best_dice: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     averaging: Averaging | None = None
+    rng_states: list[torch.Tensor] | None = None  # DDP: every rank's, gathered at the save
 
     def to_dict(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -86,6 +90,8 @@ class TrainingState:
             "rng_state": torch.get_rng_state(),
             "trainboard": {"format": FORMAT_VERSION, **self.meta},
         }
+        if self.rng_states is not None:
+            payload["rng_states"] = list(self.rng_states)
         if isinstance(self.scheduler, Schedule) and self.scheduler.swa is not None:
             payload["swa_scheduler"] = self.scheduler.swa.state_dict()
         if self.averaging is not None:
@@ -197,6 +203,7 @@ def resume_own(
     *,
     restart: bool = False,
     start_iteration: int = 0,
+    rank: int = 0,
 ) -> Restored:
     """Resume a run from its own newest usable checkpoint among `candidates` (newest first).
 
@@ -223,7 +230,7 @@ def resume_own(
             )
             continue
         restored = restore_from(
-            state, checkpoint, path, restart=restart, start_iteration=start_iteration
+            state, checkpoint, path, restart=restart, start_iteration=start_iteration, rank=rank
         )
         return Restored(restored.iteration, restored.best_dice, [*skipped, *restored.notes])
     tried = "; ".join(message for _, message in skipped) or "no checkpoint was given"
@@ -246,9 +253,11 @@ def restore_from(
     *,
     restart: bool = False,
     start_iteration: int = 0,
+    rank: int = 0,
 ) -> Restored:
     """Model, optimizer, scheduler, iteration, and Trainboard's extras when present (scaler,
-    RNG, SWA, best Dice). A PyTC checkpoint resumes too: the layouts are the same.
+    RNG, SWA, best Dice). A PyTC checkpoint resumes too: the layouts are the same. A DDP
+    rank takes its own RNG state (`rng_states[rank]`) when the checkpoint has one.
 
     With `restart` (SOLVER.ITERATION_RESTART) only the weights load and training starts at
     `start_iteration` (MODEL.PRE_MODEL_ITER) with a fresh optimizer and schedule, as PyTC."""
@@ -272,6 +281,9 @@ def restore_from(
     if checkpoint.get("scaler"):
         state.scaler.load_state_dict(checkpoint["scaler"])
     rng = checkpoint.get("rng_state")
+    per_rank = checkpoint.get("rng_states")
+    if isinstance(per_rank, list) and rank < len(per_rank):
+        rng = per_rank[rank]
     if isinstance(rng, torch.Tensor):
         torch.set_rng_state(rng.cpu())
     if state.averaging is not None and isinstance(checkpoint.get("swa_model"), Mapping):

@@ -16,9 +16,16 @@ The parent spawns `backend.execution.job.child_entry`, which calls `main` here. 
    and closes the pipe;
 6. exits 0 after `completed` or `stopped`, 1 after `failed`.
 
+Data-parallel (`backend.trainer.distributed`): this process is rank 0. A local DDP run
+(`options["world_size"]` or the config) starts ranks 1..n-1 from the loop and reaps them
+before the final event. Under srun / torchrun every task calls `run`; a task whose rank
+is not 0 trains silently (no emitter, no files) and only its exit code tells.
+
 Options (`TrainJob.options`): `flush_interval` (seconds, default 0.25), `threads` (CPU
 threads for torch; default every CPU the process may use), `deterministic` (default:
-on for the CPU, off for CUDA), `synthetic` (see `backend.trainer.synthetic`).
+on for the CPU, off for CUDA), `synthetic` (see `backend.trainer.synthetic`),
+`visible_devices` (`CUDA_VISIBLE_DEVICES` of this attempt, set before CUDA starts),
+`world_size`, `data_streams`, `dist_timeout_s` (see `backend.trainer.distributed`).
 """
 
 from __future__ import annotations
@@ -35,11 +42,14 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as StopFlag
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.events import FAILED, LOG
 from backend.execution.job import TrainJob
 from backend.trainer.emitter import DEFAULT_FLUSH_INTERVAL, SOURCE, Emitter, json_line
+
+if TYPE_CHECKING:
+    from backend.trainer.distributed import World
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -80,19 +90,39 @@ def run(
     restore_signals: bool = True,
 ) -> int:
     """Run one attempt and return the exit code (separate from `main` for in-process use)."""
+    devices = job.options.get("visible_devices")
+    if devices is not None:  # the slot's GPUs; CUDA reads this when it starts
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices)
+    world = _launched_world()
+    if world is not None and not world.is_main:
+        from backend.trainer.distributed import run_rank
+
+        return run_rank(job, world, None)
     request = StopRequest(stop)
     # SIGINT too: a Ctrl-C in the server's terminal reaches the whole process group, and
     # the child should then save a checkpoint rather than die mid-step.
-    previous = _install_handlers(request)
+    previous = install_stop_handlers(request)
     try:
-        return _attempt(job, conn, request)
+        return _attempt(job, conn, request, world)
     finally:
         if restore_signals:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
 
-def _attempt(job: TrainJob, conn: Connection | None, request: StopRequest) -> int:
+def _launched_world() -> World | None:
+    """The DDP world of a task srun or torchrun started (imports torch only then)."""
+    sizes = (os.environ.get("WORLD_SIZE", "1"), os.environ.get("SLURM_NTASKS", "1"))
+    if all(not size.isdigit() or int(size) <= 1 for size in sizes):
+        return None
+    from backend.trainer.distributed import from_environment
+
+    return from_environment()
+
+
+def _attempt(
+    job: TrainJob, conn: Connection | None, request: StopRequest, world: World | None = None
+) -> int:
     try:
         emitter = _open_emitter(job, conn)
     except Exception as exc:
@@ -102,7 +132,7 @@ def _attempt(job: TrainJob, conn: Connection | None, request: StopRequest) -> in
     try:
         write_resolved_config(job)
         with _logs_to(emitter):
-            outcome = _loop(job, emitter, request).run()
+            outcome = _loop(job, emitter, request, world).run()
         emitter.finish(outcome.type, outcome.data)
         exit_code = outcome.exit_code
     except BaseException as exc:  # a bug outside the loop, KeyboardInterrupt, ...
@@ -112,7 +142,7 @@ def _attempt(job: TrainJob, conn: Connection | None, request: StopRequest) -> in
     return exit_code
 
 
-def _loop(job: TrainJob, emitter: Emitter, request: StopRequest) -> Any:
+def _loop(job: TrainJob, emitter: Emitter, request: StopRequest, world: World | None) -> Any:
     """The training loop, or the synthetic one (imported without torch)."""
     if job.options.get("synthetic"):
         from backend.trainer.synthetic import SyntheticLoop
@@ -120,7 +150,7 @@ def _loop(job: TrainJob, emitter: Emitter, request: StopRequest) -> Any:
         return SyntheticLoop(job, emitter, request)
     from backend.trainer.loop import TrainingLoop
 
-    return TrainingLoop(job, emitter, request)
+    return TrainingLoop(job, emitter, request, world=world)
 
 
 class _LogEvents(logging.Handler):
@@ -161,7 +191,7 @@ def _logs_to(emitter: Emitter) -> Iterator[None]:
         root.removeHandler(handler)
 
 
-def _install_handlers(request: StopRequest) -> dict[int, Any]:
+def install_stop_handlers(request: StopRequest) -> dict[int, Any]:
     # Python only lets the main thread set handlers (in-process callers may use another).
     if threading.current_thread() is not threading.main_thread():
         return {}

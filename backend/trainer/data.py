@@ -285,8 +285,12 @@ def hold_out(
     return train, val
 
 
-def load_training_data(cfg: Config) -> TrainingData:
-    """Read the training volumes and the validation volumes (or hold some slices out)."""
+def load_training_data(cfg: Config, shard: tuple[int, int] = (0, 1)) -> TrainingData:
+    """Read the training volumes and the validation volumes (or hold some slices out).
+
+    A DDP rank passes `shard` (rank, ranks): with DATASET.DISTRIBUTED it trains on its
+    share of the training volumes only (`distribute_volumes`, as PyTC); validation
+    volumes stay whole on every rank (the ranks split the tiles instead)."""
     dataset = _section(cfg, "DATASET")
     mean, std = float(dataset.get("MEAN", 0.5)), float(dataset.get("STD", 0.5))
     if std <= 0:
@@ -294,9 +298,25 @@ def load_training_data(cfg: Config) -> TrainingData:
     train = _load_pairs(cfg, "IMAGE_NAME", "LABEL_NAME", mean, std, "VALID_MASK_NAME")
     if dataset.get("VAL_IMAGE_NAME"):
         val = _load_pairs(cfg, "VAL_IMAGE_NAME", "VAL_LABEL_NAME", mean, std)
-        return TrainingData(train, val, held_out=False)
+        return TrainingData(_distributed(cfg, train, shard), val, held_out=False)
     splits = [hold_out(pair) for pair in train]
-    return TrainingData([s[0] for s in splits], [s[1] for s in splits], held_out=True)
+    own = _distributed(cfg, [s[0] for s in splits], shard)
+    return TrainingData(own, [s[1] for s in splits], held_out=True)
+
+
+def _distributed(cfg: Config, train: list[VolumePair], shard: tuple[int, int]) -> list[VolumePair]:
+    rank, ranks = shard
+    if ranks <= 1 or not _section(cfg, "DATASET").get("DISTRIBUTED", False):
+        return train
+    return distribute_volumes(train, rank, ranks)
+
+
+def distribute_volumes(items: Sequence[Any], rank: int, ranks: int) -> list[Any]:
+    """PyTC's `_distribute_data`: ceil(n / ranks) items per rank, the list repeated
+    cyclically so that every rank gets as many (3 volumes on 2 ranks: [0, 1], [2, 0])."""
+    per = math.ceil(len(items) / ranks)
+    extended = [items[i % len(items)] for i in range(ranks * per)]
+    return extended[rank * per : (rank + 1) * per]
 
 
 # ----------------------------------------------------------------------------- cropping
@@ -389,7 +409,12 @@ class PatchSampler:
     """
 
     def __init__(
-        self, cfg: Config, data: TrainingData, seed: int = 0, start_iteration: int = 0
+        self,
+        cfg: Config,
+        data: TrainingData,
+        seed: int = 0,
+        start_iteration: int = 0,
+        streams: int = 1,
     ) -> None:
         if not data.train:
             raise DataError("no training volumes: set DATASET.IMAGE_NAME and LABEL_NAME")
@@ -409,6 +434,12 @@ class PatchSampler:
         self.reject_p = float(reject.get("P", 0.95))
         self.valid_ratio = float(_section(cfg, "DATASET").get("VALID_RATIO", 0.5))
         self.batch_size = int(_section(cfg, "SOLVER").get("SAMPLES_PER_BATCH", 2))
+        self.streams = max(1, int(streams))
+        if self.batch_size % self.streams:
+            raise DataError(
+                f"SOLVER.SAMPLES_PER_BATCH {self.batch_size} cannot be split into "
+                f"{self.streams} rank streams: use a multiple of {self.streams}"
+            )
         counts = [self._positions(pair.shape) for pair in data.train]
         self.volume_p = np.array(counts, dtype=np.float64) / float(sum(counts))
 
@@ -481,9 +512,18 @@ class PatchSampler:
         return self._augmented(*position, rng)
 
     def patches(self, iteration: int, count: int | None = None) -> list[Patch]:
-        """The `count` (default SAMPLES_PER_BATCH) patches of `iteration`."""
-        rng = iteration_rng(self.seed, iteration)
-        return [self.sample(rng) for _ in range(count or self.batch_size)]
+        """The `count` (default SAMPLES_PER_BATCH) patches of `iteration`.
+
+        With `streams` S > 1 they are S equal parts, part s drawn from the generator of
+        (seed + s, iteration): the global batch of an S-rank DDP run whose rank r draws
+        from (seed + r, iteration), made in one process (to compare the two)."""
+        count = count or self.batch_size
+        if self.streams == 1:
+            rng = iteration_rng(self.seed, iteration)
+            return [self.sample(rng) for _ in range(count)]
+        share = count // self.streams
+        parts = [iteration_rng(self.seed + s, iteration) for s in range(self.streams)]
+        return [self.sample(rng) for rng in parts for _ in range(share)]
 
     def batch(self, iteration: int) -> Batch:
         return make_batch(self.cfg, self, iteration)
@@ -578,9 +618,10 @@ class BatchDataset(IterableDataset[Batch]):
         seed: int = 0,
         start_iteration: int = 0,
         stop_iteration: int | None = None,
+        streams: int = 1,
     ) -> None:
         super().__init__()
-        self.sampler = PatchSampler(cfg, data, seed, start_iteration)
+        self.sampler = PatchSampler(cfg, data, seed, start_iteration, streams)
         self.start = int(start_iteration)
         self.stop = stop_iteration
 
@@ -614,10 +655,14 @@ def make_loader(
     seed: int = 0,
     start_iteration: int = 0,
     stop_iteration: int | None = None,
+    *,
+    streams: int = 1,
+    workers: int | None = None,
 ) -> Iterable[Batch]:
-    """The batches of a run, made in-process (NUM_CPUS 0) or by DataLoader workers."""
-    dataset = BatchDataset(cfg, data, seed, start_iteration, stop_iteration)
-    workers = data_workers(cfg)
+    """The batches of a run, made in-process (NUM_CPUS 0) or by DataLoader workers
+    (`workers`: default NUM_CPUS; a DDP rank gets its share)."""
+    dataset = BatchDataset(cfg, data, seed, start_iteration, stop_iteration, streams)
+    workers = data_workers(cfg) if workers is None else workers
     if workers == 0:
         return dataset
     return DataLoader(
@@ -655,29 +700,48 @@ def _tile_origins(shape: Shape3, size: Shape3) -> Iterator[Shape3]:
     yield from itertools.product(range(0, depth, sz), range(0, height, sy), range(0, width, sx))
 
 
-def validation_patches(cfg: Config, data: TrainingData) -> Iterator[ValTile]:
-    """Non-overlapping tiles covering every validation volume, in (volume, z, y, x) order."""
+def _tile_places(cfg: Config, data: TrainingData) -> Iterator[tuple[int, Shape3]]:
+    """(volume, origin) of every validation tile, in (volume, z, y, x) order."""
     size = patch_size(cfg)
-    mode = _pad_mode(cfg)
-    do_2d = _do_2d(cfg)
-    channels = int(_section(cfg, "MODEL").get("IN_PLANES", 1))
     for index, pair in enumerate(data.val):
         for origin in _tile_origins(pair.shape, size):
-            image = pair.normalization(crop(pair.image, origin, size, mode))
-            label = _as_ids(crop(pair.label, origin, size, "constant"))
-            inside = [
-                (np.arange(o, o + s) < n) for o, s, n in zip(origin, size, pair.shape, strict=True)
-            ]
-            mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-            planes = np.repeat(image[np.newaxis], channels, axis=0)
-            yield ValTile(
-                image=torch.from_numpy(np.ascontiguousarray(_spatial(planes, do_2d))),
-                label=label[0] if do_2d else label,
-                mask=mask[0] if do_2d else mask,
-                volume=index,
-                z=origin[0],
-                origin=origin,
-            )
+            yield index, origin
+
+
+def _make_tile(cfg: Config, data: TrainingData, index: int, origin: Shape3) -> ValTile:
+    size = patch_size(cfg)
+    do_2d = _do_2d(cfg)
+    pair = data.val[index]
+    channels = int(_section(cfg, "MODEL").get("IN_PLANES", 1))
+    image = pair.normalization(crop(pair.image, origin, size, _pad_mode(cfg)))
+    label = _as_ids(crop(pair.label, origin, size, "constant"))
+    inside = [(np.arange(o, o + s) < n) for o, s, n in zip(origin, size, pair.shape, strict=True)]
+    mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    planes = np.repeat(image[np.newaxis], channels, axis=0)
+    return ValTile(
+        image=torch.from_numpy(np.ascontiguousarray(_spatial(planes, do_2d))),
+        label=label[0] if do_2d else label,
+        mask=mask[0] if do_2d else mask,
+        volume=index,
+        z=origin[0],
+        origin=origin,
+    )
+
+
+def validation_patches(cfg: Config, data: TrainingData) -> Iterator[ValTile]:
+    """Non-overlapping tiles covering every validation volume, in (volume, z, y, x) order."""
+    for index, origin in _tile_places(cfg, data):
+        yield _make_tile(cfg, data, index, origin)
+
+
+def _val_batch_size(cfg: Config, batch_size: int | None) -> int:
+    return batch_size or int(_section(cfg, "SOLVER").get("SAMPLES_PER_BATCH", 2))
+
+
+def count_validation_batches(cfg: Config, data: TrainingData, batch_size: int | None = None) -> int:
+    """How many batches `validation_batches` yields in all (from shapes; nothing is read)."""
+    tiles = sum(1 for _ in _tile_places(cfg, data))
+    return math.ceil(tiles / _val_batch_size(cfg, batch_size))
 
 
 @dataclass
@@ -693,13 +757,25 @@ class ValBatch:
 
 
 def validation_batches(
-    cfg: Config, data: TrainingData, batch_size: int | None = None
+    cfg: Config,
+    data: TrainingData,
+    batch_size: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[ValBatch]:
-    """`validation_patches` in batches (default SOLVER.SAMPLES_PER_BATCH)."""
-    size = batch_size or int(_section(cfg, "SOLVER").get("SAMPLES_PER_BATCH", 2))
+    """`validation_patches` in batches (default SOLVER.SAMPLES_PER_BATCH). With `shard`
+    (rank, ranks) only batches j with j % ranks == rank are made (the others are skipped
+    before anything is read), so DDP ranks split a validation between them."""
+    size = _val_batch_size(cfg, batch_size)
+    rank, ranks = shard
     do_2d = _do_2d(cfg)
-    tiles = validation_patches(cfg, data)
-    while chunk := list(itertools.islice(tiles, size)):
+    places = _tile_places(cfg, data)
+    for j in itertools.count():
+        spots = list(itertools.islice(places, size))
+        if not spots:
+            return
+        if j % ranks != rank:
+            continue
+        chunk = [_make_tile(cfg, data, index, origin) for index, origin in spots]
         # Targets are made from (z, y, x) labels; 2D tiles carry (y, x).
         labels = [t.label[np.newaxis] if do_2d else t.label for t in chunk]
         targets, weights = targets_and_weights(cfg, labels)

@@ -1,7 +1,11 @@
 """Where training runs: the device, mixed precision and CPU threads from SYSTEM/MODEL keys.
 
-- SYSTEM.NUM_GPUS > 0 and CUDA available: the first GPU (Trainboard trains on one device;
-  asking for more than exist is a warning, not an error).
+- A data-parallel (DDP) rank: its own device, `cuda:LOCAL_RANK` (or the CPU under gloo),
+  and a share of the CPU threads (`backend.trainer.distributed`).
+- SYSTEM.NUM_GPUS > 0 and CUDA available: the first GPU; with NUM_GPUS > 1 and
+  `SYSTEM.PARALLEL: DP` (PyTC's default) `nn.DataParallel` over the GPUs asked for and
+  visible, as PyTC: each iteration's SAMPLES_PER_BATCH is split across them. Asking for
+  more than are visible is a warning, not an error.
 - Otherwise the CPU, with a warning when GPUs were asked for but none is usable.
 - MODEL.MIXED_PRECESION (PyTC's spelling): float16 autocast with a GradScaler on CUDA only;
   on the CPU it is ignored with a note, because CPU autocast is bfloat16 and rarely faster.
@@ -28,6 +32,7 @@ class DeviceChoice:
     amp: bool
     threads: int
     notes: list[tuple[str, str]] = field(default_factory=list)
+    data_parallel: tuple[int, ...] = ()  # GPU ids of nn.DataParallel (PARALLEL: DP)
 
     @property
     def name(self) -> str:
@@ -54,40 +59,72 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def choose_device(cfg: Config, *, threads: int | None = None) -> DeviceChoice:
-    """Pick the device for SYSTEM.NUM_GPUS and MODEL.MIXED_PRECESION, and set CPU threads."""
+def choose_device(
+    cfg: Config,
+    *,
+    threads: int | None = None,
+    rank_device: torch.device | None = None,
+    ranks: int = 1,
+) -> DeviceChoice:
+    """Pick the device for SYSTEM.NUM_GPUS and MODEL.MIXED_PRECESION, and set CPU threads.
+
+    `rank_device` is a DDP rank's own device; `ranks` processes share this machine's CPUs."""
     notes: list[tuple[str, str]] = []
     wanted = int(cfg["SYSTEM"]["NUM_GPUS"])
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if wanted > 0 and available > 0:
+    parallel: tuple[int, ...] = ()
+    if rank_device is not None:
+        device = rank_device
+    elif wanted > 0 and available > 0:
         device = torch.device("cuda", 0)
-        if wanted > 1:
-            notes.append(
-                (
-                    "warning",
-                    f"SYSTEM.NUM_GPUS is {wanted}; Trainboard trains on one GPU "
-                    f"({available} available), so cuda:0 is used",
-                )
-            )
+        parallel = _data_parallel(cfg, wanted, available, notes)
     else:
         device = torch.device("cpu")
-        if wanted > 0:
-            notes.append(
-                (
-                    "warning",
-                    f"SYSTEM.NUM_GPUS is {wanted} but no CUDA GPU is available to PyTorch "
-                    f"{torch.__version__}: training on the CPU, which is much slower. "
-                    "Set SYSTEM.NUM_GPUS 0 to silence this warning.",
-                )
+    if device.type == "cpu" and wanted > 0:
+        notes.append(
+            (
+                "warning",
+                f"SYSTEM.NUM_GPUS is {wanted} but no CUDA GPU is available to PyTorch "
+                f"{torch.__version__}: training on the CPU, which is much slower. "
+                "Set SYSTEM.NUM_GPUS 0 to silence this warning.",
             )
+        )
     amp = bool(cfg["MODEL"].get("MIXED_PRECESION", False))
     if amp and device.type != "cuda":
         notes.append(("info", "MODEL.MIXED_PRECESION is ignored on the CPU (CUDA only)"))
         amp = False
     n_threads = torch.get_num_threads()
     if device.type == "cpu":
-        n_threads = _set_threads(threads or default_threads(cfg))
-    return DeviceChoice(device=device, amp=amp, threads=n_threads, notes=notes)
+        n_threads = _set_threads(threads or max(1, default_threads(cfg) // max(1, ranks)))
+    return DeviceChoice(device, amp, n_threads, notes, parallel)
+
+
+def _data_parallel(
+    cfg: Config, wanted: int, available: int, notes: list[tuple[str, str]]
+) -> tuple[int, ...]:
+    """GPU ids for nn.DataParallel (NUM_GPUS > 1 in one process), with notes."""
+    if wanted > available:
+        notes.append(
+            (
+                "warning",
+                f"SYSTEM.NUM_GPUS is {wanted} but {available} GPU(s) are visible: "
+                f"training on {available}",
+            )
+        )
+    count = min(wanted, available)
+    if count <= 1:
+        return ()
+    if str(cfg["SYSTEM"].get("PARALLEL", "DP")) == "DDP":
+        return ()  # DDP with one visible GPU: a single process (the warning above says why)
+    notes.append(
+        (
+            "info",
+            f"SYSTEM.PARALLEL DP: nn.DataParallel over cuda:0..{count - 1}, each batch of "
+            "SOLVER.SAMPLES_PER_BATCH split across them (SYSTEM.PARALLEL: DDP runs one "
+            "process per GPU and is faster)",
+        )
+    )
+    return tuple(range(count))
 
 
 def default_threads(cfg: Config) -> int:

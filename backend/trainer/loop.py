@@ -14,11 +14,20 @@ are honoured at gradient-accumulation boundaries, so no partial gradient is ever
 
 `TrainingLoop.run()` returns the final `Outcome` (completed, stopped or failed) instead
 of emitting it: `child.main` emits exactly one final event, whatever happened.
+
+Data-parallel (`backend.trainer.distributed`): every rank runs this loop on its own
+device, its own patch stream (seed + rank) and SAMPLES_PER_BATCH patches (per GPU, as
+PyTC), with the model in DistributedDataParallel (gradients averaged over ranks). The
+ranks agree on a stop before every accumulation window, report the loss averaged over
+ranks, split each validation's tiles between them (counts summed), and call `save`
+together (their RNG states gathered); rank 0 alone emits events and writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
 import re
 import signal
@@ -28,7 +37,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -64,14 +73,28 @@ from backend.trainer.data import (
     DataError,
     TrainingData,
     ValBatch,
+    count_validation_batches,
+    data_workers,
     load_training_data,
     make_loader,
     validation_batches,
 )
 from backend.trainer.device import DeviceChoice, choose_device
-from backend.trainer.emitter import Emitter
+from backend.trainer.distributed import (
+    GLOO_TIMEOUT_S,
+    NCCL_TIMEOUT_S,
+    Group,
+    LocalRanks,
+    RankFailed,
+    RankFailure,
+    World,
+    backend_for,
+    is_peer_error,
+    local_world,
+    rank_device,
+)
 from backend.trainer.losses import Criterion, build_criterion, foreground, foreground_truth
-from backend.trainer.metrics import BinaryCounts
+from backend.trainer.metrics import BinaryCounts, dice_score, iou_score
 from backend.trainer.models import build_model, count_parameters, primary_output, training_output
 from backend.trainer.optim import (
     Schedule,
@@ -89,6 +112,32 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress events (at most ~4 per seco
 RATE_SMOOTHING = 0.3  # weight of the newest interval in the its/s moving average
 PREVIEW_DIR = "previews"
 PREVIEW_NAME = "val_%05d.png"
+PEER_FAILURE_WAIT_S = 5.0  # after a failed collective, how long to wait for the dead rank
+
+
+class Events(Protocol):
+    """Where the loop's events go: the child's `Emitter` on rank 0, nowhere elsewhere."""
+
+    def emit(self, type_: str, data: dict[str, Any]) -> None: ...
+    def flush(self, *, sync: bool = False) -> None: ...
+    def finish(self, type_: str, data: dict[str, Any]) -> bool: ...
+    def close(self) -> None: ...
+
+
+class SilentEvents:
+    """The events of ranks other than 0: dropped (rank 0 reports for the run)."""
+
+    def emit(self, type_: str, data: dict[str, Any]) -> None:
+        pass
+
+    def flush(self, *, sync: bool = False) -> None:
+        pass
+
+    def finish(self, type_: str, data: dict[str, Any]) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -146,11 +195,23 @@ class _Rate:
 class TrainingLoop:
     """One attempt of one run. `run()` never raises: failures become a `failed` Outcome."""
 
-    def __init__(self, job: TrainJob, emitter: Emitter, should_stop: ShouldStop) -> None:
+    def __init__(
+        self,
+        job: TrainJob,
+        emitter: Events,
+        should_stop: ShouldStop,
+        *,
+        world: World | None = None,
+    ) -> None:
         self.job = job
         self.cfg: Config = job.config
         self.emitter = emitter
         self.should_stop = should_stop
+        # Data-parallel: this process's place (None: a single process), the process group
+        # once set up, and (local rank 0 only) the ranks it started.
+        self.world = world
+        self.group: Group | None = None
+        self.ranks: LocalRanks | None = None
         self.iteration = 0  # iterations done
         # Wall and process CPU time inside the iteration loop (benchmarks read them).
         self.train_seconds = 0.0
@@ -174,18 +235,43 @@ class TrainingLoop:
             return self.train()
         except Exception as exc:  # every failure becomes an event with a hint
             return self.failure(exc)
+        finally:
+            self.close_ranks()
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.world is None else self.world.rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     def setup(self) -> None:
         """Seeds, device, data, model, optimisation, resume or fine-tune; `trainer_ready`."""
-        seed_everything(self.job.seed)
-        self.device = choose_device(self.cfg, threads=self.job.options.get("threads"))
+        self._start_ranks()
+        world = self.world
+        seed_everything(self.job.seed + self.rank)  # each rank its own stream, as PyTC
+        self.device = choose_device(
+            self.cfg,
+            threads=self.job.options.get("threads"),
+            rank_device=None if world is None else rank_device(world),
+            ranks=1 if world is None else world.local_size,
+        )
         deterministic = self.job.options.get("deterministic", self.device.device.type == "cpu")
         configure_determinism(bool(deterministic), self.device)
-        self.data = load_training_data(self.cfg)
-        # The model's initial weights depend on the seed alone, not on what ran before.
+        if world is not None:
+            backend = backend_for(self.device.device, self.cfg)
+            default_timeout = NCCL_TIMEOUT_S if backend == "nccl" else GLOO_TIMEOUT_S
+            timeout = float(self.job.options.get("dist_timeout_s", default_timeout))
+            self.group = Group(world, self.device.device, backend, timeout)
+        shard = (0, 1) if world is None else (world.rank, world.size)
+        self.data = load_training_data(self.cfg, shard)
+        # The model's initial weights depend on the seed alone, not on what ran before
+        # (nor on the rank: DDP would broadcast rank 0's anyway).
         torch.manual_seed(self.job.seed)
-        model = build_model(self.cfg).to(self.device.device)
-        self.model: nn.Module = model
+        model = self._distributed_norms(build_model(self.cfg)).to(self.device.device)
+        self.net: nn.Module = model  # the bare model: checkpoints, validation, SWA
+        self.model: nn.Module = model  # what training calls: wrapped by DDP / DataParallel
         self.criterion: Criterion = build_criterion(self.cfg)
         optimizer = build_optimizer(self.cfg, model)
         self.schedule: Schedule = build_schedule(self.cfg, optimizer)
@@ -197,10 +283,70 @@ class TrainingLoop:
             meta={"run_id": self.job.run_id, "attempt": self.job.attempt, "seed": self.job.seed},
             averaging=build_averaging(self.cfg, model),
         )
-        notes = list(self.device.notes) + self._load_weights()
+        notes = list(self.device.notes) + self._load_weights() + self._wrap()
         self.emitter.emit(TRAINER_READY, self._ready_data())
         for level, message in [*notes, ("info", self.data.describe())]:
             self.emitter.emit(LOG, {"level": level, "message": message})
+
+    # --- data parallelism ------------------------------------------------------------------
+
+    def _start_ranks(self) -> None:
+        """Local rank 0 of a DDP run starts ranks 1..n-1 first: they import torch and load
+        their data while it does the same."""
+        if self.world is None:
+            self.world = local_world(self.job)
+            if self.world is not None:
+                self.ranks = LocalRanks(self.job, self.world)
+                self.ranks.on_stuck = self._end_stuck
+
+    def _distributed_norms(self, model: nn.Module) -> nn.Module:
+        """NORM_MODE sync_bn under DDP on CUDA: SyncBatchNorm, as PyTC (batch statistics
+        over every rank's samples). On the CPU torch has no SyncBatchNorm: plain batch norm."""
+        sync = str(self.cfg["MODEL"].get("NORM_MODE")) == "sync_bn"
+        if self.world is not None and sync and self.device.device.type == "cuda":
+            converted: nn.Module = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+            return converted
+        return model
+
+    def _wrap(self) -> list[tuple[str, str]]:
+        """DistributedDataParallel (a DDP rank) or nn.DataParallel (PARALLEL DP, one process
+        on several GPUs) around the loaded model."""
+        if self.group is not None and self.world is not None:
+            self.model = self.group.wrap(self.net)
+            per = int(self.cfg["SOLVER"]["SAMPLES_PER_BATCH"])
+            message = (
+                f"data-parallel (DDP): {self.world.size} processes, {self.group.backend} on "
+                f"{self.device.device.type}; SOLVER.SAMPLES_PER_BATCH {per} per process, "
+                f"{per * self.world.size} per iteration in all"
+            )
+            return [("info", message)]
+        if self.device.data_parallel:
+            self.model = nn.DataParallel(self.net, device_ids=list(self.device.data_parallel))
+        return []
+
+    def _stop_now(self) -> bool:
+        """The stop request, agreed by every rank (so all stop at the same iteration); a
+        failed local rank ends the run instead."""
+        local = self.should_stop()
+        if self.ranks is not None and (failure := self.ranks.failure()) is not None:
+            raise RankFailed(failure)
+        return local if self.group is None else self.group.agree(local)
+
+    def close_ranks(self) -> None:
+        """Reap the local ranks (before the final event: none is left behind)."""
+        if self.ranks is not None:
+            self.ranks.close()
+        if self.group is not None:
+            self.group.close()
+
+    def _end_stuck(self, failure: RankFailure) -> None:
+        """Rank 0 hangs in a collective after a rank died (NCCL waits for its timeout):
+        report the failure from the watchdog thread and end the process."""
+        data = {**failure.event(), "traceback": "", "iteration": self.iteration}
+        with contextlib.suppress(Exception):
+            self.emitter.finish(FAILED, data)
+            self.emitter.close()
+        os._exit(1)
 
     def _load_weights(self) -> list[tuple[str, str]]:
         restart = bool(self.cfg["SOLVER"].get("ITERATION_RESTART", False))
@@ -209,7 +355,12 @@ class TrainingLoop:
         if self.job.resume_from:
             candidates = [self.job.resume_from, *self._own_checkpoints()]
             restored = resume_own(
-                self.state, candidates, self.job.run_id, restart=restart, start_iteration=start
+                self.state,
+                candidates,
+                self.job.run_id,
+                restart=restart,
+                start_iteration=start,
+                rank=self.rank,
             )
         elif pre_model:
             restored = load_pre_model(self.state, pre_model, restart=restart, start_iteration=start)
@@ -230,10 +381,11 @@ class TrainingLoop:
         return [str(p) for n, p in sorted(numbered, reverse=True) if n.isdigit()]
 
     def _ready_data(self) -> dict[str, Any]:
-        return {
+        extra = {} if self.world is None else {"world_size": self.world.size}
+        return extra | {
             "device": self.device.name,
             "amp": self.device.amp,
-            "parameters": count_parameters(self.model),
+            "parameters": count_parameters(self.net),
             "train_shapes": [list(p.shape) for p in self.data.train],
             "val_shapes": [list(p.shape) for p in self.data.val],
             "torch": torch.__version__,
@@ -254,7 +406,7 @@ class TrainingLoop:
             # optimizer's first step; intended (the schedule counts iterations), not a bug.
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
             for index in range(start, self.total):
-                if index % self.step_every == 0 and self.should_stop():
+                if index % self.step_every == 0 and self._stop_now():
                     self._clock_out(began, began_cpu)
                     return self.stop()
                 self._step(next(batches), index)
@@ -269,7 +421,17 @@ class TrainingLoop:
         self.train_cpu_seconds += time.process_time() - began_cpu
 
     def _batches(self, start: int) -> Iterator[Batch]:
-        loader = make_loader(self.cfg, self.data, self.job.seed, start, self.total)
+        # PyTC gives each rank NUM_CPUS // NUM_GPUS loader workers.
+        share = 1 if self.world is None else self.world.local_size
+        loader = make_loader(
+            self.cfg,
+            self.data,
+            self.job.seed + self.rank,
+            start,
+            self.total,
+            streams=int(self.job.options.get("data_streams", 1)),
+            workers=data_workers(self.cfg) // share,
+        )
         if isinstance(loader, DataLoader) and loader.num_workers > 0:
             loader.worker_init_fn = _ignore_stop_signals
         return iter(loader)
@@ -278,20 +440,24 @@ class TrainingLoop:
         device = self.device.device
         batch = batch.to(device, non_blocking=device.type == "cuda")
         state = self.state
-        with self.device.autocast():
-            output = training_output(self.model(batch.image))  # dict for DeepLab's aux
-        loss, parts = self.criterion.compute(output, batch.targets, batch.weights)
-        scaled = loss / self.step_every if self.step_every > 1 else loss
-        torch.autograd.backward(state.scaler.scale(scaled))
         done = index + 1
+        stepping = done % self.step_every == 0 or done == self.total
+        with self._accumulating(not stepping):
+            with self.device.autocast():
+                output = training_output(self.model(batch.image))  # dict for DeepLab's aux
+            loss, parts = self.criterion.compute(output, batch.targets, batch.weights)
+            scaled = loss / self.step_every if self.step_every > 1 else loss
+            torch.autograd.backward(state.scaler.scale(scaled))
         self.lr = float(state.optimizer.param_groups[0]["lr"])
-        if done % self.step_every == 0 or done == self.total:
+        if stepping:
             self._optimizer_step()
-        # One host sync for the loss and all its components.
-        values = torch.stack([loss.detach(), *parts.values()]).tolist()
+        reported = torch.stack([loss.detach(), *parts.values()])
+        if self.group is not None:  # every rank reports, and schedules with, the mean
+            reported = self.group.mean(reported)
+        values = reported.tolist()  # one host sync for the loss and all its components
         self.schedule.step(index, values[0])  # ReduceLROnPlateau steps on the training loss
         if state.averaging is not None:
-            state.averaging.maybe_update(index, self.model)
+            state.averaging.maybe_update(index, self.net)
         self.iteration = done
         components = dict(zip(parts, values[1:], strict=True))
         self.emitter.emit(
@@ -301,11 +467,16 @@ class TrainingLoop:
         if not math.isfinite(values[0]):
             raise NonFiniteLoss(done, self.lr, values[0])
 
+    def _accumulating(self, inside_window: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP averages gradients once per accumulation window, not at every backward."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return no_sync() if inside_window and no_sync is not None else contextlib.nullcontext()
+
     def _optimizer_step(self) -> None:
         state = self.state
         if self.cfg["SOLVER"]["CLIP_GRADIENTS"]["ENABLED"]:
             state.scaler.unscale_(state.optimizer)  # clip true gradients, not scaled ones
-            clip_gradients(self.cfg, self.model)
+            clip_gradients(self.cfg, self.net)
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.optimizer.zero_grad(set_to_none=True)
@@ -341,7 +512,8 @@ class TrainingLoop:
         if self._validated_at != self.iteration:
             self.validate()
         path = self._saved.get(self.iteration) or self.save()
-        self.save_average()
+        if self.is_main:
+            self.save_average()
         result = self.last_validation
         metrics = {} if result is None else {"loss": result.loss, "dice": result.dice}
         if result is not None:
@@ -355,6 +527,21 @@ class TrainingLoop:
         return Outcome(STOPPED, {"iteration": self.iteration, "checkpoint": path})
 
     def failure(self, exc: BaseException) -> Outcome:
+        if self.ranks is not None and is_peer_error(exc):
+            # A collective failed: the rank that went away is the cause, not this one.
+            lost = self.ranks.wait_failure(PEER_FAILURE_WAIT_S)
+            exc = RankFailed(lost) if lost is not None else exc
+        if self.world is not None and self.ranks is None and is_peer_error(exc):
+            return Outcome(FAILED, self._lost_peers(exc))
+        if isinstance(exc, RankFailed):
+            return Outcome(
+                FAILED,
+                {
+                    **exc.failure.event(),
+                    "traceback": exc.failure.report.get("traceback") or "",
+                    "iteration": self.iteration,
+                },
+            )
         failure = describe_failure(exc, self.cfg, self.lr)
         return Outcome(
             FAILED,
@@ -365,14 +552,33 @@ class TrainingLoop:
             },
         )
 
+    def _lost_peers(self, exc: BaseException) -> dict[str, Any]:
+        """A launched rank (srun) whose collective failed: another task went away."""
+        assert self.world is not None
+        return {
+            "message": f"rank {self.rank} of {self.world.size} lost the other ranks: "
+            f"{_first_line(exc)}",
+            "hint": "another task of this job failed or was killed; its own output (the "
+            "job's log) says why. Resume from the last checkpoint to retry",
+            "cause": "code",
+            "key": None,
+            "suggested": None,
+            "traceback": "".join(traceback.format_exception(exc)),
+            "iteration": self.iteration,
+        }
+
     # --- checkpoints -----------------------------------------------------------------------
 
     def save(self, *, best: bool = False) -> str:
+        """Write a checkpoint (rank 0). Under DDP every rank calls it for the numbered
+        ones (their RNG states are gathered into it); the best one is rank 0's alone."""
         self.state.iteration = self.iteration
         self.state.best_dice = self.best_dice
+        if self.group is not None and not best:
+            self.state.rng_states = self.group.rng_states()
         target = best_path(self.job.output_path) if best else None
         target = target or checkpoint_path(self.job.output_path, self.iteration)
-        path = str(save_checkpoint(self.state, target))
+        path = str(save_checkpoint(self.state, target)) if self.is_main else str(target)
         if not best:
             self._saved[self.iteration] = path
         self.emitter.emit(CHECKPOINT, {"iteration": self.iteration, "path": path, "best": best})
@@ -403,11 +609,11 @@ class TrainingLoop:
         """Loss, Dice and IoU over the validation volumes, a preview PNG, `validation`.
         Returns None (and emits nothing) when a stop request interrupts it."""
         self._validated_at = self.iteration
-        self.model.eval()
+        self.net.eval()
         try:
             result = self._evaluate()
         finally:
-            self.model.train()
+            self.net.train()
         if result is None:
             return None
         improved = self.best_dice is None or result.dice > self.best_dice
@@ -425,19 +631,28 @@ class TrainingLoop:
                 "best": improved,
             },
         )
-        if improved:
+        if improved and self.is_main:
             self.save(best=True)
         self.emitter.flush()  # validation is slow: show it now, not with the next metric
         return result
 
     def _evaluate(self) -> _Validation | None:
+        """Under DDP rank r takes batches r, r + n, ...; each round of n batches starts with
+        an agreed stop check, so every rank abandons a stopped validation at once; the
+        sums (loss, tiles, TP/FP/FN, the preview's pixels) are then added over ranks."""
         counts = BinaryCounts()
         preview = _PreviewCanvas.for_data(self.data, self.cfg)
         loss_sum, tiles = torch.zeros((), device=self.device.device), 0
+        ranks = 1 if self.world is None else self.world.size
+        rounds = math.ceil(count_validation_batches(self.cfg, self.data) / ranks)
+        batches = validation_batches(self.cfg, self.data, shard=(self.rank, ranks))
         with torch.no_grad():
-            for vb in validation_batches(self.cfg, self.data):
-                if self.should_stop():
+            for _ in range(rounds):
+                if self._stop_now():
                     return None
+                vb = next(batches, None)
+                if vb is None:  # this rank's share ended a round early
+                    continue
                 loss, probs = self._evaluate_batch(vb)
                 loss_sum += loss * len(vb.tiles)
                 tiles += len(vb.tiles)
@@ -445,17 +660,27 @@ class TrainingLoop:
                 counts.add(probs, truth, vb.mask.to(probs.device))
                 if preview is not None:
                     preview.paste(vb, probs)
+        tp, fp, fn = counts.values
+        if self.group is not None:
+            sums = torch.tensor([float(loss_sum), tiles, tp, fp, fn], dtype=torch.float64)
+            total = self.group.sum(sums).cpu().tolist()
+            loss_sum, tiles = torch.tensor(total[0]), int(total[1])
+            tp, fp, fn = (int(v) for v in total[2:])
+            if preview is not None:  # each pixel comes from one tile, so from one rank
+                preview.pred = self.group.sum(torch.from_numpy(preview.pred)).cpu().numpy()
         path = None
-        if preview is not None:
+        if preview is not None and self.is_main:
             target = Path(self.job.log_path) / PREVIEW_DIR / (PREVIEW_NAME % self.iteration)
             path = preview.save(target)
         val_loss = float(loss_sum) / max(tiles, 1)
-        return _Validation(val_loss, counts.dice, counts.iou, path)
+        return _Validation(val_loss, dice_score(tp, fp, fn), iou_score(tp, fp, fn), path)
 
     def _evaluate_batch(self, vb: ValBatch) -> tuple[Tensor, Tensor]:
         device = self.device.device
         with self.device.autocast():
-            output = training_output(self.model(vb.image.to(device)))
+            # The bare model: DDP's forward would broadcast buffers, a collective, and
+            # the ranks evaluate different numbers of batches.
+            output = training_output(self.net(vb.image.to(device)))
         targets = [t.to(device) for t in vb.targets]
         weights = [[None if w is None else w.to(device) for w in row] for row in vb.weights]
         loss, _ = self.criterion.compute(output, targets, weights)
