@@ -228,7 +228,8 @@ def test_a_sweep_from_the_wizard_to_its_page(page: Any, server: Server) -> None:
     assert all(0.001 <= lr <= 0.01 for lr in lrs), lrs
     expect(page.locator("[data-testid=parallel-coords] path.trial")).to_have_count(2)
     page.wait_for_function(
-        "() => [...document.querySelectorAll('figure.chart')].filter(f => Number(f.dataset.points) > 0).length >= 2",
+        "() => [...document.querySelectorAll('figure.chart')]"
+        ".filter(f => Number(f.dataset.points) > 0).length >= 2",
         timeout=20_000,
     )
     shot(page, "experiments-sweep-page", full_page=True)
