@@ -182,8 +182,9 @@ def _ending(summary: RunSummary, user_stop: bool) -> NewEvent:
 async def auto_resume(commands: Commands) -> dict[str, Outcome]:
     """Resume every run that a server stop or crash interrupted (its summary says so),
     oldest interruption first, through the command path and its concurrency limit. A run
-    that cannot start now stays as it is, with a warning in the server's log. Each
-    resume carries the id `auto-resume:<run>:<attempt>`, so it happens at most once."""
+    that cannot start now stays as it is, with a warning in the server's log and, as a
+    `log` event, on the run (the browser shows it). Each resume carries the id
+    `auto-resume:<run>:<attempt>`, so it happens at most once."""
     waiting = [
         summary
         for summary in commands.service.runs.values()
@@ -200,7 +201,15 @@ async def auto_resume(commands: Commands) -> dict[str, Outcome]:
         else:
             why = outcome.body["error"]["message"]
             log.warning("run %s: not resumed automatically: %s", run_id, why)
+            await _tell_run(commands.service, run_id, f"not resumed automatically: {why}")
     return outcomes
+
+
+async def _tell_run(service: RunService, run_id: str, message: str) -> None:
+    """A warning `log` event on the run itself, where the browser shows it (the server's
+    log alone is read by nobody who looks at the run)."""
+    data = {"level": "warning", "message": message, "source": "auto-resume"}
+    await service.record(run_id, [NewEvent(ev.LOG, data, time.time())])
 
 
 async def _current_attempt(service: RunService, run_id: str) -> _Attempt:

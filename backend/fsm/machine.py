@@ -72,7 +72,16 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": ev.STOPPED, "source": State.TRAINING, "dest": State.STOPPED},
     {"trigger": ev.RESUMED, "source": [State.STOPPED, State.ERROR], "dest": State.TRAINING},
 ]
-TRANSITIONS += [{"trigger": fact, "source": State.TRAINING, "dest": None} for fact in ev.FACT_TYPES]
+TRANSITIONS += [
+    {"trigger": fact, "source": State.TRAINING, "dest": None}
+    for fact in ev.FACT_TYPES
+    if fact != ev.LOG
+]
+# A log line may also be about a run that waits to be resumed (an automatic resume that
+# was refused at start says why there, where the browser shows it).
+TRANSITIONS.append(
+    {"trigger": ev.LOG, "source": [State.TRAINING, State.STOPPED, State.ERROR], "dest": None}
+)
 TRANSITIONS += [
     {"trigger": kind, "source": list(State), "dest": None}
     for kind in ev.MANAGE_TYPES

@@ -55,6 +55,10 @@ def test_stop_request_keeps_training_until_confirmed() -> None:
 @pytest.mark.parametrize("state", [State.IDLE, State.COMPLETE, State.ERROR, State.STOPPED])
 def test_facts_only_while_training(fact: str, state: State) -> None:
     life = Lifecycle(initial=state)
+    if fact == ev.LOG and state in (State.STOPPED, State.ERROR):
+        life.fire(fact)  # a run waiting to be resumed may be told why it was not
+        assert life.state is state
+        return
     with pytest.raises(IllegalEvent):
         life.fire(fact)
 

@@ -55,6 +55,7 @@ export const LIFECYCLE_TYPES = new Set(['created', ...Object.keys(TRANSITIONS), 
 export function allows(state, stopping, type, { queued = false, deleted = false } = {}) {
   if (type === 'created') return state === null;
   if (state === null || deleted) return false;
+  if (type === 'log') return state === TRAINING || state === STOPPED || state === ERROR;
   if (FACTS.has(type)) return state === TRAINING;
   if (type === 'queued') return state === IDLE && !queued;
   if (QUEUE.has(type)) return state === IDLE && queued;

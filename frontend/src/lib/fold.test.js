@@ -74,6 +74,10 @@ describe('lifecycle, mirroring backend/fsm/machine.py', () => {
     expect(allows('Training', false, 'metric')).toBe(true);
     expect(allows('Idle', false, 'metric')).toBe(false);
     expect(allows('Complete', false, 'log')).toBe(false);
+    // A run waiting to be resumed may be told why an automatic resume was refused.
+    expect(allows('Stopped', false, 'log')).toBe(true);
+    expect(allows('Error', false, 'log')).toBe(true);
+    expect(allows('Stopped', false, 'metric')).toBe(false);
   });
 
   it('created -> started -> metrics -> completed', () => {
