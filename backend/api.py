@@ -22,7 +22,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import backend
-from backend import export, files, outputs, wire
+from backend import export, files, outputs, sweepapi, wire
 from backend.commands import check_id
 from backend.errors import ApiError, bad_request, not_found, unknown_run
 from backend.experiments import manage
@@ -658,3 +658,4 @@ routes = [
     Route("/paths/check", check_path, methods=["POST"]),
     Route("/paths/output", output_owner, methods=["POST"]),
 ]
+routes += sweepapi.routes  # /api/sweeps: backend/sweepapi.py

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from backend.events import Event
+from backend.experiments.sweeps import is_sweep
 from backend.jsontext import dumps_text
 from backend.runs import RunService
 from backend.store import EventStore, Row
@@ -290,12 +291,20 @@ class Hub:
         self._held: dict[int, Encoded] = {}
         self._gap_task: asyncio.Task[None] | None = None
         self._detach: Callable[[], None] | None = None
+        self._detach_more: list[Callable[[], None]] = []
 
     def attach(self, service: RunService) -> None:
         self.published = self.store.last_seq
         self._detach = service.listen(self._on_events)
 
+    def follow(self, listen: Callable[[Callable[[list[Event]], None]], Callable[[], None]]) -> None:
+        """Publish another appender's events too (a sweep service's streams)."""
+        self._detach_more.append(listen(self._on_events))
+
     def close(self) -> None:
+        for detach in self._detach_more:
+            detach()
+        self._detach_more.clear()
         if self._detach is not None:
             self._detach()
             self._detach = None
@@ -360,7 +369,11 @@ class Hub:
         for sub in list(self._subscriptions):
             key = sub.run_id
             if key not in chunks:
-                items = batch if key is None else [e for e in batch if e.run_id == key]
+                # "All runs" is runs only; a sweep's stream is subscribed by its id.
+                if key is None:
+                    items = [e for e in batch if not is_sweep(e.run_id)]
+                else:
+                    items = [e for e in batch if e.run_id == key]
                 chunks[key] = Chunk(items) if items else None
             chunk = chunks[key]
             if chunk is not None:
@@ -401,8 +414,10 @@ class Hub:
             resets = sub.resets
             page = await self.store.read_rows(cursor, page_size, sub.run_id)
             if page:
-                await sub.outbox.room_for(len(page))
-                sub.outbox.put_events(Chunk([encode_row(row) for row in page]))
+                shown = page if sub.run_id else [r for r in page if not is_sweep(r[1])]
+                await sub.outbox.room_for(len(shown))
+                if shown:
+                    sub.outbox.put_events(Chunk([encode_row(row) for row in shown]))
                 cursor = page[-1][0]
             elif sub.resets == resets:
                 break  # the store had nothing more and no live event was dropped meanwhile

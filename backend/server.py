@@ -36,6 +36,7 @@ from backend.commands import Commands
 from backend.errors import ApiError
 from backend.execution.reconcile import auto_resume, reconcile
 from backend.execution.supervisor import Supervisor
+from backend.experiments.sweep_service import SweepService
 from backend.hub import Hub
 from backend.runs import RunService
 from backend.security import TokenMiddleware
@@ -56,6 +57,7 @@ class Context:
     supervisor: Supervisor
     hub: Hub
     commands: Commands
+    sweeps: SweepService
     gpus: list[dict[str, Any]] = field(default_factory=list)
     demo_state: str = "none"  # none | preparing | ready | failed: ...
 
@@ -78,6 +80,7 @@ def create_app(settings: Settings) -> Starlette:
             finally:
                 if demo is not None:
                     demo.cancel()
+                await ctx.sweeps.close()  # first: trials stopped by the shutdown stay owed
                 await ctx.supervisor.shutdown()
                 ctx.hub.close()
                 await ctx.service.snapshots.close()  # the next start folds no tail
@@ -121,6 +124,10 @@ async def _start(settings: Settings, store: EventStore) -> Context:
     commands = Commands(service, supervisor, base_dir=settings.data_root.resolve())
     if settings.auto_resume:
         await auto_resume(commands)
+    sweeps = SweepService(commands)
+    hub.follow(sweeps.listen)  # sweep streams are published like runs'
+    await sweeps.load()  # after reconcile: it resumes or settles the trials left behind
+    service.snapshots.extras["sweeps"] = sweeps.snapshot_state
     await supervisor.start_queued()  # the queue, rebuilt from events, goes on
     return Context(
         settings=settings,
@@ -129,6 +136,7 @@ async def _start(settings: Settings, store: EventStore) -> Context:
         supervisor=supervisor,
         hub=hub,
         commands=commands,
+        sweeps=sweeps,
         gpus=detect_gpus(),
     )
 

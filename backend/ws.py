@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CLOSE_TOO_SLOW = 4408
 CLOSE_SILENT = 4000
 CLOSE_INTERNAL = 1011
+SWEEP_COMMANDS = ("sweep_create", "sweep_stop", "sweep_resume")
 TOO_SLOW_REASON = "too slow: reconnect and resubscribe from your last seq"
 SILENT_REASON = "heartbeat timeout: nothing heard from the client"
 
@@ -204,7 +205,12 @@ class Connection:
             raise FrameError("bad_frame", "'run_id' must be a run id or null (all runs)")
         if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
             raise FrameError("bad_frame", f"'after' must be a seq: an integer from 0 to {MAX_SEQ}")
-        if run_id is not None and run_id not in self.ctx.service.runs:
+        sweep_id = frame.get("sweep_id")
+        if sweep_id is not None:  # a sweep's stream, subscribed like a run's
+            if not isinstance(sweep_id, str) or sweep_id not in self.ctx.sweeps.sweeps:
+                raise FrameError("not_found", f"no sweep with id '{sweep_id}'")
+            run_id = sweep_id
+        elif run_id is not None and run_id not in self.ctx.service.runs:
             raise FrameError("not_found", f"no run with id '{run_id}'")
         self._stop_subscription()
         # Marks, in the frame order, where the previous subscription's events end.
@@ -242,9 +248,10 @@ class Connection:
         if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_ID_LENGTH:
             raise FrameError("bad_frame", f"a command needs an 'id': 1 to {MAX_ID_LENGTH} chars")
         command = frame.get("command")
-        if command not in COMMANDS:
-            raise FrameError("bad_frame", f"'command' must be one of {', '.join(COMMANDS)}")
-        run_id = frame.get("run_id")
+        if command not in COMMANDS and command not in SWEEP_COMMANDS:
+            known = ", ".join((*COMMANDS, *SWEEP_COMMANDS))
+            raise FrameError("bad_frame", f"'command' must be one of {known}")
+        run_id = frame.get("sweep_id") if command in SWEEP_COMMANDS else frame.get("run_id")
         if run_id is not None and not isinstance(run_id, str):
             raise FrameError("bad_frame", "'run_id' must be a string")
         data = frame.get("data")
@@ -260,7 +267,10 @@ class Connection:
     async def _run_command(
         self, command_id: str, command: str, run_id: str | None, data: dict[str, Any]
     ) -> None:
-        outcome = await self.ctx.commands.run(command, run_id, data, command_id)
+        if command in SWEEP_COMMANDS:  # sweep_create, sweep_stop, sweep_resume
+            outcome = await self.ctx.sweeps.run(command[len("sweep_") :], run_id, data, command_id)
+        else:
+            outcome = await self.ctx.commands.run(command, run_id, data, command_id)
         self.send({"type": "result", "id": command_id, "ok": outcome.ok, **outcome.body})
 
 
