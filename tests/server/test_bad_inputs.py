@@ -558,9 +558,58 @@ _ROUTES_AND_AUTH = [
         headers={"origin": "null"}),
 ]  # fmt: skip
 
+# Managing runs (docs/experiments.md): each refused before anything is written.
+_MANAGE = [
+    Bad("rename without a name", "POST", "/api/runs/<idle>/rename", 400, "bad_request",
+        ("'name'", "200"), body={}),
+    Bad("rename to a number", "POST", "/api/runs/<idle>/rename", 400, "bad_request", ("name",),
+        body={"name": 5}),
+    Bad("rename to blanks", "POST", "/api/runs/<idle>/rename", 400, "bad_request",
+        ("not blank",), body={"name": "   "}),
+    Bad("rename over 200 chars", "POST", "/api/runs/<idle>/rename", 400, "bad_request",
+        ("200", "201"), body={"name": "n" * 201}),
+    Bad("rename to two lines", "POST", "/api/runs/<idle>/rename", 400, "bad_request",
+        ("one line",), body={"name": "a\nb"}),
+    Bad("rename field misspelt", "POST", "/api/runs/<idle>/rename", 400, "bad_request",
+        ("did you mean 'name'",), body={"nam": "x"}),
+    Bad("rename an unknown run", "POST", "/api/runs/nope/rename", 404, "not_found",
+        ("/api/runs",), body={"name": "x"}),
+    Bad("tag with nothing", "POST", "/api/runs/<idle>/tag", 400, "bad_request",
+        ("'add'", "'tags'"), body={}),
+    Bad("tag with a space", "POST", "/api/runs/<idle>/tag", 400, "bad_request",
+        ("two words", "letters, digits"), body={"add": ["two words"]}),
+    Bad("tag over 64 chars", "POST", "/api/runs/<idle>/tag", 400, "bad_request", ("64",),
+        body={"add": ["t" * 65]}),
+    Bad("tag empty", "POST", "/api/runs/<idle>/tag", 400, "bad_request", ("1 to 64",),
+        body={"add": [""]}),
+    Bad("tags a string", "POST", "/api/runs/<idle>/tag", 400, "bad_request", ("list",),
+        body={"tags": "a,b"}),
+    Bad("tags and add together", "POST", "/api/runs/<idle>/tag", 400, "bad_request",
+        ("not both",), body={"tags": ["a"], "add": ["b"]}),
+    Bad("tag remove numbers", "POST", "/api/runs/<idle>/tag", 400, "bad_request", ("'remove'",),
+        body={"remove": [1]}),
+    Bad("tags over 100", "POST", "/api/runs/<idle>/tag", 400, "bad_request", ("100", "101"),
+        body={"tags": [f"t{i}" for i in range(101)]}),
+    Bad("notes missing", "POST", "/api/runs/<idle>/notes", 400, "bad_request", ("'notes'",),
+        body={}),
+    Bad("notes a list", "POST", "/api/runs/<idle>/notes", 400, "bad_request", ("'notes'",),
+        body={"notes": ["x"]}),
+    Bad("notes over the body limit", "POST", "/api/runs/<idle>/notes", 413, "too_large",
+        ("bytes",), body={"notes": "x" * 70_000}),
+    Bad("archive with a field", "POST", "/api/runs/<idle>/archive", 400, "bad_request",
+        ("really",), body={"really": True}),
+    Bad("delete remove_files a string", "POST", "/api/runs/<idle>/delete", 400, "bad_request",
+        ("true or false",), body={"remove_files": "yes"}),
+    Bad("delete a training run", "POST", "/api/runs/<training>/delete", 409, "illegal_command",
+        ("stop it first",), body={"remove_files": True}),
+    Bad("list runs archived=maybe", "GET", "/api/runs?archived=maybe", 400, "bad_request",
+        ("archived",)),
+    Bad("list runs deleted=2", "GET", "/api/runs?deleted=2", 400, "bad_request", ("deleted",)),
+]  # fmt: skip
+
 REST_ROWS = (
     _NON_FINITE + _DEEP + _BODIES + _CREATE_FIELDS + _OTHER_FIELDS + _QUERIES + _PATHS + _UPLOADS
-    + _ROUTES_AND_AUTH
+    + _ROUTES_AND_AUTH + _MANAGE
 )  # fmt: skip
 
 
@@ -826,6 +875,13 @@ FRAMES = [
              ("config",), kind="result"),
     BadFrame("create with an unknown field", _command(command="create",
              data={"config": "x: 1", "overide": []}), "bad_request", ("overide",),
+             kind="result"),
+    BadFrame("rename without a name", _command(command="rename", run_id="<idle>", data={}),
+             "bad_request", ("'name'",), kind="result"),
+    BadFrame("tag with a space", _command(command="tag", run_id="<idle>",
+             data={"add": ["a b"]}), "bad_request", ("letters, digits",), kind="result"),
+    BadFrame("delete with an unknown field", _command(command="delete", run_id="<idle>",
+             data={"remove_file": True}), "bad_request", ("did you mean 'remove_files'",),
              kind="result"),
 ]  # fmt: skip
 
