@@ -70,7 +70,27 @@ def add_client_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     export.add_argument(
         "directory", metavar="DIR", nargs="?", help="with --format tensorboard: the folder"
     )
+    export.__class__ = IntermixedParser  # `export RUN --format tensorboard DIR`
     add_manage_parsers(add)
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand whose positionals may come on both sides of its options (plain argparse
+    fills an optional positional from the first run of positionals, and then refuses DIR
+    in `export RUN --format tensorboard DIR`)."""
+
+    _parsing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._parsing:  # parse_known_intermixed_args parses through here, twice
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
 
 
 def add_manage_parsers(add: Any) -> None:

@@ -242,7 +242,7 @@ class RunSummary:
         if saved["state"] is not None:
             run.lifecycle = Lifecycle(initial=State(saved["state"]))
             run.lifecycle.stopping = bool(saved["stopping"])
-            run.lifecycle.deleted = bool(saved["deleted"])
+            run.lifecycle.tombstone = bool(saved["deleted"])
             run.lifecycle.in_queue = bool(saved["queued"])
         values = {f: state[f] for f in summary_fields()}
         values["commands"] = {

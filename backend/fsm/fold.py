@@ -52,7 +52,7 @@ class Run:
 
     @property
     def deleted(self) -> bool:
-        return bool(self.lifecycle and self.lifecycle.deleted)
+        return bool(self.lifecycle and self.lifecycle.tombstone)
 
     def legal_commands(self) -> list[str]:
         return legal_commands(self.state, self.stopping, self.queued, self.deleted)
@@ -160,7 +160,7 @@ def admissible(run: Run, event_types: Sequence[str]) -> list[bool]:
             scratch = Lifecycle(initial=state)
             scratch.stopping = run.stopping
             scratch.in_queue = run.queued
-            scratch.deleted = run.deleted
+            scratch.tombstone = run.deleted
         try:
             scratch.fire(event_type)
         except IllegalEvent:

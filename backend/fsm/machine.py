@@ -133,7 +133,7 @@ class Lifecycle:
     def __init__(self, initial: State = State.IDLE) -> None:
         self.stopping = False
         self.in_queue = False  # not `queued`: that name is the trigger
-        self.deleted = False
+        self.tombstone = False  # not `deleted`: that name is the trigger
         Machine(
             model=self,
             states=STATES,
@@ -161,10 +161,10 @@ class Lifecycle:
         self.in_queue = False
 
     def is_deleted(self) -> bool:
-        return self.deleted
+        return self.tombstone
 
     def mark_deleted(self) -> None:
-        self.deleted = True
+        self.tombstone = True
 
     def fire(self, event_type: str) -> None:
         """Fire the trigger named by an event type; raise IllegalEvent if it cannot happen."""
@@ -173,7 +173,7 @@ class Lifecycle:
         except (MachineError, AttributeError) as exc:
             raise IllegalEvent(f"'{event_type}' cannot happen while {self.state}") from exc
         if not fired:
-            why = "the run is deleted" if self.deleted else refusal(event_type)
+            why = "the run is deleted" if self.tombstone else refusal(event_type)
             raise IllegalEvent(f"'{event_type}' is not allowed now: {why}")
 
     def trigger_names(self) -> frozenset[str]:
@@ -186,7 +186,7 @@ class Lifecycle:
             event_type,
             stopping=self.stopping,
             queued=self.in_queue,
-            deleted=self.deleted,
+            deleted=self.tombstone,
         )
 
 
