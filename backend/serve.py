@@ -231,14 +231,18 @@ def uvicorn_config(app: Any, settings: Settings, log_level: str = "warning") -> 
     """How Trainboard runs under uvicorn (the tests and benchmarks use it too)."""
     import uvicorn
 
+    from backend import wire
+
     return uvicorn.Config(
-        app,
+        wire.BodyDeadline(app),  # a body trickled in: 408, connection closed
         host=settings.host,
         port=settings.port,
         # h11, not httptools: httptools buffers a request head of any size, so one client
-        # could fill the server's memory before the token is even checked.
-        http="h11",
+        # could fill the server's memory before the token is even checked. With a
+        # deadline for the head (408, connection closed): uvicorn has none.
+        http=wire.h11_protocol(),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,  # over it: 400, connection closed
+        timeout_keep_alive=5,  # seconds an idle kept-alive connection is held open
         ws_max_size=settings.ws_max_frame,  # bigger frames: close 1009
         # Compression would run once per frame per client: at thousands of events per
         # second and many clients it costs more CPU than the fan-out itself.

@@ -9,16 +9,29 @@ integer beyond 64 bits, very deep nesting) falls back to the standard library.
 
 Use it at the client boundary only. Events that Trainboard stores and replays use
 `backend.jsontext`, whose writing is strict instead (a NaN there is an error, not null).
+
+Reading is bounded in time too (a slow-loris client holds a connection by trickling its
+request): the request head must be in within `HEAD_TIMEOUT_S` of the connection (or of
+the previous response on a kept-alive one), else the connection is answered 408 and
+closed (`h11_protocol`); a body must arrive at `BODY_MIN_RATE` bytes a second on average
+after `BODY_GRACE_S`, else the request is answered 408 and the connection closed
+(`BodyDeadline`). Idle kept-alive connections close after uvicorn's `timeout_keep_alive`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
 # Deeper than any request the protocol defines (a create body is two levels deep), and
 # shallow enough that echoing or storing a value can never hit a recursion limit.
@@ -117,3 +130,125 @@ class JSONResponse(StarletteJSONResponse):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+# --- read deadlines (module attributes, read at each connection: tests shorten them) ------
+
+HEAD_TIMEOUT_S = 15.0  # the request line and headers, from connection or last response
+BODY_GRACE_S = 15.0  # a body's first seconds, whatever its rate
+BODY_MIN_RATE = 4096  # bytes a second on average after that: a 4 MB body gets 1,039 s
+TIMEOUT_MESSAGE = "the request did not arrive in time: send it at once"
+
+
+def _timeout_body(what: str) -> bytes:
+    error = {"code": "request_timeout", "message": f"{what} {TIMEOUT_MESSAGE}"}
+    return dumps({"error": error})
+
+
+class BodyDeadline:
+    """ASGI middleware: a request body that trickles in is answered 408 and the
+    connection closed. The body must arrive at `BODY_MIN_RATE` bytes a second on average
+    once `BODY_GRACE_S` have passed; a request that never reads its body is not timed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began, grace, rate = time.monotonic(), BODY_GRACE_S, BODY_MIN_RATE
+        received = 0
+        started = timed_out = False
+
+        async def send_guarded(message: Message) -> None:
+            nonlocal started
+            if timed_out:
+                return  # the 408 went out instead; the app is unwinding
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async def receive_in_time() -> Message:
+            nonlocal received, timed_out
+            if timed_out:
+                return {"type": "http.disconnect"}
+            left = began + grace + received / rate - time.monotonic()
+            try:
+                async with asyncio.timeout(max(left, 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                if not started:
+                    await _send_408(send)
+                timed_out = True
+                return {"type": "http.disconnect"}
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        try:
+            await self.app(scope, receive_in_time, send_guarded)
+        except Exception:
+            if not timed_out:
+                raise  # the app's own failure; only the disconnect we made up is ours
+
+
+async def _send_408(send: Send) -> None:
+    body = _timeout_body("the request body was too slow:")
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 408, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def h11_protocol() -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline for the request head: a client that has not
+    sent a whole head `HEAD_TIMEOUT_S` after connecting (or after the previous response)
+    gets a 408 and the connection is closed. uvicorn alone only times idle keep-alives."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class H11WithHeadDeadline(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # a whole head is in (or an upgrade)
+                self._cancel_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_too_slow)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            body = _timeout_body("the request head was too slow:")
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            self.transport.close()
+
+    return H11WithHeadDeadline

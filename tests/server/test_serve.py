@@ -1,9 +1,11 @@
 """`trainboard serve`: the token, loopback-only without one, start-up refusals, SIGTERM,
-the demo, and no torch."""
+the demo, no torch, and read deadlines (a trickled request is answered 408 and dropped)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -13,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ import pytest
 from backend.events import NewEvent
 from backend.serve import is_loopback, load_or_create_token, token_file
 from backend.store import EventStore
-from tests.server.live import ROOT, ServeProcess, wait_for
+from tests.server.live import ROOT, TOKEN, LiveServer, ServeProcess, make_settings, wait_for
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -290,3 +293,92 @@ def test_the_server_process_never_imports_torch(tmp_path: Path) -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+# --- slow-loris: a client that trickles its request is answered 408 and dropped -------------
+
+
+@pytest.fixture
+def quick_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend import wire
+
+    monkeypatch.setattr(wire, "HEAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(wire, "BODY_GRACE_S", 0.5)
+    monkeypatch.setattr(wire, "BODY_MIN_RATE", 1024)
+
+
+def _trickle(port: int, request: bytes, pieces: int, every_s: float) -> bytes:
+    """Send `request`, then one byte every `every_s`; everything the server answered
+    until it closed the connection (b"" if it never did within the trickle)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        for _ in range(pieces):
+            time.sleep(every_s)
+            try:
+                sock.sendall(b"x")
+            except OSError:  # closed by the server: what it said is in the buffer
+                break
+        sock.settimeout(5)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize(
+    ("case", "request_bytes", "says"),
+    [
+        ("head", b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: ", "request head was too slow"),
+        (
+            "body",
+            b"POST /api/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{",
+            "request body was too slow",
+        ),
+    ],
+)
+def test_a_trickled_request_is_answered_408_and_dropped(
+    tmp_path: Path, quick_deadlines: None, case: str, request_bytes: bytes, says: str
+) -> None:
+    server = LiveServer(make_settings(tmp_path)).start()
+    try:
+        # 40 bytes over 4 s: far below the 1 KiB/s asked for once the 0.5 s grace is over.
+        answer = _trickle(server.port, request_bytes, pieces=40, every_s=0.1)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"connection: close" in head.lower()
+        error = json.loads(body)["error"]
+        assert error["code"] == "request_timeout" and says in error["message"], error
+        # Nothing was written, and the server serves the next client as before.
+        status, listed, _ = server.request("GET", "/api/runs")
+        assert status == 200 and listed["runs"] == [], listed
+    finally:
+        server.stop()
+
+
+def test_a_slow_body_at_a_fair_rate_is_read_in_full(tmp_path: Path, quick_deadlines: None) -> None:
+    """The body deadline grows with what has arrived: 3,000 bytes over 1.2 s (past the
+    0.5 s grace, at about twice the minimum rate) are read and answered as usual."""
+    server = LiveServer(make_settings(tmp_path)).start()
+    try:
+        body = b'{"config": "{}"}'.ljust(3000)
+        head = (
+            b"POST /api/config/validate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head)
+            for i in range(0, len(body), 1000):
+                sock.sendall(body[i : i + 1000])
+                time.sleep(0.4)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status = int(answer.split(b" ", 2)[1])
+        assert status in (200, 422), answer[:300]  # answered on the config, not timed out
+    finally:
+        server.stop()
