@@ -19,6 +19,7 @@ import pytest
 import websockets
 
 from backend import outputs
+from backend.cli import main
 from backend.events import Event, NewEvent
 from backend.projections import summarize
 from backend.runs import new_run_id
@@ -362,3 +363,60 @@ def test_at_most_once_across_a_restart_and_replay_gives_the_same_summary(
         assert replayed.to_state() == summary.to_state()
     finally:
         second.stop()
+
+
+def test_notes_over_64_kib_are_refused(server: LiveServer) -> None:
+    run_id = ended_run(server, "long notes")
+    before = server.ctx.store.last_seq
+    status, answer = post(server, run_id, "notes", {"notes": "é" * (32 * 1024 + 1)})
+    assert status == 400 and "64 KiB" in answer["error"]["message"]
+    assert "65,538" in answer["error"]["message"]  # what it was, in bytes of UTF-8
+    assert server.ctx.store.last_seq == before
+    status, answer = post(server, run_id, "notes", {"notes": "é" * (32 * 1024)})
+    assert status == 200 and len(answer["run"]["notes"]) == 32 * 1024
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def cli(server: LiveServer, *args: str) -> int:
+    return main([*args[:1], "--url", server.url, "--token", TOKEN, *args[1:]])
+
+
+def test_the_cli_manages_runs(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = run_with_files(server, "cli-managed", [])
+    prefix = run.run_id[:8]
+    assert cli(server, "rename", prefix, "from the terminal") == 0
+    assert cli(server, "tag", prefix, "--add", "cli", "--add", "lr:0.1") == 0
+    assert cli(server, "tag", prefix, "--remove", "lr:0.1") == 0
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Run\n\nLooks good.\n")
+    assert cli(server, "notes", prefix, str(notes)) == 0
+    out = capsys.readouterr().out
+    assert "'from the terminal'" in out and "cli, lr:0.1" in out
+    assert cli(server, "archive", prefix) == 0
+    capsys.readouterr()
+    assert cli(server, "runs") == 0
+    assert run.run_id not in capsys.readouterr().out
+    assert cli(server, "runs", "--archived") == 0
+    listing = capsys.readouterr().out
+    assert run.run_id in listing and "(archived)" in listing and "cli" in listing
+    assert cli(server, "show", prefix) == 0  # an archived run is still found by its prefix
+    shown = capsys.readouterr().out
+    assert "Looks good." not in shown and "# Run" in shown and "archived" in shown
+    assert cli(server, "unarchive", prefix) == 0
+    assert cli(server, "tag", prefix) == 1
+    assert "--add" in capsys.readouterr().err
+    assert cli(server, "delete", prefix, "--remove-files") == 0
+    out = capsys.readouterr().out
+    assert f"removed {run.log}" in out and not run.log.exists()
+    assert cli(server, "rename", prefix, "too late") == 1
+    assert "is deleted" in capsys.readouterr().err
+    summary = server.ctx.service.get(run.run_id)
+    assert (summary.name, summary.tags, summary.notes) == (
+        "from the terminal",
+        ["cli"],
+        notes.read_text(),
+    )
