@@ -201,15 +201,18 @@ def test_auto_resume_after_a_crash_and_a_shutdown(tmp_path: Path) -> None:
         assert status == 201 and body["started"]["type"] == "started", body
         run_id = body["run"]["run_id"]
         assert body["run"]["state"] == "Training"
-        # Busy: a create that would start is refused, and creates nothing.
+        # No free slot: a create that would start creates the run and queues it.
         other = tiny_yaml(tmp_path / "data", "other")
-        status, busy, _ = server.request("POST", "/api/runs", {"config": other, "start": True})
-        assert status == 409 and busy["error"]["code"] == "busy", busy
-        assert [r["run_id"] for r in server.request("GET", "/api/runs")[1]["runs"]] == [run_id]
+        status, queued, _ = server.request("POST", "/api/runs", {"config": other, "start": True})
+        assert status == 201 and queued["queued"] is True and queued["position"] == 1, queued
+        assert queued["queued_event"]["type"] == "queued" and "started" not in queued
+        waiting = queued["run"]["run_id"]
 
         server = restart(server, port, trainer_pid(server, run_id, 1), "--auto-resume")
         run = server.request("GET", f"/api/runs/{run_id}")[1]["run"]
         assert run["state"] == "Training" and run["attempts"] == 2 and run["interrupted"] is None
+        # The interrupted run resumed first; the queued one still waits for its slot.
+        assert server.request("GET", "/api/queue")[1]["queued"] == [waiting]
         [resumed] = [e for e in stored_events(server, run_id) if e["type"] == "resumed"]
         assert resumed["data"]["command_id"] == f"auto-resume:{run_id}:2"
         assert resumed["data"]["checkpoint"] is not None
@@ -223,5 +226,89 @@ def test_auto_resume_after_a_crash_and_a_shutdown(tmp_path: Path) -> None:
         assert stops[-1]["data"]["reason"] == "server_shutdown"
         assert server.request("POST", f"/api/runs/{run_id}/stop", {})[0] == 200
         wait_for(lambda: stored_events(server, run_id)[-1]["type"] == "stopped", 120, 0.2)
+    finally:
+        server.stop()
+
+
+def test_a_queue_survives_a_sigkill_restart_in_order_and_starts_each_run_once(
+    tmp_path: Path,
+) -> None:
+    port = str(free_port())
+    configs = {n: tiny_yaml(tmp_path / "data", n, ITERATION_TOTAL=100_000) for n in "abc"}
+    server = ServeProcess(tmp_path, "--port", port).start()
+    answers: dict[str, tuple[str, dict[str, Any], int, Any]] = {}
+
+    def send(path: str, body: dict[str, Any]) -> Any:
+        status, answer, _ = server.request("POST", path, body)
+        assert status in (200, 201, 202), answer
+        answers[body["id"]] = (path, body, status, answer)
+        return answer
+
+    def queue() -> dict[str, Any]:
+        table: dict[str, Any] = server.request("GET", "/api/queue")[1]
+        return table
+
+    def state(run_id: str) -> str:
+        run: dict[str, Any] = server.request("GET", f"/api/runs/{run_id}")[1]["run"]
+        return str(run["state"])
+
+    try:
+        ids = {}
+        for name, config in configs.items():
+            body = {"config": config, "start": True, "id": f"create-{name}"}
+            ids[name] = send("/api/runs", body)["run"]["run_id"]
+        a, b, c = ids["a"], ids["b"], ids["c"]
+        assert "started" in answers["create-a"][3] and answers["create-b"][3]["position"] == 1
+        send(f"/api/runs/{c}/move", {"position": 1, "id": "move-c"})
+        assert queue()["queued"] == [c, b]
+
+        server = restart(server, port, trainer_pid(server, a, 1))
+        # a was reconciled; the queue, rebuilt from events, started its first run.
+        assert state(a) in ("Stopped", "Error")  # it stopped itself, or was ended
+        wait_for(lambda: state(c) == "Training", 60, 0.1)
+        table = queue()
+        assert table["queued"] == [b] and table["slots"][0]["run_id"] == c
+        before = {r: stored_events(server, r) for r in (b, c)}
+        for path, body, status, answer in answers.values():  # answered, not applied again
+            again_status, again, _ = server.request("POST", path, body)
+            assert again_status == status and again["event"] == answer["event"], body["id"]
+            assert again.get("queued_event") == answer.get("queued_event"), body["id"]
+        assert {r: stored_events(server, r) for r in (b, c)} == before
+
+        assert server.request("POST", f"/api/runs/{c}/stop", {})[0] == 200
+        wait_for(lambda: state(b) == "Training", 120, 0.1)
+        assert queue()["queued"] == []
+        for run_id in (a, b, c):
+            kinds = [e["type"] for e in stored_events(server, run_id)]
+            assert kinds.count("started") == 1, (run_id, kinds)
+        assert server.request("POST", f"/api/runs/{b}/stop", {})[0] == 200
+    finally:
+        server.stop()
+
+
+def test_two_slots_with_max_concurrent_2(tmp_path: Path) -> None:
+    server = ServeProcess(tmp_path, "--max-concurrent", "2").start()
+    try:
+        assert server.request("GET", "/api/health")[1]["max_concurrent"] == 2
+        runs = []
+        for name in ("one", "two", "three"):
+            config = tiny_yaml(tmp_path / "data", name, ITERATION_TOTAL=40)
+            status, body, _ = server.request("POST", "/api/runs", {"config": config, "start": True})
+            assert status == 201, body
+            runs.append(body)
+        assert ["started" in r for r in runs] == [True, True, False]
+        assert runs[2]["queued"] is True and runs[2]["position"] == 1
+        ids = [r["run"]["run_id"] for r in runs]
+        table = server.request("GET", "/api/queue")[1]
+        assert [s["run_id"] for s in table["slots"]] == ids[:2] and table["queued"] == [ids[2]]
+
+        def done(run_id: str) -> bool:
+            run = server.request("GET", f"/api/runs/{run_id}")[1]["run"]
+            return bool(run["state"] == "Complete")
+
+        wait_for(lambda: all(done(r) for r in ids), 300, 0.2)  # the third ran once one ended
+        for run_id in ids:
+            kinds = [e["type"] for e in stored_events(server, run_id)]
+            assert kinds.count("started") == 1 and kinds[-1] == "completed"
     finally:
         server.stop()
