@@ -16,6 +16,7 @@ _REGISTRARS = [
     ("backend.augment.cli", "add_preview_parser", ("augment-preview",)),
     ("backend.trainer.cli", "add_train_parser", ("train",)),
     ("backend.demo", "add_demo_parser", ("demo-data",)),
+    ("backend.experiments.sweep_cli", "add_sweep_parser", ("sweep",)),
     (
         "backend.client_cli",
         "add_client_parsers",
