@@ -6,9 +6,10 @@ Binding to anything but a loopback address needs a token given explicitly: a ser
 reachable from the network should not run on a secret only its console has seen.
 
 Every start-up refusal (no token for a public address, a data root that is a file, an
-event store in a missing folder or one that cannot be used) is one line on stderr and
-exit status 2, before anything is written. SIGTERM, like Ctrl-C, stops the server
-gracefully (trainer children stopped, the store closed) and exits 0.
+event store in a missing folder or one that cannot be used, `--executor slurm` where
+there is no `sbatch`) is one line on stderr and exit status 2, before anything is
+written. SIGTERM, like Ctrl-C, stops the server gracefully (trainer children stopped,
+the store closed) and exits 0.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backend.execution.slurm import SlurmError, add_executor_arguments, executor_from_args
 from backend.settings import Settings
 from backend.store import add_durability_argument
 
@@ -69,6 +71,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="another origin the browser app may be served from (a dev server)",
     )
     add_durability_argument(parser)
+    add_executor_arguments(parser)
     parser.add_argument(
         "--auto-resume",
         action="store_true",
@@ -143,6 +146,11 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
     try:
+        executor = executor_from_args(args)
+    except SlurmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         sockets = listen(args.host, args.port)
     except OSError as exc:
         print(f"error: {cannot_listen(args.host, args.port, exc)}", file=sys.stderr)
@@ -173,6 +181,7 @@ def serve_command(args: argparse.Namespace) -> int:
         demo_on_first_run=True,
         synchronous=args.durability.upper(),
         auto_resume=args.auto_resume,
+        executor=executor,
     )
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -115,6 +115,7 @@ async def _start(settings: Settings, store: EventStore) -> Context:
         stop_grace_s=settings.stop_grace_s,
         kill_grace_s=settings.kill_grace_s,
         job_options=settings.job_options,
+        executor=settings.executor,
     )
     hub = Hub(store)
     hub.attach(service)  # before reconciling, so what it records is published too

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend.store import Synchronous
+
+if TYPE_CHECKING:
+    from backend.execution.executor import Executor
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -68,6 +72,8 @@ class Settings:
     demo_on_first_run: bool = False
     # Options handed to every trainer job (tests shorten intervals with it).
     job_options: dict[str, object] = field(default_factory=dict)
+    # Where runs train (`serve --executor`): None is the local executor (child processes).
+    executor: Executor | None = None
 
     def __post_init__(self) -> None:
         if not self.token:

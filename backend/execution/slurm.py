@@ -34,6 +34,7 @@ Torch-free, like the whole server.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -449,6 +450,51 @@ class SlurmAttempt:
             await run_slurm(argv)
         except (SlurmError, OSError) as exc:
             log.warning("Slurm job %s: %s", self.job_id, exc)
+
+
+# --- `trainboard serve --executor slurm` ----------------------------------------------------
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--executor {local,slurm}` and the `--slurm-*` options of `trainboard serve`."""
+    parser.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="where runs train: child processes of this server (local, the default) or "
+        "Slurm batch jobs (slurm; the log folders must be on a filesystem the nodes share)",
+    )
+    group = parser.add_argument_group("Slurm (with --executor slurm)")
+    group.add_argument("--slurm-partition", metavar="P", help="sbatch --partition")
+    group.add_argument("--slurm-account", metavar="A", help="sbatch --account")
+    group.add_argument("--slurm-time", metavar="T", help="sbatch --time (e.g. 04:00:00)")
+    group.add_argument(
+        "--slurm-extra",
+        metavar="ARGS",
+        default="",
+        help='more sbatch arguments, as one shell-quoted string (e.g. "--qos=high --mem=64G")',
+    )
+
+
+def executor_from_args(args: argparse.Namespace) -> SlurmExecutor | None:
+    """The executor the options ask for (None: local). SlurmError with what to do when
+    slurm is asked for and cannot work here."""
+    slurm_options = (args.slurm_partition, args.slurm_account, args.slurm_time, args.slurm_extra)
+    if args.executor != NAME:
+        if any(slurm_options):
+            raise SlurmError("the --slurm-* options need --executor slurm")
+        return None
+    if not slurm_available():
+        raise SlurmError(
+            "--executor slurm needs Slurm's sbatch on PATH, and there is none: run the "
+            "server on a login node of the cluster (or install Slurm's client tools, "
+            "Debian: slurm-client), or use --executor local"
+        )
+    try:
+        extra = shlex.split(args.slurm_extra or "")
+    except ValueError as exc:
+        raise SlurmError(f"--slurm-extra is not a valid shell-quoted string: {exc}") from None
+    return SlurmExecutor(args.slurm_partition, args.slurm_account, args.slurm_time, extra)
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -357,3 +357,30 @@ def test_every_ending_slurm_decides_has_a_message_and_a_hint(state: str, words: 
     message, hint = explain_state(state, "42")
     assert message and words in message and "42" in message
     assert hint and ("resume" in hint or "memory" in hint)
+
+
+# --- trainboard serve --executor slurm ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "path", "words"),
+    [
+        (["--executor", "slurm"], "/nonexistent", "needs Slurm's sbatch on PATH"),
+        (["--slurm-time", "1:00:00"], None, "need --executor slurm"),
+        (["--executor", "slurm", "--slurm-extra", "'--qos"], None, "not a valid shell-quoted"),
+    ],
+)
+def test_serve_refuses_a_slurm_it_cannot_use(
+    tmp_path: Path, args: list[str], path: str | None, words: str
+) -> None:
+    env = {**os.environ, "PATH": path or os.environ["PATH"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "backend", "serve", "--db", str(tmp_path / "e.db"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and words in done.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
