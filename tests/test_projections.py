@@ -122,3 +122,40 @@ async def test_command_ids_are_found_from_the_log_after_a_reload() -> None:
     assert service.find_command("nope") is None
     assert set(service.get(run_id).commands) == {"c-1", "s-1"}
     await store.close()
+
+
+async def test_queue_fields_positions_and_a_snapshot_round_trip() -> None:
+    from backend.projections import RunSummary
+
+    store = await EventStore.open(":memory:")
+    service = RunService(store)
+    ids = [(await service.create({"name": n})).run_id for n in "abc"]
+    for rank, run_id in zip((2.0, 1.0, 3.0), ids, strict=True):
+        await service.command(run_id, "start", {"rank": rank}, alias=ev.QUEUED)
+    assert service.queue() == [ids[1], ids[0], ids[2]]
+    summaries = [service.get(r) for r in ids]
+    assert [s.queue_position for s in summaries] == [2, 1, 3]
+    assert [s.to_json()["queue_position"] for s in summaries] == [2, 1, 3]
+    assert all(s.to_json()["queued"] for s in summaries)
+    await service.command(ids[2], "move", {"rank": 0.5})
+    assert service.queue() == [ids[2], ids[1], ids[0]]
+    await service.command(ids[1], "dequeue", {"reason": "cancelled"})
+    await service.command(ids[0], "start", {"attempt": 1})
+    assert service.queue() == [ids[2]] and service.get(ids[2]).queue_position == 1
+    started = service.get(ids[0])
+    assert not started.queued and started.queue_rank is None and started.queue_position is None
+    assert started.attempt_version == 3
+    fact = {"executor": "local", "state": "RUNNING"}
+    await service.record(ids[0], [NewEvent(ev.JOB_STATE, fact)])
+    assert started.to_json()["job_state"] == fact
+    # A snapshot carries the flag and the rank; the position is derived, not stored.
+    state = service.get(ids[2]).to_state()
+    assert "queue_position" not in state and state["queue_rank"] == 0.5
+    restored = RunSummary.from_state(state)
+    assert restored.queued and restored.run.legal_commands()[:3] == ["start", "dequeue", "move"]
+    # A fold from the log agrees with the live models.
+    rebuilt = RunService(store)
+    await rebuilt.load()
+    assert rebuilt.queue() == [ids[2]]
+    assert {r: rebuilt.get(r).to_json() for r in ids} == {r: service.get(r).to_json() for r in ids}
+    await store.close()

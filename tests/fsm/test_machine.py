@@ -88,3 +88,22 @@ def test_mermaid_marks_current_state() -> None:
     assert "Error --> Training: resumed" in diagram
     assert diagram.rstrip().endswith("class Stopped current")
     assert "class " not in to_mermaid()
+
+
+def test_the_queue_is_a_flag_of_idle() -> None:
+    life = Lifecycle()
+    assert legal_commands(life.state) == ["start"]
+    life.fire(ev.QUEUED)
+    assert life.state is State.IDLE and life.in_queue
+    assert legal_commands(life.state, queued=True) == ["start", "dequeue", "move"]
+    with pytest.raises(IllegalEvent, match="already queued"):
+        life.fire(ev.QUEUED)
+    life.fire(ev.QUEUE_MOVED)
+    life.fire(ev.DEQUEUED)
+    assert not life.in_queue
+    with pytest.raises(IllegalEvent, match="not queued"):
+        life.fire(ev.QUEUE_MOVED)
+    life.fire(ev.QUEUED)
+    life.fire(ev.STARTED)  # leaving Idle ends it
+    assert life.state is State.TRAINING and not life.in_queue
+    assert "Idle --> Idle: queued / queue_moved / dequeued (queued)" in to_mermaid()
