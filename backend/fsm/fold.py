@@ -93,7 +93,7 @@ class Run:
             return False
         states = _FACT_STATES.get(event_type)
         if states is not None:
-            return self.lifecycle.state in states
+            return self.lifecycle.state in states and not self.lifecycle.tombstone
         return self.lifecycle.allows(event_type)
 
     def apply(self, event: Event) -> None:
@@ -104,6 +104,8 @@ class Run:
         if states is not None:
             if self.lifecycle is None or self.lifecycle.state not in states:
                 raise IllegalEvent(f"'{event.type}' cannot happen while {self.state}")
+            if self.lifecycle.tombstone:  # the machine's guard, on the fast path
+                raise IllegalEvent(f"'{event.type}' is not allowed now: the run is deleted")
         elif event.type == ev.CREATED:
             if self.lifecycle is not None:
                 raise IllegalEvent(f"run {self.run_id} created twice")
@@ -145,13 +147,13 @@ def admissible(run: Run, event_types: Sequence[str]) -> list[bool]:
     Facts are checked against the machine's declared states; a lifecycle event is fired
     on a scratch copy of the machine so that later events see the state it leads to.
     """
-    state = run.state
+    state, deleted = run.state, run.deleted
     scratch: Lifecycle | None = None
     verdicts = []
     for event_type in event_types:
         states = _FACT_STATES.get(event_type)
         if states is not None:
-            verdicts.append(state in states)
+            verdicts.append(state in states and not deleted)
             continue
         if state is None or event_type not in ev.ALL_TYPES or event_type == ev.CREATED:
             verdicts.append(False)
@@ -166,6 +168,6 @@ def admissible(run: Run, event_types: Sequence[str]) -> list[bool]:
         except IllegalEvent:
             verdicts.append(False)
             continue
-        state = scratch.state
+        state, deleted = scratch.state, scratch.tombstone
         verdicts.append(True)
     return verdicts
