@@ -219,6 +219,8 @@ def test_delete_without_files_touches_nothing_and_leaves_a_tombstone(
         assert status == 410 and refused["error"]["code"] == "deleted", command
         assert "events stay" in refused["error"]["message"]
     assert server.ctx.store.last_seq == last
+    # Not even a fact legal while Stopped (a `log`) is taken any more.
+    assert server.record(run.run_id, [("log", {"level": "info", "message": "late"})]) == []
     # A repeated delete id is answered from its event, not refused.
     status, again = post(server, run.run_id, "delete", {"id": f"del-{run.run_id}"})
     assert status == 200 and again["event"]["seq"] == answer["event"]["seq"]
