@@ -382,9 +382,13 @@ async def export_run(request: Request) -> Response:
         body, media = export.jsonl(store, run_id), "application/x-ndjson"
     elif fmt == "csv":
         body, media = export.metrics_csv(store, run_id), "text/csv; charset=utf-8"
+    elif fmt == "tensorboard":
+        previews = export.run_file_reader((summary.log_path, summary.output_path))
+        body, media = export.tensorboard_zip(store, run_id, previews), "application/zip"
     else:
-        raise bad_request(f"unknown export format '{fmt}'; use jsonl or csv")
-    disposition = f'attachment; filename="run-{run_id}.{fmt}"'
+        raise bad_request(f"unknown export format '{fmt}'; use jsonl, csv or tensorboard")
+    suffix = "tensorboard.zip" if fmt == "tensorboard" else fmt
+    disposition = f'attachment; filename="run-{run_id}.{suffix}"'
     return StreamingResponse(body, media_type=media, headers={"content-disposition": disposition})
 
 

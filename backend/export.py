@@ -11,13 +11,18 @@ import csv
 import io
 import json
 import math
+import tempfile
+import zipfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from backend import events as ev
 from backend.events import Event
+from backend.security import PathError, confine
 from backend.store import EventStore
 
 PAGE = 5_000
@@ -99,6 +104,8 @@ async def metrics_csv(store: EventStore, run_id: str) -> AsyncIterator[str]:
 # --- TensorBoard -----------------------------------------------------------------------------
 
 TB_FILE_GLOB = "events.out.tfevents.*"
+ZIP_CHUNK = 256 * 1024
+PREVIEW_MAX_BYTES = 32 * 1024 * 1024
 _COUNTERS = frozenset({"iteration", "attempt", "n"})  # numbers that are not measurements
 PreviewReader = Callable[[str], bytes | None]
 
@@ -134,6 +141,10 @@ class TensorBoardExport:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close the event file."""
         self._writer.close()
 
     def feed(self, event: Event) -> None:
@@ -198,3 +209,53 @@ def _scalars(prefix: str, data: Any) -> dict[str, float]:
 def tensorboard_files(directory: Path) -> list[Path]:
     """TensorBoard event files already in a folder (an export would add a second run)."""
     return sorted(directory.glob(TB_FILE_GLOB)) if directory.is_dir() else []
+
+
+async def tensorboard_zip(
+    store: EventStore, run_id: str, read_preview: PreviewReader
+) -> AsyncIterator[bytes]:
+    """The run's TensorBoard event file as a zip (`run-<id>/events.out.tfevents.*`): written
+    page by page in a worker thread into a temporary folder, zipped, then streamed. The
+    folder goes when the stream ends or the client leaves."""
+    with tempfile.TemporaryDirectory(prefix="trainboard-tensorboard-") as tmp:
+        folder = Path(tmp) / f"run-{run_id}"
+        board = await anyio.to_thread.run_sync(TensorBoardExport, folder, run_id, read_preview)
+        try:
+            async for page in run_events(store, run_id):
+                await anyio.to_thread.run_sync(_feed, board, page)
+        finally:
+            await anyio.to_thread.run_sync(board.close)
+        archive = Path(tmp) / "run.zip"
+        await anyio.to_thread.run_sync(_zip, folder, archive)
+        with archive.open("rb") as handle:
+            while chunk := await anyio.to_thread.run_sync(handle.read, ZIP_CHUNK):
+                yield chunk
+
+
+def run_file_reader(folders: Iterable[str | None]) -> PreviewReader:
+    """Reads a file named by a run's events only inside the run's own folders (symlinks
+    resolved; `security.confine`), at most PREVIEW_MAX_BYTES; None otherwise."""
+    roots = [Path(f) for f in folders if f]
+
+    def read(path: str) -> bytes | None:
+        for root in roots:
+            try:
+                target = confine(root, path)
+                if target.is_file() and target.stat().st_size <= PREVIEW_MAX_BYTES:
+                    return target.read_bytes()
+            except (PathError, OSError):
+                continue
+        return None
+
+    return read
+
+
+def _feed(board: TensorBoardExport, page: list[Event]) -> None:
+    for event in page:
+        board.feed(event)
+
+
+def _zip(folder: Path, archive: Path) -> None:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for path in sorted(folder.iterdir()):
+            out.write(path, f"{folder.name}/{path.name}")

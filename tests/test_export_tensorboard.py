@@ -1,14 +1,17 @@
-"""`trainboard export RUN --format tensorboard DIR`, read back with TensorBoard's own reader.
+"""TensorBoard exports, read back with TensorBoard's own reader.
 
 A run served by a real server (metrics over several pages of events, validations with
-preview PNGs, a resume that repeats iterations) is exported by the CLI; TensorBoard's
-`EventAccumulator` must find every stored value at its iteration and time, and every
-preview image byte for byte.
+preview PNGs, a resume that repeats iterations) is exported by the CLI (`trainboard export
+RUN --format tensorboard DIR`) and by the server (`?format=tensorboard`, a zip);
+TensorBoard's `EventAccumulator` must find every stored value at its iteration and time,
+and every preview image byte for byte. The server reads previews only inside the run's
+own folders.
 """
 
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +146,45 @@ def test_export_refuses_a_folder_that_already_holds_event_files(
     assert list(folder.iterdir()) == [written]
     assert cli(server, "export", run_id, "--format", "tensorboard") == 1
     assert "needs a folder" in capsys.readouterr().err
+
+
+def test_the_server_answers_a_zip_of_the_same_event_file(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    run_id, previews = exported_run(server)
+    status, body, headers = server.request("GET", f"/api/runs/{run_id}/export?format=tensorboard")
+    assert status == 200 and headers["content-type"] == "application/zip"
+    assert f'filename="run-{run_id}.tensorboard.zip"' in headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        [name] = archive.namelist()
+        assert name.startswith(f"run-{run_id}/events.out.tfevents.")
+        archive.extractall(tmp_path)
+    reader = EventAccumulator(
+        str(tmp_path / f"run-{run_id}"), size_guidance={"scalars": 0, "images": 0}
+    )
+    reader.Reload()
+    expected = expected_scalars(stored(server, run_id))
+    for tag, points in expected.items():
+        assert [(s.step, s.value) for s in reader.Scalars(tag)] == [
+            (step, float(np.float32(v))) for step, v, _ in points
+        ], tag
+    images = reader.Images("val/preview")
+    assert [i.encoded_image_string for i in images] == list(previews.values())
+
+
+def test_the_server_reads_previews_only_inside_the_runs_folders(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(7))
+    run_id = server.synthetic_run("prying")  # a run without folders: no file is its own
+    data = {"iteration": 1, "loss": 1.0, "dice": 0.1, "iou": 0.1, "preview": str(secret)}
+    server.record(run_id, [("validation", data)])
+    status, body, _ = server.request("GET", f"/api/runs/{run_id}/export?format=tensorboard")
+    assert status == 200
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        archive.extractall(tmp_path / "out")
+    [folder] = (tmp_path / "out").iterdir()
+    reader = EventAccumulator(str(folder), size_guidance={"images": 0})
+    reader.Reload()
+    assert reader.Tags()["images"] == [] and reader.Tags()["scalars"]
