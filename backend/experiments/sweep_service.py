@@ -88,6 +88,7 @@ class SweepService:
         self._changed = asyncio.Event()  # replaced by a fresh one at every change
         self._unlisten: Callable[[], None] | None = None
         self._closed = False
+        self.restored = (0, 0)  # at load: sweeps from the snapshot, sweep events folded
 
     # --- start and stop ---------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class SweepService:
                 log.warning("sweep snapshot unusable (%s): folding the sweeps' events", exc)
                 saved = {}
         self.sweeps.clear()
+        folded = 0
         for sweep_id in self.store.run_ids():
             if not sw.is_sweep(sweep_id):
                 continue
@@ -175,7 +177,9 @@ class SweepService:
                 for event in batch:
                     summary.replay(event)
                 after = batch[-1].version
+                folded += len(batch)
             self.sweeps[sweep_id] = summary
+        self.restored = (len(set(saved) & set(self.sweeps)), folded)
 
     def _index(self, summary: SweepSummary) -> None:
         for trial in summary.trials:
@@ -511,11 +515,14 @@ class SweepService:
                 await self._launch(summary, trial)
             return
         state, reason = run.state, run.stop_reason
+        if getattr(run, "deleted", False):  # its run was deleted (a tombstone): it is over
+            await self._tell(summary, trial, "fail", None, "its run was deleted")
+            return
         if state is State.TRAINING or trial.run_id in self.commands.supervisor.training():
             return
         if state is State.IDLE:
             if running and not getattr(run, "queued", False):
-                await self._start(trial, "start", run.attempts)
+                await self._start(trial, "start")
             return
         study = self.studies[summary.sweep_id]
         if state is State.COMPLETE:
@@ -524,16 +531,17 @@ class SweepService:
             await self._tell(summary, trial, "pruned", study.last(trial.number), None)
         elif run.interrupted or reason in _RESUMABLE_STOPS:
             if running:
-                await self._start(trial, "resume", run.attempts)
+                await self._start(trial, "resume")
         elif state is State.STOPPED:
             await self._tell(summary, trial, "fail", None, "stopped by a user")
         else:
             message = (run.error or {}).get("message") or "the trial's run failed"
             await self._tell(summary, trial, "fail", None, str(message))
 
-    async def _start(self, trial: Trial, command: str, attempts: int) -> None:
-        command_id = f"{trial.run_id}:sweep-{command}:{attempts + 1}"
-        outcome = await self.commands.run(command, trial.run_id, {}, command_id)
+    async def _start(self, trial: Trial, command: str) -> None:
+        # No command id: the run's machine already refuses a second start or resume, and
+        # a refusal (no free slot) must not be remembered as this trial's answer.
+        outcome = await self.commands.run(command, trial.run_id, {})
         if not outcome.ok and outcome.body.get("error", {}).get("code") != "busy":
             log.warning("trial run %s: %s refused: %s", trial.run_id, command, outcome.body)
 

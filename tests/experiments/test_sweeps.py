@@ -30,6 +30,7 @@ from backend.experiments.study import parse_spec
 from backend.experiments.sweep_service import SweepService
 from backend.experiments.sweeps import SweepState, SweepSummary
 from backend.fsm.machine import State
+from backend.readmodels import snapshots
 from backend.runs import RunService
 from backend.store import EventStore
 from tests.trainer.helpers import tiny_config
@@ -295,3 +296,24 @@ async def test_a_sweep_of_the_tiny_unet_trains_for_real(tmp_path: Path) -> None:
             assert trial.state == "complete", trial
             assert [step for step, _ in trial.intermediate] == [1, 2]
             assert trial.value == min(v for _, v in trial.intermediate)
+
+
+async def test_sweeps_restore_from_their_snapshot_plus_tail(tmp_path: Path) -> None:
+    async with stack(tmp_path, synthetic(0.5)) as s:
+        unlisten = validations(s, lambda n: [0.6])
+        done = await ended(s, await create(s, request(tmp_path, trials=1)))
+        s.service.snapshots.extras["sweeps"] = s.sweeps.snapshot_state
+        await snapshots.save(s.service)
+        # After the snapshot: a second sweep and its first events (the tail).
+        later = await create(s, request(tmp_path, trials=1), command_id="after-snapshot")
+        await ended(s, later)
+        unlisten()
+        expected = {sid: x.to_state() for sid, x in s.sweeps.sweeps.items()}
+    async with stack(tmp_path, synthetic(0.5)) as s:
+        assert {sid: x.to_state() for sid, x in s.sweeps.sweeps.items()} == expected
+        tail = len(await s.store.read_run(later))
+        assert s.sweeps.restored == (1, tail)  # the first from its snapshot, the later folded
+        for sweep_id in expected:  # equal to a fold of the sweep's own events
+            folded = sw.fold(await s.store.read_run(sweep_id), sweep_id)
+            assert folded.to_state() == expected[sweep_id]
+        assert s.sweeps.get(done.sweep_id).state is SweepState.COMPLETE
