@@ -299,7 +299,9 @@ def test_a_non_json_message_becomes_an_error_log_event() -> None:
     sending.send_bytes(pickle.dumps([("metric", {"loss": 0.5}, 1.0)]))  # the old wire format
     sending.close()
     assert _receive(receiving) == (True, [("metric", {"loss": 0.5, "attempt": 1, "n": 1}, 1.0)])
-    still_open, [(type_, data, _)] = _receive(receiving)
+    still_open, batch = _receive(receiving)
+    assert batch is not None
+    [(type_, data, _)] = batch
     assert still_open and type_ == ev.LOG and data["level"] == "error"
     assert "not JSON lines" in data["message"]
     assert _receive(receiving) == (False, None)  # the sender closed its end
