@@ -319,6 +319,8 @@ class TrainingLoop:
                 f"{self.device.device.type}; SOLVER.SAMPLES_PER_BATCH {per} per process, "
                 f"{per * self.world.size} per iteration in all"
             )
+            if self.ranks is not None:
+                message += f"; ranks 1..{self.world.size - 1} are processes {self.ranks.pids}"
             return [("info", message)]
         if self.device.data_parallel:
             self.model = nn.DataParallel(self.net, device_ids=list(self.device.data_parallel))
