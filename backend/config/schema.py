@@ -194,9 +194,13 @@ _key("SYSTEM.NUM_GPUS", 4, "int", "GPUs to train on; 0 trains on the CPU", core=
      minimum=0, ui=Ui("slider", 0, 8, 1))
 _key("SYSTEM.NUM_CPUS", 4, "int", "data-loading worker processes", core=True,
      minimum=0, ui=Ui("slider", 0, 32, 1))
-_key("SYSTEM.DISTRIBUTED", False, "bool", "multi-GPU DistributedDataParallel training")
-_key("SYSTEM.PARALLEL", "DP", "str", "multi-GPU mode", choices=("DP", "DDP"))
-_key("SYSTEM.DISTRIBUTED_BACKEND", "nccl", "str", "torch.distributed backend",
+_key("SYSTEM.DISTRIBUTED", False, "bool",
+     "DistributedDataParallel: one process per GPU (as PARALLEL: DDP)", core=True)
+_key("SYSTEM.PARALLEL", "DP", "str",
+     "multi-GPU mode: DP splits each batch over the GPUs of one process; DDP runs one "
+     "process per GPU, SAMPLES_PER_BATCH each", core=True, choices=("DP", "DDP"))
+_key("SYSTEM.DISTRIBUTED_BACKEND", "nccl", "str",
+     "torch.distributed backend on CUDA (the CPU always uses gloo)", core=True,
      choices=("nccl", "gloo", "mpi"))
 _key("SYSTEM.DEBUG", False, "bool", "PyTC debug mode")
 
@@ -377,7 +381,8 @@ _key("DATASET.MEAN", 0.5, "float", "input normalisation mean (after scaling to [
 _key("DATASET.STD", 0.5, "float", "input normalisation standard deviation", core=True,
      minimum=0.0, exclusive_minimum=True, ui=Ui("slider", 0.01, 1.0, 0.01))
 _key("DATASET.MATCH_ACT", "none", "str", "activation matched on the input")
-_key("DATASET.DISTRIBUTED", False, "bool", "distributed data loading")
+_key("DATASET.DISTRIBUTED", False, "bool",
+     "DDP, each rank loading its share of the training volumes", core=True)
 
 # --- AUGMENTOR ----------------------------------------------------------------------------
 # PyTC v1.0.0's augmentor (backend/augment): every augmentation but COPYPASTE is applied.

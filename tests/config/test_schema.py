@@ -123,7 +123,7 @@ def test_core_keys_include_what_a_run_needs() -> None:
         "MODEL.PRE_MODEL_ITER",
     ):
         assert KEYS[name].core, name
-    for name in ("AUGMENTOR.COPYPASTE.ENABLED", "SYSTEM.DISTRIBUTED"):
+    for name in ("AUGMENTOR.COPYPASTE.ENABLED", "SYSTEM.DEBUG"):
         assert not KEYS[name].core, name
 
 
