@@ -70,7 +70,9 @@ async def watch(server: LiveServer, run_id: str) -> list[dict[str, Any]]:
                 return received
 
 
-def test_create_start_complete_with_busy_and_duplicate_ids(server: LiveServer) -> None:
+def test_create_start_complete_with_the_queue_and_duplicate_ids(
+    server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = create(server, "complete")
     second = create(server, "waiting")
     status, started, _ = server.request("POST", f"/api/runs/{first}/start", {"id": "start-1"})
@@ -91,7 +93,23 @@ def test_create_start_complete_with_busy_and_duplicate_ids(server: LiveServer) -
     }
     cli = ["--url", server.url, "--token", TOKEN]
     assert main(["start", second, *cli]) == 1  # already queued: the CLI says so, exits 1
+    assert "already queued, at position 1" in capsys.readouterr().err
     assert [e["type"] for e in events(server, second)] == ["created", "queued"]
+    # The queue from the terminal: show it, cancel, queue again, move.
+    assert main(["queue", *cli]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"slot 0 (cpu): {first}", f"1. {second}"]
+    assert main(["dequeue", second, *cli]) == 0
+    assert "is Idle (dequeued" in capsys.readouterr().out
+    assert main(["start", second, *cli]) == 0  # queued again: a 202 is a success
+    assert "(queued, position 1) (queued at seq" in capsys.readouterr().out
+    assert main(["move", second, "--position", "1", *cli]) == 0
+    assert [e["type"] for e in events(server, second)] == [
+        "created",
+        "queued",
+        "dequeued",
+        "queued",
+        "queue_moved",
+    ]
 
     streamed = asyncio.run(watch(server, first))
     assert streamed[-1]["type"] == "completed"
@@ -108,7 +126,7 @@ def test_create_start_complete_with_busy_and_duplicate_ids(server: LiveServer) -
     # The queued run started once the slot was free, as a start does, and completes.
     assert wait_event(server, second, "completed")
     types = [e["type"] for e in events(server, second)]
-    assert types[:3] == ["created", "queued", "started"] and types.count("started") == 1
+    assert types[5] == "started" and types.count("started") == 1
     assert server.ctx.supervisor.training() == [] or wait_for(
         lambda: server.ctx.supervisor.training() == [], 30
     )
