@@ -171,6 +171,23 @@ def explain_state(state: str, job_id: str) -> tuple[str | None, str | None]:
 # --- the executor ---------------------------------------------------------------------------
 
 
+def ranks(job: TrainJob) -> int:
+    """The DDP processes (Slurm tasks) of an attempt: `options["world_size"]` when given,
+    else NUM_GPUS when PyTC's DDP switches are on (`SYSTEM.PARALLEL: DDP`,
+    `SYSTEM.DISTRIBUTED`, `DATASET.DISTRIBUTED`), else one (as the trainer decides,
+    `backend.trainer.distributed.ddp_processes`, which this torch-free module mirrors)."""
+    if job.options.get("world_size"):
+        return max(1, int(job.options["world_size"]))
+    system, dataset = job.config.get("SYSTEM", {}), job.config.get("DATASET", {})
+    gpus = int(system.get("NUM_GPUS") or 0)
+    ddp = (
+        str(system.get("PARALLEL", "DP")) == "DDP"
+        or bool(system.get("DISTRIBUTED", False))
+        or bool(dataset.get("DISTRIBUTED", False))
+    )
+    return gpus if gpus > 1 and ddp else 1
+
+
 class SlurmExecutor:
     """Runs each attempt as a Slurm batch job."""
 
@@ -209,7 +226,7 @@ class SlurmExecutor:
             f"--error={log_path}/slurm-%j.err",
             "--no-requeue",
             "--nodes=1",
-            f"--ntasks-per-node={max(1, gpus)}",
+            f"--ntasks-per-node={ranks(job)}",
             f"--cpus-per-task={cpus}",
         ]
         if gpus:
@@ -225,9 +242,8 @@ class SlurmExecutor:
 
     def script(self, job: TrainJob) -> str:
         """The batch script: the trainer entry, under `srun` when there are several ranks."""
-        gpus = int(job.config.get("SYSTEM", {}).get("NUM_GPUS") or 0)
         entry = [self.python, "-m", "backend.trainer.batch", str(Path(job.log_path) / JOB_FILE)]
-        if gpus > 1:
+        if ranks(job) > 1:
             entry = ["srun", "--kill-on-bad-exit=1", *entry]
         return (
             "#!/bin/bash\n"

@@ -166,6 +166,25 @@ async def test_a_stop_is_a_graceful_term_and_ends_stopped(
     assert "JobState=COMPLETED" in job and "ExitCode=0:0" in job
 
 
+@pytest.mark.slow
+async def test_ddp_on_slurm_is_one_srun_task_per_rank(
+    slurm_cluster: SlurmCluster, tmp_path: Path, service: RunService
+) -> None:
+    """Two gloo ranks on the CPU, each a task of `srun` in one job: the run trains to
+    Complete, rank 0 alone reporting (each event once), and the world is Slurm's."""
+    supervisor = supervisor_for(service, {"flush_interval": 0.05, "threads": 1, "world_size": 2})
+    run_id = await create(service, tmp_path, ITERATION_TOTAL=6, ITERATION_SAVE=6, ITERATION_VAL=6)
+    await supervisor.start(run_id)
+    assert await asyncio.wait_for(supervisor.wait(run_id), TIMEOUT) is State.COMPLETE
+    events = await stored(service, run_id)
+    assert_matches_spool(service, run_id, events)
+    [ready] = [e for e in events if e.type == ev.TRAINER_READY]
+    assert ready.data["world_size"] == 2
+    assert service.get(run_id).iteration == 6
+    job = slurm("scontrol", "show", "job", "-o", job_id_of(events))
+    assert "NumTasks=2" in job and "ExitCode=0:0" in job
+
+
 # --- the server's death, and Slurm's own decisions ------------------------------------------
 
 _SERVER = """
@@ -322,7 +341,12 @@ def job(tmp_path: Path, **system: Any) -> TrainJob:
     [
         ({"NUM_GPUS": 0, "NUM_CPUS": 0}, ["--ntasks-per-node=1", "--cpus-per-task=1"], False),
         ({"NUM_GPUS": 1, "NUM_CPUS": 4}, ["--gpus-per-node=1", "--cpus-per-task=4"], False),
-        ({"NUM_GPUS": 4, "NUM_CPUS": 8}, ["--ntasks-per-node=4", "--gpus-per-node=4"], True),
+        ({"NUM_GPUS": 2, "NUM_CPUS": 2}, ["--ntasks-per-node=1", "--gpus-per-node=2"], False),
+        (
+            {"NUM_GPUS": 4, "NUM_CPUS": 8, "PARALLEL": "DDP"},
+            ["--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=8"],
+            True,
+        ),
     ],
 )
 def test_resources_come_from_the_config(
