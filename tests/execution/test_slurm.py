@@ -40,6 +40,7 @@ from backend.fsm.machine import State
 from backend.runs import RunService
 from backend.store import EventStore
 from tests.execution.slurm_cluster import SlurmCluster
+from tests.server.live import LiveServer, make_settings, tiny_yaml, wait_for
 from tests.trainer.helpers import tiny_config
 
 pytestmark = pytest.mark.anyio
@@ -327,6 +328,45 @@ async def test_a_pending_job_shows_slurms_reason_and_a_stop_cancels_it(
         assert ev.TRAINER_READY not in [e.type for e in events]  # it never ran
     finally:
         slurm("scancel", blocker)
+
+
+@pytest.mark.slow
+def test_a_server_on_the_slurm_executor_shows_a_pending_job_then_completes(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """`Settings.executor` (serve --executor slurm) is the server's: over REST, a run whose
+    job waits shows Slurm's reason and its queue position, then trains once the CPUs free."""
+    options = {**SYNTHETIC, "synthetic": {"rate": 200, "seconds": 1}}
+    settings = make_settings(tmp_path, executor=executor(), job_options=options)
+    blocker = slurm(
+        "sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}", "--wrap", "sleep 120"
+    ).strip()
+    server = LiveServer(settings).start()
+    try:
+        config = tiny_yaml(settings.data_root, "queued")
+        status, body, _ = server.request(
+            "POST", "/api/runs", {"config": config, "name": "queued", "start": True}
+        )
+        assert status == 201, body
+        run_id = body["run"]["run_id"]
+
+        def job_state() -> dict[str, Any] | None:
+            fact = server.request("GET", f"/api/runs/{run_id}")[1]["run"]["job_state"]
+            return fact if fact and fact.get("reason") == "Resources" else None
+
+        fact = wait_for(job_state, TIMEOUT)
+        assert fact["state"] == "PENDING" and fact["position"] == 1
+        slurm("scancel", blocker)
+
+        def ended() -> Any:
+            run = server.request("GET", f"/api/runs/{run_id}")[1]["run"]
+            return run if run["state"] != "Training" else None
+
+        run = wait_for(ended, TIMEOUT)
+        assert run["state"] == "Complete" and run["job_state"]["job_id"] == fact["job_id"]
+    finally:
+        server.stop()
+        subprocess.run(["scancel", blocker], check=False, timeout=30)
 
 
 # --- what the executor asks of Slurm --------------------------------------------------------
