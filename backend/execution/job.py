@@ -92,12 +92,18 @@ class TrainJob:
 
 def child_entry(job: TrainJob, conn: Connection, stop: StopFlag) -> None:
     """Spawn target: runs in the child process only."""
-    devices = job.options.get("visible_devices")
-    if isinstance(devices, str):  # its slot's GPUs only, set before torch initialises CUDA
-        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    apply_devices(job)
     from backend.trainer.child import main
 
     main(job, conn, stop)
+
+
+def apply_devices(job: TrainJob) -> None:
+    """Show the child only its slot's GPUs (`options["visible_devices"]`): set before the
+    trainer imports torch, which reads `CUDA_VISIBLE_DEVICES` once."""
+    devices = job.options.get("visible_devices")
+    if isinstance(devices, str):
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
 
 
 def decode_batch(message: bytes) -> list[WireEvent]:
