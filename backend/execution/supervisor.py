@@ -30,7 +30,7 @@ from backend.events import Event, NewEvent
 from backend.execution.executor import Attempt, Executor, ExitStatus, Slot
 from backend.execution.job import TrainJob
 from backend.execution.local import LocalExecutor, process_start_time
-from backend.execution.scheduler import Scheduler, default_slots, rank_after, rank_at
+from backend.execution.scheduler import CPU, Scheduler, default_slots, rank_after, rank_at
 from backend.fsm.machine import IllegalCommand, State, legal_commands
 from backend.projections import SERVER_SHUTDOWN
 from backend.runs import RunService
@@ -263,8 +263,12 @@ class Supervisor:
             if not order:
                 return
             run_id = order[0]
+            if run_id in self._active:
+                return  # a start of it is under way; its launch kicks the queue again
             try:
                 started = await self._launch(run_id, "start", None, from_queue=True)
+            except IllegalCommand:
+                return  # started meanwhile by its own start command (a race, not a fault)
             except Exception as exc:
                 # It could never start (its config, its devices): out of the queue, so it
                 # does not hold the others back.
@@ -381,7 +385,7 @@ class Supervisor:
     async def _reap_exiting(self, slot: Slot) -> None:
         """Let finished attempts on these devices end before a new one needs their memory
         (bounded: see `_reap`)."""
-        on_it = [c for c in self._exiting if set(c.slot.devices) & set(slot.devices)]
+        on_it = [c for c in self._exiting if _shares(c.slot, slot)]
         await asyncio.gather(*(c.done.wait() for c in on_it))
 
     async def _spawn(self, child: _Run, job: TrainJob) -> None:
@@ -407,6 +411,7 @@ class Supervisor:
         self._task(child, self._watch(child, attempt))
         if child.stop_requested_at is not None:  # stopped while it was being launched
             self._begin_stop(child)
+        self._kick()  # slots may still be free for what is queued (a head started by hand)
 
     async def adopt(self, run_id: str, attempt: Attempt) -> None:
         """Watch an attempt that an executor found again after a server restart
@@ -566,6 +571,12 @@ class Supervisor:
         except Exception:
             # A store that cannot write must not leave the attempt unwatched.
             log.exception("run %s: could not record %d event(s)", run_id, len(new))
+
+
+def _shares(a: Slot, b: Slot) -> bool:
+    """Whether two slots share memory that an attempt holds until it exits: the same slot,
+    or a GPU in common (CPU slots share only the machine's RAM, which is not reserved)."""
+    return a.index == b.index or bool((set(a.devices) & set(b.devices)) - {CPU})
 
 
 def _launch_log(handle: Mapping[str, Any], child: _Run) -> dict[str, Any]:
