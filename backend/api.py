@@ -384,11 +384,13 @@ async def export_run(request: Request) -> Response:
         body, media = export.metrics_csv(store, run_id), "text/csv; charset=utf-8"
     elif fmt == "tensorboard":
         previews = export.run_file_reader((summary.log_path, summary.output_path))
-        body, media = export.tensorboard_zip(store, run_id, previews), "application/zip"
+        zipped = export.tensorboard_zip(store, run_id, previews)
+        disposition = f'attachment; filename="run-{run_id}.tensorboard.zip"'
+        headers = {"content-disposition": disposition}
+        return StreamingResponse(zipped, media_type="application/zip", headers=headers)
     else:
         raise bad_request(f"unknown export format '{fmt}'; use jsonl, csv or tensorboard")
-    suffix = "tensorboard.zip" if fmt == "tensorboard" else fmt
-    disposition = f'attachment; filename="run-{run_id}.{suffix}"'
+    disposition = f'attachment; filename="run-{run_id}.{fmt}"'
     return StreamingResponse(body, media_type=media, headers={"content-disposition": disposition})
 
 
