@@ -315,7 +315,9 @@ def _remove_marker_and_empty_folders(run: RunFiles, jail: str, removal: Removal)
     """The marker naming this run, then `log/` and the output folder if nothing is left."""
     assert run.output_path is not None
     output = os.path.realpath(run.output_path)
-    if not _inside(output, jail) or (read_marker(output) or {}).get("run_id") != run.run_id:
+    if output == jail or not _inside(output, jail):
+        return  # the data root itself is never removed
+    if (read_marker(output) or {}).get("run_id") != run.run_id:
         return
     _unlink(os.path.join(run.output_path, MARKER), os.path.join(output, MARKER), removal)
     for folder, shown in (
