@@ -179,7 +179,7 @@ def _data_edit(name: str, edit: Callable[[Any], None]) -> Callable[[sqlite3.Conn
 
 
 def _first_run(value: Any) -> dict[str, Any]:
-    return next(iter(value.values()))  # type: ignore[no-any-return]
+    return next(iter(value.values()))
 
 
 # One row per way a snapshot can be wrong: (what is done to the file, expected reason).
