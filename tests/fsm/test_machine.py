@@ -24,7 +24,7 @@ def test_happy_path_and_final_states() -> None:
     life.fire(ev.METRIC)
     assert current(life) is State.TRAINING
     life.fire(ev.COMPLETED)
-    assert life.state is State.COMPLETE
+    assert current(life) is State.COMPLETE
     assert legal_commands(life.state) == []
     with pytest.raises(IllegalEvent):
         life.fire(ev.RESUMED)
