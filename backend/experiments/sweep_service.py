@@ -100,12 +100,12 @@ class SweepService:
             if summary.state is not SweepState.COMPLETE:
                 self.studies[summary.sweep_id] = LiveStudy.rebuild(summary)
         self._unlisten = self.service.listen(self._on_run_events)
-        for sweep_id, study in self.studies.items():
+        for sweep_id, study in list(self.studies.items()):
             async with self._lock(sweep_id):
                 for trial in self.sweeps[sweep_id].in_flight():
                     for step, value in await self._validations(sweep_id, trial):
                         study.report(trial.number, step, value)
-        for sweep_id in self.studies:
+        for sweep_id in list(self.studies):
             self._kick(sweep_id)
 
     async def close(self) -> None:
@@ -367,7 +367,8 @@ class SweepService:
             return
         prune = study.report(number, step, value)
         run_id = event.run_id
-        if prune and summary.state is SweepState.RUNNING and run_id not in self._pruning:
+        running = summary.state is SweepState.RUNNING and not summary.stopping
+        if prune and running and run_id not in self._pruning:
             self._pruning.add(run_id)
             log.info("sweep %s: pruning trial %d (run %s) at %d", sweep_id, number, run_id, step)
             self._spawn(self._prune(run_id))
