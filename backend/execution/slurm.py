@@ -113,6 +113,15 @@ _PENDING_HINTS = {
     "ReqNodeNotAvail": "the nodes it asked for are down, drained or reserved",
     "PartitionTimeLimit": "--slurm-time is longer than the partition allows: lower it",
     "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionConfig": (
+        "no node of the partition has what it asks for (CPUs, GPUs, memory): lower "
+        "SYSTEM.NUM_CPUS or SYSTEM.NUM_GPUS, or choose another --slurm-partition; it will "
+        "not start as it is"
+    ),
+    "BadConstraints": (
+        "no node satisfies its constraints: check --slurm-extra, SYSTEM.NUM_CPUS and "
+        "SYSTEM.NUM_GPUS; it will not start as it is"
+    ),
     "QOSMaxJobsPerUserLimit": "you have as many jobs running as your QOS allows",
     "AssocGrpCPULimit": "your account's CPU limit is reached",
     "AssocGrpGRES": "your account's GPU limit is reached",

@@ -331,6 +331,43 @@ async def test_a_pending_job_shows_slurms_reason_and_a_stop_cancels_it(
 
 
 @pytest.mark.slow
+async def test_a_job_no_node_can_run_says_so(
+    slurm_cluster: SlurmCluster, tmp_path: Path, service: RunService
+) -> None:
+    """More CPUs than the node has: Slurm keeps the job PENDING (PartitionConfig) for
+    ever; the fact says what to change."""
+    supervisor = supervisor_for(service, SYNTHETIC)
+    tree = tiny_config(tmp_path / "data", tmp_path / "out")
+    tree["SYSTEM"]["NUM_CPUS"] = slurm_cluster.cpus + 1
+    created = await runspec.create_run(service, {"config": yaml.safe_dump(tree), "name": "big"})
+    run_id = created.run_id
+    await supervisor.start(run_id)
+
+    def stuck() -> dict[str, Any] | None:
+        fact = service.get(run_id).job_state
+        return fact if fact and fact.get("reason") == "PartitionConfig" else None
+
+    fact = await until(stuck, "a PENDING job_state saying PartitionConfig")
+    assert "SYSTEM.NUM_CPUS" in fact["hint"] and "--slurm-partition" in fact["hint"]
+    await supervisor.stop(run_id)
+    assert await asyncio.wait_for(supervisor.wait(run_id), TIMEOUT) is State.STOPPED
+
+
+@pytest.mark.slow
+async def test_a_job_sbatch_refuses_ends_the_run_in_error_with_its_words(
+    slurm_cluster: SlurmCluster, tmp_path: Path, service: RunService
+) -> None:
+    supervisor = Supervisor(service, executor=SlurmExecutor(partition="nosuch"))
+    run_id = await create(service, tmp_path)
+    await supervisor.start(run_id)
+    assert await asyncio.wait_for(supervisor.wait(run_id), TIMEOUT) is State.ERROR
+    failed = (await stored(service, run_id))[-1]
+    assert failed.type == ev.FAILED
+    assert "sbatch failed" in failed.data["message"]
+    assert "invalid partition" in failed.data["message"].lower()
+
+
+@pytest.mark.slow
 def test_a_server_on_the_slurm_executor_shows_a_pending_job_then_completes(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
