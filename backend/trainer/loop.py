@@ -513,6 +513,7 @@ class TrainingLoop:
     def complete(self) -> Outcome:
         if self._validated_at != self.iteration:
             self.validate()
+        self._memory_note()
         path = self._saved.get(self.iteration) or self.save()
         if self.is_main:
             self.save_average()
@@ -523,6 +524,16 @@ class TrainingLoop:
         return Outcome(
             COMPLETED, {"iteration": self.iteration, "metrics": metrics, "checkpoint": path}
         )
+
+    def _memory_note(self) -> None:
+        """On CUDA: the peak memory this process's tensors took, for sizing batches."""
+        device = self.device.device
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+            message = (
+                f"peak GPU memory {peak:.0f} MiB on {device} (torch.cuda.max_memory_allocated)"
+            )
+            self.emitter.emit(LOG, {"level": "info", "message": message})
 
     def stop(self) -> Outcome:
         path = self._saved.get(self.iteration) or self.save()
