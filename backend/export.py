@@ -11,7 +11,9 @@ import csv
 import io
 import json
 import math
+import socket
 import tempfile
+import time
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -104,6 +106,7 @@ async def metrics_csv(store: EventStore, run_id: str) -> AsyncIterator[str]:
 # --- TensorBoard -----------------------------------------------------------------------------
 
 TB_FILE_GLOB = "events.out.tfevents.*"
+FILE_VERSION = "brain.Event:2"  # what TensorBoard's own writer declares
 ZIP_CHUNK = 256 * 1024
 PREVIEW_MAX_BYTES = 32 * 1024 * 1024
 _COUNTERS = frozenset({"iteration", "attempt", "n"})  # numbers that are not measurements
@@ -123,19 +126,30 @@ class TensorBoardExport:
     """A run's scalars and validation previews as one TensorBoard event file.
 
     Fed one stored event at a time (`feed`), so a million-event run passes through page by
-    page. Written with TensorBoard's own `EventFileWriter`; every `metric` becomes scalars
-    `train/<field>` (and `train/components/<name>`), every `validation` `val/<field>` and
-    its preview PNG an image `val/preview`, at the event's iteration and time. A resumed
-    run that repeats iterations writes them again, in order (TensorBoard shows both).
-    Imports `tensorboard` only when constructed: the server does not need it.
+    page. Every `metric` becomes scalars `train/<field>` (and `train/components/<name>`),
+    every `validation` `val/<field>` and its preview PNG an image `val/preview`, at the
+    event's iteration and time. A resumed run that repeats iterations writes them again,
+    in order (TensorBoard shows both). Records are TensorBoard's own protobufs written by
+    its own `RecordWriter`, in the calling thread (`EventFileWriter` would hand each one
+    to a thread of its own: a quarter slower). Most of the cost is TensorBoard's CRC32C,
+    pure Python without TensorFlow. Imports `tensorboard` only when constructed: the
+    server does not need it.
     """
 
     def __init__(self, directory: Path, run_id: str, read_preview: PreviewReader) -> None:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.compat.proto.event_pb2 import Event as TbEvent
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
         self.read_preview = read_preview
         self.counts = TensorBoardCounts()
-        self._writer = EventFileWriter(str(directory), max_queue_size=1000, flush_secs=5)
+        directory.mkdir(parents=True, exist_ok=True)
+        # The name TensorBoard's loader looks for: events.out.tfevents.<time>.<host>...
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{run_id}"
+        # Open for the export's life; closed by `close`.
+        self._writer = RecordWriter(open(directory / name, "wb", buffering=1 << 20))  # noqa: SIM115
+        self._writer.write(
+            TbEvent(wall_time=time.time(), file_version=FILE_VERSION).SerializeToString()
+        )
 
     def __enter__(self) -> TensorBoardExport:
         return self
@@ -145,7 +159,8 @@ class TensorBoardExport:
 
     def close(self) -> None:
         """Flush and close the event file."""
-        self._writer.close()
+        if not self._writer.closed:
+            self._writer.close()
 
     def feed(self, event: Event) -> None:
         iteration = event.data.get("iteration")
@@ -189,7 +204,8 @@ class TensorBoardExport:
     def _add(self, event: Event, step: int, summary: Any) -> None:
         from tensorboard.compat.proto.event_pb2 import Event as TbEvent
 
-        self._writer.add_event(TbEvent(wall_time=event.ts, step=step, summary=summary))
+        record = TbEvent(wall_time=event.ts, step=step, summary=summary)
+        self._writer.write(record.SerializeToString())
 
 
 def _scalars(prefix: str, data: Any) -> dict[str, float]:
