@@ -23,8 +23,29 @@ METRICS = 1_000_000
 SPIKE_AT = 123_457  # one loss spike: the chart drawn from buckets must still show it
 
 
-async def write_long_run(db: Path) -> str:
-    """One run of a million metrics through the real ingest path, then a snapshot set."""
+SHORT_RUNS = 8
+
+
+async def write_short_runs(service: RunService) -> list[str]:
+    """Runs of 2,000 metrics that differ in their learning rate and their pace."""
+    ids = []
+    for k in range(SHORT_RUNS):
+        config = f"SOLVER:\n  BASE_LR: {0.001 * (k + 1)}\n  ITERATION_TOTAL: 2000\n"
+        created = await service.create({"name": f"lr-{k}", "config": config})
+        await service.command(created.run_id, "start", {"attempt": 1})
+        t0 = created.ts
+        batch = [
+            NewEvent(ev.METRIC, {"iteration": i, "loss": (k + 1) / i}, t0 + i * (k + 1) / 100)
+            for i in range(1, 2_001)
+        ]
+        await service.record(created.run_id, batch)
+        ids.append(created.run_id)
+    return ids
+
+
+async def write_long_run(db: Path) -> tuple[str, list[str]]:
+    """One run of a million metrics through the real ingest path, eight short ones, then
+    a snapshot set."""
     async with await EventStore.open(db) as store:
         service = RunService(store)
         run_id = (await service.create({"name": "long", "total_iterations": METRICS})).run_id
@@ -36,8 +57,9 @@ async def write_long_run(db: Path) -> str:
             ]
             batch.append(NewEvent(ev.LOG, {"level": "info", "message": f"at {start + 9_999}"}))
             await service.record(run_id, batch)
+        short = await write_short_runs(service)
         await snapshots.save(service, everything=True)
-        return run_id
+        return run_id, short
 
 
 def iteration_at(version: int) -> int:
@@ -50,23 +72,25 @@ def iteration_at(version: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def long_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+def long_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Server, str, list[str]]]:
     server = Server(tmp_path_factory.mktemp("long"))
     server.data_root.mkdir()
     (server.data_root / "keep").write_text("not a first run: no demo")
     with ThreadPoolExecutor(1) as pool:  # Playwright's loop holds this thread
-        run_id = pool.submit(asyncio.run, write_long_run(server.db)).result()
+        run_id, short = pool.submit(asyncio.run, write_long_run(server.db)).result()
     server.start(timeout=120)
     try:
-        yield server, run_id
+        yield server, run_id, short
     finally:
         server.stop()
 
 
 def test_a_million_event_run_page_draws_from_the_read_model(
-    chromium: Any, long_server: tuple[Server, str]
+    chromium: Any, long_server: tuple[Server, str, list[str]]
 ) -> None:
-    server, run_id = long_server
+    server, run_id, _ = long_server
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     errors: list[str] = []
@@ -87,6 +111,33 @@ def test_a_million_event_run_page_draws_from_the_read_model(
     answer = server.api("GET", f"/api/runs/{run_id}/page")
     assert max(b[5] for b in answer["page"]["series"]["loss"]["buckets"]) == 50.0
     page.get_by_text(f"at {METRICS}").first.wait_for(timeout=10_000)  # the last log line
+
+    # Zoom into an old stretch (2% of the run): the window comes at full resolution.
+    series_reads: list[str] = []
+    page.on("request", lambda r: "/series?" in r.url and series_reads.append(r.url))
+    over = loss.locator(".u-over")
+    box = over.bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.40, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.42, y, steps=5)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => Number(document.querySelector('figure.chart')?.dataset.windowPoints) > 0",
+        timeout=30_000,
+    )
+    low, high = (int(v) for v in (loss.get_attribute("data-zoom") or "").split("-"))
+    assert 0 < low < high and high - low < METRICS / 10
+    in_page = sum(
+        1 for b in answer["page"]["series"]["loss"]["buckets"] if low <= b[0] and b[1] <= high
+    )
+    window_points = int(loss.get_attribute("data-window-points") or 0)
+    print(f"zoom={low}-{high} page_buckets={in_page} window_points={window_points}")
+    assert window_points > 10 * max(in_page, 1)  # far finer than the page's overview
+    assert series_reads and all(
+        "name=loss" in u and "from=" in u and "to=" in u and "points=" in u for u in series_reads
+    )
     context.close()
     assert not errors, errors
 
@@ -116,9 +167,9 @@ DRAG = """async ([from, to, steps]) => {
 
 
 def test_scrubbing_a_million_event_replay_stays_responsive(
-    chromium: Any, long_server: tuple[Server, str]
+    chromium: Any, long_server: tuple[Server, str, list[str]]
 ) -> None:
-    server, run_id = long_server
+    server, run_id, _ = long_server
     total = server.api("GET", f"/api/runs/{run_id}")["run"]["version"]
     assert total > METRICS
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
@@ -165,5 +216,51 @@ def test_scrubbing_a_million_event_replay_stays_responsive(
     assert len(event_pages) * 2_000 < METRICS / 4
     # The curves are there at the end: drawn from the read model's buckets.
     assert int(page.locator("figure.chart").first.get_attribute("data-points") or 0) > 100
+    context.close()
+    assert not errors, errors
+
+
+def test_compare_nine_runs_one_of_a_million_events(
+    chromium: Any, long_server: tuple[Server, str, list[str]]
+) -> None:
+    server, long_id, short = long_server
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    event_reads: list[str] = []
+    page.on("request", lambda r: "/events" in r.url and event_reads.append(r.url))
+    page.goto(f"{server.url}/?token={TOKEN}")
+    page.wait_for_load_state("networkidle")
+    page.goto(f"{server.url}/#/compare?runs={','.join([*short, long_id])}")
+    rows = page.locator("[data-testid=compare-runs] tbody tr")
+    rows.first.wait_for(timeout=30_000)
+    assert rows.count() == SHORT_RUNS + 1
+    diff = page.locator("[data-testid=config-diff]")
+    diff.wait_for(timeout=30_000)
+    cells = diff.locator("tbody tr", has_text="SOLVER.BASE_LR").locator("td")
+    assert [c.strip() for c in cells.all_inner_texts()[1:]] == [
+        str(round(0.001 * (k + 1), 3)) for k in range(SHORT_RUNS)
+    ]  # the long run has no config to compare: left out, and said so
+    assert "1 run(s) without a readable config" in page.inner_text("main")
+    loss = page.locator("figure.chart").first
+    page.wait_for_function(
+        "() => Number(document.querySelector('figure.chart')?.dataset.points) > 0",
+        timeout=30_000,
+    )
+    legend = loss.locator(".u-legend .u-series")
+    assert legend.count() == SHORT_RUNS + 2  # the x axis, then one per run
+    assert "iteration" in legend.first.inner_text()
+    page.get_by_test_id("axis-time").click()
+    page.wait_for_function(
+        "() => document.querySelector('figure.chart .u-legend .u-series')"
+        ".textContent.includes('wall time')"
+    )
+    assert int(loss.get_attribute("data-points") or 0) > 0
+    page.goto(f"{server.url}/#/compare?a={short[0]}&b={short[1]}")  # the old links work
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=compare-runs] tbody tr').length === 2"
+    )
+    assert not event_reads, event_reads  # curves from the read model, never event lists
     context.close()
     assert not errors, errors
