@@ -39,14 +39,16 @@ export function sweepFacts(s) {
   };
 }
 
-/** One trial row: number, run, params, state, objective value, pruned. */
+/** One trial row: number, run, params, state (asked: in flight), objective value, pruned. */
 export function trialFacts(t) {
-  const state = t.state ?? 'running';
+  const state = t.state ?? 'asked';
   return {
     number: t.number,
     runId: t.run_id ?? null,
     params: t.params ?? {},
     state,
+    inFlight: state === 'asked',
+    runState: t.run_state ?? null,
     value: typeof t.value === 'number' ? t.value : null,
     pruned: t.pruned ?? state === 'pruned',
     bestSoFar: typeof t.best_so_far === 'number' ? t.best_so_far : null,

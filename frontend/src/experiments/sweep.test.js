@@ -12,11 +12,12 @@ describe('sweep answers', () => {
       { number: 0, state: 'complete', value: 0.4 },
       { number: 1, state: 'pruned', value: 0.9 },
       { number: 2, state: 'complete', value: 0.6 },
-      { number: 3, state: 'running' },
+      { number: 3, state: 'asked' },
     ].map(trialFacts);
     expect(bestTrial(trials, 'maximize').number).toBe(2);
     expect(bestTrial(trials, 'minimize').number).toBe(0);
     expect(trials[1].pruned).toBe(true);
+    expect(trials[3].inFlight).toBe(true);
     expect(bestTrial([], 'maximize')).toBe(null);
   });
 });
