@@ -55,7 +55,7 @@ Config = Mapping[str, Any]
 LOCALHOST = "127.0.0.1"
 GLOO_TIMEOUT_S = 120.0  # a hung peer fails a gloo collective after this long
 NCCL_TIMEOUT_S = 600.0
-STUCK_GRACE_S = 15.0  # rank 0 still in a collective this long after a rank died: end it
+STUCK_GRACE_S = 30.0  # rank 0 still in a collective this long after a rank died: end it
 CLOSE_GRACE_S = 30.0  # ranks finishing a stop or the end of training get this long
 SLURM_PORT_BASE = 20000
 
