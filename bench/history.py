@@ -9,15 +9,19 @@ this process) and measures, from the client's side:
 - `cold_s`: start -> the first answer of GET /api/runs with no snapshot (the whole log
   folded: what every start cost before snapshots, and what one costs after a corrupt one;
   only up to `--cold-max` events, it grows linearly);
-- `ready_s`: the same start with the snapshot the previous clean stop wrote;
+- `first_start_s` (above `--cold-max`, where the cold start is skipped): the start with
+  the snapshot the growth wrote; it also reconciles the 20 runs the growth left in
+  Training (`backend/execution/reconcile.py` reads each one's current attempt);
+- `ready_s`: the same start with the snapshot the previous clean stop wrote (nothing
+  left training: the snapshot and its tail alone);
 - `open_run_s`: GET /api/runs/{id}/page of one run (a 20th of the events), then subscribe
   after its seq until `caught_up`: what the run page needs before it draws (the best of
   three; `first_open_s` is the first, which folds the page from the run's own events when
   it has no snapshot: after a cold start, pages are folded on first open);
 - `full_catchup_s`: the old way, subscribe `after: 0` -> `caught_up` (the reference).
 
-Prints one line per size: `events= ready_s= open_run_s= db_mb= cold_s= first_open_s=
-full_catchup_s= run_events= write_s=`. Asserts nothing. Run from the repository root:
+Prints one line per size: `events= ready_s= open_run_s= db_mb= cold_s= first_start_s=
+first_open_s= full_catchup_s= run_events= write_s=`. Asserts nothing. Run from the repository root:
 `.venv/bin/python -m bench.history [--sizes 200000 2000000]`.
 """
 
@@ -140,11 +144,13 @@ def measure(tmp: Path, events: int, cold_max: int) -> str:
             conn.execute("DELETE FROM snapshots")  # the cold start: no snapshot to trust
     conn.close()  # before the server takes its exclusive lock
     settings = make_settings(tmp, db_path=db, ws_queue_events=20_000)
-    cold = "skipped"
+    cold, first = "skipped", "skipped"
+    live, first_s = start_and_list(settings)  # reconciles the runs the growth left training
+    live.stop()  # a clean stop writes the snapshot
     if events <= cold_max:
-        live, cold_s = start_and_list(settings)
-        live.stop()  # a clean stop writes the snapshot
-        cold = f"{cold_s:.2f}"
+        cold = f"{first_s:.2f}"
+    else:
+        first = f"{first_s:.2f}"
     live, ready_s = start_and_list(settings)
     first_open_s = open_run(live, run_ids[0])  # may fold the page from its run's events
     open_run_s = min(open_run(live, run_ids[0]) for _ in range(3))
@@ -155,7 +161,8 @@ def measure(tmp: Path, events: int, cold_max: int) -> str:
     db_mb = sum(p.stat().st_size for p in tmp.glob("events.db*")) / 1e6
     return (
         f"events={total} ready_s={ready_s:.3f} open_run_s={open_run_s:.3f} db_mb={db_mb:.0f} "
-        f"cold_s={cold} first_open_s={first_open_s:.3f} full_catchup_s={full_catchup_s:.2f} "
+        f"cold_s={cold} first_start_s={first} first_open_s={first_open_s:.3f} "
+        f"full_catchup_s={full_catchup_s:.2f} "
         f"run_events={run_events} write_s={write_s:.1f}"
     )
 
