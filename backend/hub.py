@@ -23,6 +23,7 @@ import bisect
 import functools
 import itertools
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
@@ -283,10 +284,18 @@ class Subscription:
 class Hub:
     """Publishes stored events, in seq order, to every subscription."""
 
-    def __init__(self, store: EventStore, catch_up_page: int = CATCH_UP_PAGE) -> None:
+    def __init__(
+        self, store: EventStore, catch_up_page: int = CATCH_UP_PAGE, tick_s: float = 0.0
+    ) -> None:
         self.store = store
         self.catch_up_page = catch_up_page
+        # Live events go out at most once per tick (0: at every append): one chunk per
+        # tick and filter, the same frame for every subscriber that keeps up.
+        self.tick_s = tick_s
         self.published = store.last_seq
+        self._unsent: list[Encoded] = []  # published, waiting for the next tick
+        self._tick: asyncio.TimerHandle | None = None
+        self._last_tick = -math.inf
         self._subscriptions: set[Subscription] = set()
         self._held: dict[int, Encoded] = {}
         self._gap_task: asyncio.Task[None] | None = None
@@ -310,6 +319,9 @@ class Hub:
             self._detach = None
         if self._gap_task is not None:
             self._gap_task.cancel()
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
         for sub in self._subscriptions:
             sub.active = False
         self._subscriptions.clear()
@@ -364,6 +376,27 @@ class Hub:
 
     def _publish(self, batch: list[Encoded]) -> None:
         self.published = batch[-1].seq
+        if self.tick_s <= 0:
+            self._deliver(batch)
+            return
+        self._unsent += batch
+        if self._tick is None:
+            # The first events after a quiet tick go at once; later ones wait for the
+            # tick, so a busy run reaches each client as a few dozen frames a second.
+            loop = asyncio.get_running_loop()
+            self._tick = loop.call_at(max(loop.time(), self._last_tick + self.tick_s), self._flush)
+
+    def _flush(self) -> None:
+        self._tick = None
+        self._last_tick = asyncio.get_running_loop().time()
+        batch, self._unsent = self._unsent, []
+        if batch:
+            try:
+                self._deliver(batch)
+            except Exception:
+                log.exception("hub: could not deliver %d event(s)", len(batch))
+
+    def _deliver(self, batch: list[Encoded]) -> None:
         # One chunk per distinct filter (all runs, or one run), shared by its subscribers.
         chunks: dict[str | None, Chunk | None] = {}
         for sub in list(self._subscriptions):

@@ -117,7 +117,7 @@ async def _start(settings: Settings, store: EventStore) -> Context:
         job_options=settings.job_options,
         executor=settings.executor,
     )
-    hub = Hub(store)
+    hub = Hub(store, tick_s=settings.ws_coalesce_s)
     hub.attach(service)  # before reconciling, so what it records is published too
     reconciled = await reconcile(service, supervisor, kill_grace_s=supervisor.kill_grace_s)
     if reconciled:

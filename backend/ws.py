@@ -121,13 +121,13 @@ class Connection:
     # --- the three loops -----------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        coalesce = self.ctx.settings.ws_coalesce_s
+        # No pause between sends: live events are coalesced by the hub's tick (one chunk
+        # per tick, the same frame for every client that keeps up); a client that falls
+        # behind gets what piled up packed into few frames.
         try:
             while True:
                 for frame in await self.outbox.take():
                     await self.ws.send_text(frame)
-                if coalesce > 0:
-                    await asyncio.sleep(coalesce)
         except asyncio.CancelledError:
             raise
         except Exception:  # the client went away mid-send

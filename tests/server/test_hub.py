@@ -112,8 +112,11 @@ async def test_outbox_refuses_past_its_bound() -> None:
     assert outbox.put_events(chunk(*["1"] * 5))
 
 
-async def test_catch_up_then_live_with_concurrent_appends(service: RunService) -> None:
-    hub = Hub(service.store, catch_up_page=7)
+@pytest.mark.parametrize("tick_s", [0.0, 0.01])
+async def test_catch_up_then_live_with_concurrent_appends(
+    service: RunService, tick_s: float
+) -> None:
+    hub = Hub(service.store, catch_up_page=7, tick_s=tick_s)
     hub.attach(service)
     run_id = await training_run(service)
     await metrics(service, run_id, 0, 50)
@@ -132,6 +135,7 @@ async def test_catch_up_then_live_with_concurrent_appends(service: RunService) -
 
     caught_up = hub.subscribe(sub, caught_up_frame)
     await asyncio.gather(caught_up, produce())
+    await asyncio.sleep(tick_s * 3)  # the last tick's events go out
     frames = await drain(outbox)
     all_seqs = [e.seq for e in await service.store.read_run(run_id)]
     assert seqs(frames) == all_seqs
@@ -168,6 +172,32 @@ async def test_pending_overflow_during_catch_up_falls_back_to_the_store(
     task.cancel()
     all_seqs = [e.seq for e in await service.store.read_run(run_id)]
     assert seqs(received) == all_seqs
+    hub.close()
+
+
+async def test_a_tick_sends_one_frame_shared_by_every_subscriber(service: RunService) -> None:
+    """Appends within a tick reach each live subscriber as one chunk: the same frame
+    object for all of them, built once. The first append after a quiet tick goes at
+    once; what follows within the tick waits for it."""
+    hub = Hub(service.store, tick_s=1.0)
+    hub.attach(service)
+    run_id = await training_run(service)
+    outboxes = [Outbox(max_events=1_000) for _ in range(3)]
+    for outbox in outboxes:
+        await hub.subscribe(Subscription(outbox, run_id, service.store.last_seq, lambda: None))
+    await metrics(service, run_id, 0, 2)
+    for _ in range(5):
+        await asyncio.sleep(0)  # the flush scheduled for now
+    first = [await outbox.take() for outbox in outboxes]
+    assert all(frames == first[0] for frames in first) and len(first[0]) == 1
+    for i in range(2, 12, 2):  # five appends within the tick
+        await metrics(service, run_id, i, 2)
+    assert all(outbox.events == 0 for outbox in outboxes)  # held for the tick
+    frames = [await asyncio.wait_for(outbox.take(), 30) for outbox in outboxes]
+    assert all(len(f) == 1 and f[0] is frames[0][0] for f in frames)  # one shared frame
+    assert [e["data"]["iteration"] for e in json.loads(frames[0][0])["events"]] == list(
+        range(2, 12)
+    )
     hub.close()
 
 
