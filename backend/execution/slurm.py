@@ -380,6 +380,8 @@ class SlurmAttempt:
             await asyncio.sleep(self.executor.spool_poll_s)
         if held is not None:
             yield [self._settle_held(held)]
+        if self._signals:  # a scancel still under way: let it finish with the attempt
+            await asyncio.wait(set(self._signals), timeout=COMMAND_TIMEOUT_S)
         self._status = self._exit_status()
 
     async def exit_status(self) -> ExitStatus:
@@ -458,7 +460,10 @@ class SlurmAttempt:
         return ExitStatus(state.exit_code, message, hint)
 
     def _scancel(self, options: list[str]) -> None:
-        """Send scancel in the background: never raises, never blocks the loop."""
+        """Send scancel in the background: never raises, never blocks the loop. Nothing
+        once the attempt is over (the job has ended; its id may be reused one day)."""
+        if self._status is not None:
+            return
         argv = ["scancel", *options, self.job_id]
         try:
             loop = asyncio.get_running_loop()
@@ -541,10 +546,13 @@ async def run_slurm(argv: list[str], timeout_s: float = COMMAND_TIMEOUT_S) -> st
         ) from None
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout_s)
-    except TimeoutError:
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        # Reaped either way: a process left to the garbage collector outlives its loop.
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
         raise SlurmError(f"{argv[0]} did not answer within {timeout_s:.0f} s") from None
     if process.returncode != 0:
         text = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()

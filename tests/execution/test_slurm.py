@@ -182,8 +182,9 @@ async def test_ddp_on_slurm_is_one_srun_task_per_rank(
     [ready] = [e for e in events if e.type == ev.TRAINER_READY]
     assert ready.data["world_size"] == 2
     assert service.get(run_id).iteration == 6
-    job = slurm("scontrol", "show", "job", "-o", job_id_of(events))
-    assert "NumTasks=2" in job and "ExitCode=0:0" in job
+    # (Its exit code is not asserted: a job still tearing its ranks down 10 s after the
+    # final event is killed by the supervisor, which a loaded machine may well see.)
+    assert "NumTasks=2" in slurm("scontrol", "show", "job", "-o", job_id_of(events))
 
 
 # --- the server's death, and Slurm's own decisions ------------------------------------------
