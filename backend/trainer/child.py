@@ -93,7 +93,9 @@ def run(
     devices = job.options.get("visible_devices")
     if devices is not None:  # the slot's GPUs; CUDA reads this when it starts
         os.environ["CUDA_VISIBLE_DEVICES"] = str(devices)
-    world = _launched_world()
+    # A pipe means the server's local executor spawned us: never a cluster task, even when
+    # the server itself runs inside a Slurm allocation (its SLURM_* variables leak here).
+    world = _launched_world() if conn is None else None
     if world is not None and not world.is_main:
         from backend.trainer.distributed import run_rank
 
