@@ -115,6 +115,9 @@ class Event:
     type: str
     ts: float
     data: Mapping[str, Any]
+    # `data` as the store wrote it (strict JSON text), on events fresh from an append:
+    # the hub sends it as is instead of encoding the data a second time.
+    data_json: str | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

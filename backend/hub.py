@@ -58,10 +58,12 @@ def _quoted(text: str) -> str:
 
 def encode(event: Event) -> Encoded:
     """`Event.to_json()` as compact JSON text, built without the intermediate dict (this
-    runs once per event at thousands of events per second)."""
+    runs once per event at thousands of events per second), its data the text the store
+    wrote when the event comes with it."""
+    data = event.data_json if event.data_json is not None else _dumps(event.data)
     text = (
         f'{{"seq":{event.seq},"run_id":{_quoted(event.run_id)},"version":{event.version},'
-        f'"type":{_quoted(event.type)},"ts":{float(event.ts)!r},"data":{_dumps(event.data)}}}'
+        f'"type":{_quoted(event.type)},"ts":{float(event.ts)!r},"data":{data}}}'
     )
     return Encoded(event.seq, event.run_id, text)
 

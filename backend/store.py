@@ -262,9 +262,8 @@ class EventStore:
             stamps = [now if new.ts is None else new.ts for new in events]
             same_run = [run_id] * n
             rows += zip(seqs, same_run, run_versions, types, stamps, item.data, strict=True)
-            stored = list(
-                map(Event, seqs, same_run, run_versions, types, stamps, [e.data for e in events])
-            )
+            datas = [e.data for e in events]
+            stored = list(map(Event, seqs, same_run, run_versions, types, stamps, datas, item.data))
             accepted.append((item, stored))
             seq += n
             versions[run_id] = current + n

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,9 @@ async def test_live_and_stored_events_encode_to_the_same_text(service: RunServic
     data = {"message": 'quote " and \u00e9 \n', "x": [1.0, 2], "nested": {"k": None}}
     [event] = await service.record(run_id, [NewEvent("log", data)])
     [row] = await service.store.read_rows(event.seq - 1, 1, run_id)
+    assert event.data_json == row[5]  # the store's own text, not encoded again
     assert encode(event) == encode_row(row)
+    assert encode(replace(event, data_json=None)) == encode_row(row)
     assert json.loads(encode(event).text) == event.to_json()
 
 
