@@ -170,12 +170,15 @@ def test_page_and_series_endpoints(tmp_path: Path) -> None:
         assert status == 200 and len(body["buckets"]) <= 16
         assert sum(b[6] for b in body["buckets"]) == 3_000
         series = f"/api/runs/{run_id}/series?name="
+        events = f"/api/runs/{run_id}/events"
         rows = [
             (f"{series}nope", 400, "the series are: loss, lr"),
             (f"{series}loss&from=x", 400, "'from' must be an integer"),
             (f"{series}loss&from=9&to=3", 400, "'from' (9) must not be after 'to' (3)"),
             (f"{series}loss&points=5", 400, "'points' must be between 16 and 4096"),
             (f"/api/runs/{run_id}/events?after=1&after_version=1", 400, "not both"),
+            (f"{events}?after_version=x", 400, "'after_version' must be an"),
+            (f"{events}?after_version=-1", 400, "'after_version' must be between 0"),
             ("/api/runs/missing/page", 404, "no run with id 'missing'"),
         ]
         for path, expected, message in rows:
