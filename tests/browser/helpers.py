@@ -45,8 +45,9 @@ def free_port() -> int:
 class Server:
     """`python -m backend serve` as a child process, restartable on the same port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.extra_args = extra_args  # more `serve` options (`--executor slurm`)
         self.port = free_port()
         self.db = workdir / "events.db"
         self.data_root = workdir / "data"
@@ -71,6 +72,7 @@ class Server:
             str(self.data_root),
             "--token",
             TOKEN,
+            *self.extra_args,
         ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
