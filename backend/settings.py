@@ -52,9 +52,10 @@ class Settings:
     # At most this many events, and about this many bytes, go into one `events` frame.
     ws_batch_events: int = 1_000
     ws_batch_bytes: int = 256 * KIB
-    # After sending, a client's sender waits this long before the next frame, so that at
-    # high event rates each client gets a few dozen large frames per second instead of a
-    # frame per append. An idle client still gets a new event at once.
+    # The hub's tick: live events go out at most once per tick, one frame per tick shared
+    # by every client that keeps up, so at high event rates each client gets a few dozen
+    # large frames per second instead of a frame per append. After a quiet tick a new
+    # event goes out at once.
     ws_coalesce_s: float = 0.02
     # How long a close frame may wait for a client that does not read, before giving up.
     ws_close_timeout_s: float = 10.0
