@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.execution.slurm_cluster import SlurmCluster, missing_programs
+from tests.execution.slurm_cluster import SlurmCluster, missing_programs, shared_cluster
 
 
 @pytest.fixture(scope="session")
@@ -19,11 +19,10 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
             f"Slurm is not installed (missing: {', '.join(missing)}); "
             "`apt-get install slurm-wlm munge` (as .ci/run does) to run these tests"
         )
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    with pytest.MonkeyPatch.context() as patch:
+    with (
+        shared_cluster(lambda: tmp_path_factory.mktemp("slurm")) as cluster,
+        pytest.MonkeyPatch.context() as patch,
+    ):
         for key, value in cluster.env.items():
             patch.setenv(key, value)
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
+        yield cluster

@@ -18,19 +18,41 @@ Debian's `slurm-wlm` and `munge` packages provide the programs (`.ci/run` instal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 PROGRAMS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo", "slurmctld", "slurmd", "munged")
 PARTITION = "debug"
 _READY_S = 30.0  # bounded waits: the daemons start in well under a second here
 _STOP_S = 10.0
+
+
+_shared: SlurmCluster | None = None
+_users = 0
+
+
+@contextlib.contextmanager
+def shared_cluster(make_root: Callable[[], Path]) -> Iterator[SlurmCluster]:
+    """One cluster per process however many fixtures ask (a module importing the fixture
+    registers it again): started by the first, stopped when the last is done."""
+    global _shared, _users
+    if _shared is None:
+        _shared = SlurmCluster(make_root()).start()
+    _users += 1
+    try:
+        yield _shared
+    finally:
+        _users -= 1
+        if _users == 0:
+            _shared.stop()
+            _shared = None
 
 
 def missing_programs() -> list[str]:
