@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -29,8 +31,17 @@ from backend.trainer.data import (
     load_training_data,
     validation_batches,
 )
-from backend.trainer.distributed import RankFailure, ddp_processes, from_environment
-from tests.trainer.helpers import ChildRun, resolve, spawn_child, tiny_config, tiny_job
+from backend.trainer.distributed import RankFailure, ddp_processes, free_port, from_environment
+from tests.trainer.helpers import (
+    ChildRun,
+    read_jsonl,
+    resolve,
+    spawn_child,
+    tiny_config,
+    tiny_job,
+)
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Two ranks against one process: losses agree to float32 rounding (measured: 1.2e-7).
 LOSS_TOLERANCE = 1e-5
@@ -260,3 +271,32 @@ def test_a_rank_failure_names_the_rank_and_its_exit(
     for word in words:
         assert word in event["message"]
     assert event["cause"] == cause and event["hint"] and event["exit_code"] == code
+
+
+# --- launched by the cluster (srun): every task runs the batch entry ------------------------
+
+
+def test_two_srun_tasks_train_as_one_run_and_only_rank0_writes(tmp_path: Path) -> None:
+    job = ddp_job(tmp_path, 2, ITERATION_TOTAL=4, ITERATION_SAVE=4, ITERATION_VAL=4)
+    job = replace(job, options={k: v for k, v in job.options.items() if k != "world_size"})
+    job_file = tmp_path / "job.json"
+    job_file.write_bytes(job.to_json())
+    port = str(free_port())
+    tasks = []
+    for rank in (0, 1):
+        env = {**os.environ, "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2"}
+        env |= {"SLURM_LOCALID": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        command = [sys.executable, "-m", "backend.trainer.batch", str(job_file)]
+        tasks.append(subprocess.Popen(command, env=env, cwd=REPO))
+    try:
+        codes = [task.wait(timeout=600) for task in tasks]
+    finally:
+        for task in tasks:
+            task.kill()
+    assert codes == [0, 0]
+    events = read_jsonl(job.log_path)
+    types = [e["type"] for e in events]
+    assert types.count("trainer_ready") == 1 and types.count("completed") == 1
+    [ready] = [e["data"] for e in events if e["type"] == "trainer_ready"]
+    assert ready["world_size"] == 2
+    assert [e["data"]["iteration"] for e in events if e["type"] == "metric"] == [1, 2, 3, 4]
