@@ -7,7 +7,7 @@ SweepService a server wires (`backend.experiments.sweep_cli.local_stack`): once 
 median pruner, once without. Both use the random sampler with the same seed, so both
 sweeps try the same learning rates and the comparison is the pruner's alone.
 
-    .venv/bin/python bench/sweep.py [--trials 8] [--iterations 40] [--val-every 8]
+    .venv/bin/python bench/sweep.py [--trials 8] [--iterations 20] [--val-every 4]
 
 Last line: `sweep_best_dice= seconds= pruned= no_prune_best_dice= no_prune_seconds=`
 (goal: pruning saves >= 30% of the time, best Dice within 0.01 of the unpruned sweep).
@@ -37,7 +37,7 @@ async def sweep(folder: Path, config: str, args: argparse.Namespace, pruner: str
     overrides += ["SOLVER.WARMUP_ITERS", str(max(1, args.iterations // 10))]
     # A lighter model on smaller crops than the demo's: trials short enough that a busy
     # two-core machine runs sixteen of them (the ratio is what is measured).
-    overrides += ["MODEL.FILTERS", "[8, 16, 32, 64]", "SOLVER.SAMPLES_PER_BATCH", "2"]
+    overrides += ["MODEL.FILTERS", "[4, 8, 16, 32]", "SOLVER.SAMPLES_PER_BATCH", "2"]
     overrides += ["MODEL.INPUT_SIZE", "[1, 64, 64]", "MODEL.OUTPUT_SIZE", "[1, 64, 64]"]
     request = {
         "name": f"bench {pruner}",
@@ -99,8 +99,8 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--val-every", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--val-every", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     asyncio.run(main(parser.parse_args()))
