@@ -311,6 +311,15 @@ def visible_gpus() -> int:
     return min(len(ids), devices)
 
 
+def _data_parallel_processes(checks: Checks) -> bool:
+    """PyTC's DDP switches (SYSTEM.PARALLEL DDP, SYSTEM / DATASET.DISTRIBUTED) are on."""
+    names = ("SYSTEM.PARALLEL", "SYSTEM.DISTRIBUTED", "DATASET.DISTRIBUTED")
+    values = {name: checks.value(name) for name in names if checks.ok(name)}
+    return values.get("SYSTEM.PARALLEL") == "DDP" or any(
+        values.get(name) is True for name in names[1:]
+    )
+
+
 def _check_gpus(checks: Checks) -> None:
     key = "SYSTEM.NUM_GPUS"
     if not checks.ok(key):
@@ -319,6 +328,9 @@ def _check_gpus(checks: Checks) -> None:
     have = visible_gpus()
     if wanted > have:
         uses = f"{have} GPU(s)" if have else "the CPU"
+        if have > 1 and _data_parallel_processes(checks):
+            # DDP's batch is per process: fewer processes is a smaller global batch.
+            uses += f" in {have} DDP processes of SOLVER.SAMPLES_PER_BATCH each"
         checks.report(
             WARNING,
             key,

@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
+from backend.config import load_config, paths, validate
 from backend.execution.job import TrainJob
 from backend.trainer.checkpoint import read_checkpoint
 from backend.trainer.data import (
@@ -300,3 +302,25 @@ def test_two_srun_tasks_train_as_one_run_and_only_rank0_writes(tmp_path: Path) -
     [ready] = [e["data"] for e in events if e["type"] == "trainer_ready"]
     assert ready["world_size"] == 2
     assert [e["data"]["iteration"] for e in events if e["type"] == "metric"] == [1, 2, 3, 4]
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("system", "words"),
+    [
+        ({"NUM_GPUS": 4, "PARALLEL": "DDP"}, "training uses 2 GPU(s) in 2 DDP processes"),
+        ({"NUM_GPUS": 4, "PARALLEL": "DP"}, "training uses 2 GPU(s) ("),
+    ],
+)
+def test_more_gpus_than_visible_is_a_warning_saying_what_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, system: dict[str, Any], words: str
+) -> None:
+    monkeypatch.setattr(paths, "visible_gpus", lambda: 2)  # this machine has no GPU
+    tree = tiny_config(tmp_path / "data", tmp_path / "out")
+    tree["SYSTEM"] |= system
+    problems = validate(load_config(yaml.safe_dump(tree)))
+    [gpus] = [p for p in problems if p.key == "SYSTEM.NUM_GPUS"]
+    assert gpus.level == "warning" and words in f"{gpus.message} ("
+    assert not [p for p in problems if "accepted, not used" in p.message and "SYSTEM" in p.key]
