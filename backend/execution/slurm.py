@@ -402,8 +402,7 @@ class SlurmAttempt:
 
     def kill(self) -> None:
         self.stop_requested = True
-        self._scancel(["--signal=KILL", "--full"])
-        self._scancel([])
+        self._scancel(["--signal=KILL", "--full"], then=[])
 
     # --- inside ---------------------------------------------------------------------------
 
@@ -459,27 +458,30 @@ class SlurmAttempt:
             message = f"{message} (exit code {state.exit_code})"
         return ExitStatus(state.exit_code, message, hint)
 
-    def _scancel(self, options: list[str]) -> None:
-        """Send scancel in the background: never raises, never blocks the loop. Nothing
-        once the attempt is over (the job has ended; its id may be reused one day)."""
+    def _scancel(self, options: list[str], then: list[str] | None = None) -> None:
+        """Send scancel (and then another) in the background: never raises, never blocks
+        the loop. Nothing once the attempt is over (its job id may be reused one day)."""
         if self._status is not None:
             return
-        argv = ["scancel", *options, self.job_id]
+        commands = [["scancel", *options, self.job_id]]
+        if then is not None:
+            commands.append(["scancel", *then, self.job_id])
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             with contextlib.suppress(OSError):
-                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.Popen(commands[0], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return
-        task = loop.create_task(self._scancel_now(argv))
+        task = loop.create_task(self._scancel_now(commands))
         self._signals.add(task)
         task.add_done_callback(self._signals.discard)
 
-    async def _scancel_now(self, argv: list[str]) -> None:
-        try:
-            await run_slurm(argv)
-        except (SlurmError, OSError) as exc:
-            log.warning("Slurm job %s: %s", self.job_id, exc)
+    async def _scancel_now(self, commands: list[list[str]]) -> None:
+        for argv in commands:
+            try:
+                await run_slurm(argv)
+            except (SlurmError, OSError) as exc:
+                log.warning("Slurm job %s: %s", self.job_id, exc)
 
 
 # --- `trainboard serve --executor slurm` ----------------------------------------------------
