@@ -93,13 +93,14 @@ class SlurmCluster:
     def stop(self) -> None:
         """Cancel every job, then end the daemons by their PIDs, newest first."""
         if "slurmctld" in self._daemons and self._daemons["slurmctld"].poll() is None:
-            subprocess.run(
-                ["scancel", "--full", "--signal=KILL", f"--partition={self.partition}"],
-                env=self.client_env(),
-                capture_output=True,
-                timeout=_STOP_S,
-                check=False,
-            )
+            for how in (["--full", "--signal=KILL"], []):  # every process, then every job
+                subprocess.run(
+                    ["scancel", *how, f"--partition={self.partition}"],
+                    env=self.client_env(),
+                    capture_output=True,
+                    timeout=_STOP_S,
+                    check=False,
+                )
             self._wait(lambda: not self.squeue(), _STOP_S)
         for name in reversed(list(self._daemons)):
             _end(self._daemons.pop(name))
