@@ -6,7 +6,7 @@ same run: once as one process with SAMPLES_PER_BATCH 2B (drawn from the two rank
 CPUs each. Iterations per second come from the `metric` events' timestamps after a
 warm-up, so process start, data loading and the final validation are left out.
 
-    .venv/bin/python bench/ddp.py [--iterations N] [--batch B] [--repeat R]
+    .venv/bin/python bench/ddp.py [--iterations N] [--batch B] [--repeat R] [--one-threads T]
 
 Prints `ddp_its_per_s_1proc=`, `ddp_its_per_s_2proc=` and `ddp_speedup_2proc=` (the ratio,
 the median of R pairs); then, when `bench/slurm.py` can run here (`sbatch` on the PATH),
@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--batch", type=int, default=4, help="per-rank batch B (global 2B)")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--one-threads", type=int, default=0, help="threads of the 1-process run (0: every CPU)"
+    )
     parser.add_argument("--no-slurm", action="store_true")
     args = parser.parse_args()
     cpus = len(os.sched_getaffinity(0))
@@ -130,7 +133,7 @@ def main() -> None:
                 f"one{r}",
                 args.iterations,
                 2 * args.batch,
-                {"data_streams": 2, "threads": cpus},
+                {"data_streams": 2, "threads": args.one_threads or cpus},
             )
             ranks = demo_job(
                 folder,
@@ -144,7 +147,10 @@ def main() -> None:
             one_rates.append(one)
             two_rates.append(two)
             ratios.append(two / one)
-    print(f"cpus={cpus} global_batch={2 * args.batch} iterations={args.iterations}")
+    print(
+        f"cpus={cpus} threads_1proc={args.one_threads or cpus} threads_per_rank="
+        f"{max(1, cpus // 2)} global_batch={2 * args.batch} iterations={args.iterations}"
+    )
     print(f"ddp_its_per_s_1proc={statistics.median(one_rates):.3f}")
     print(f"ddp_its_per_s_2proc={statistics.median(two_rates):.3f}")
     print(f"ddp_speedup_2proc={statistics.median(ratios):.3f}")

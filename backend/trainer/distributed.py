@@ -403,11 +403,14 @@ class LocalRanks:
             self.on_stuck(failure)
 
     def close(self, grace: float = CLOSE_GRACE_S) -> None:
-        """Reap every rank: wait `grace` for them to exit, then SIGTERM, then SIGKILL."""
+        """Reap every rank: wait `grace` for them to exit, then SIGTERM, then SIGKILL;
+        with no grace (after a failure: they hold nothing to save) SIGKILL at once."""
         self._closing.set()
         deadline = time.monotonic() + grace
         for process in self._processes.values():
-            process.join(max(0.0, deadline - time.monotonic()))
+            if grace <= 0 and process.is_alive():
+                process.kill()
+            process.join(max(0.0, deadline - time.monotonic()) if grace > 0 else 5)
         self.kill_all()
         for conn in self._conns.values():
             with contextlib.suppress(OSError):

@@ -81,6 +81,7 @@ from backend.trainer.data import (
 )
 from backend.trainer.device import DeviceChoice, choose_device
 from backend.trainer.distributed import (
+    CLOSE_GRACE_S,
     GLOO_TIMEOUT_S,
     NCCL_TIMEOUT_S,
     Group,
@@ -230,13 +231,16 @@ class TrainingLoop:
     # --- the whole attempt -----------------------------------------------------------------
 
     def run(self) -> Outcome:
+        outcome: Outcome | None = None
         try:
             self.setup()
-            return self.train()
+            outcome = self.train()
         except Exception as exc:  # every failure becomes an event with a hint
-            return self.failure(exc)
+            outcome = self.failure(exc)
         finally:
-            self.close_ranks()
+            # After a failure the ranks may wait on rank 0 in a collective: end them now.
+            self.close_ranks(graceful=outcome is not None and outcome.exit_code == 0)
+        return outcome
 
     @property
     def rank(self) -> int:
@@ -334,10 +338,11 @@ class TrainingLoop:
             raise RankFailed(failure)
         return local if self.group is None else self.group.agree(local)
 
-    def close_ranks(self) -> None:
-        """Reap the local ranks (before the final event: none is left behind)."""
+    def close_ranks(self, *, graceful: bool = True) -> None:
+        """Reap the local ranks (before the final event: none is left behind); they get
+        time to finish a stop or the end of training, none after a failure."""
         if self.ranks is not None:
-            self.ranks.close()
+            self.ranks.close(CLOSE_GRACE_S if graceful else 0.0)
         if self.group is not None:
             self.group.close()
 
