@@ -80,10 +80,13 @@ async def main(args: argparse.Namespace) -> None:
         folder = Path(tmp)
         demo = make_demo_dataset(folder / "demo")
         config = demo.config_2d.read_text(encoding="utf-8")
-        pruned = await sweep(folder, config, args, "median")
-        print(f"median: {pruned}", flush=True)
-        full = await sweep(folder, config, args, "none")
-        print(f"none:   {full}", flush=True)
+        results = {}
+        for pruner in args.pruners.split(","):
+            results[pruner] = await sweep(folder, config, args, pruner)
+            print(f"{pruner}: {results[pruner]}", flush=True)
+    if set(results) != {"median", "none"}:
+        return  # one sweep only (run the other in another process)
+    pruned, full = results["median"], results["none"]
     saved = 1 - pruned["seconds"] / full["seconds"]
     print(
         f"pruning saved {saved:.0%} of the time; best Dice {pruned['best']:.4f} vs "
@@ -103,4 +106,5 @@ if __name__ == "__main__":
     parser.add_argument("--val-every", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pruners", default="median,none", help="the sweeps to run, in order")
     asyncio.run(main(parser.parse_args()))

@@ -131,9 +131,9 @@ async def create(s: Stack, body: dict[str, Any], command_id: str | None = None) 
     return sweep_id
 
 
-async def ended(s: Stack, sweep_id: str) -> SweepSummary:
+async def ended(s: Stack, sweep_id: str, within_s: float = TIMEOUT) -> SweepSummary:
     done = (SweepState.COMPLETE, SweepState.STOPPED)
-    return await asyncio.wait_for(s.sweeps.wait(sweep_id, lambda x: x.state in done), TIMEOUT)
+    return await asyncio.wait_for(s.sweeps.wait(sweep_id, lambda x: x.state in done), within_s)
 
 
 def assert_exact_budget(s: Stack, summary: SweepSummary) -> None:
@@ -282,6 +282,7 @@ def _training(s: Stack, run_id: str) -> bool:
     return run is not None and run.state is State.TRAINING
 
 
+@pytest.mark.timeout(600)  # two real trainings: generous on a busy shared machine
 async def test_a_sweep_of_the_tiny_unet_trains_for_real(tmp_path: Path) -> None:
     options = {"flush_interval": 0.05, "threads": 1}
     body = request(tmp_path, trials=2, objective="min_val_loss", sampler="tpe")
@@ -289,7 +290,7 @@ async def test_a_sweep_of_the_tiny_unet_trains_for_real(tmp_path: Path) -> None:
     body["overrides"] += ["SOLVER.ITERATION_SAVE", "2", "SOLVER.STEPS", "(1, 2)"]
     async with stack(tmp_path, options) as s:
         sweep_id = await create(s, body)
-        summary = await ended(s, sweep_id)
+        summary = await ended(s, sweep_id, within_s=540)
         assert summary.state is SweepState.COMPLETE
         assert_exact_budget(s, summary)
         for trial in summary.trials:
