@@ -148,7 +148,8 @@ def _timeout_body(what: str) -> bytes:
 class BodyDeadline:
     """ASGI middleware: a request body that trickles in is answered 408 and the
     connection closed. The body must arrive at `BODY_MIN_RATE` bytes a second on average
-    once `BODY_GRACE_S` have passed; a request that never reads its body is not timed."""
+    once `BODY_GRACE_S` have passed. Only the body is timed: a request that never reads
+    it, and anything after it (a long download waiting for a disconnect), is not."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -159,7 +160,7 @@ class BodyDeadline:
             return
         began, grace, rate = time.monotonic(), BODY_GRACE_S, BODY_MIN_RATE
         received = 0
-        started = timed_out = False
+        started = timed_out = body_done = False
 
         async def send_guarded(message: Message) -> None:
             nonlocal started
@@ -169,9 +170,13 @@ class BodyDeadline:
             await send(message)
 
         async def receive_in_time() -> Message:
-            nonlocal received, timed_out
+            nonlocal received, timed_out, body_done
             if timed_out:
                 return {"type": "http.disconnect"}
+            if body_done or started:
+                # Only the body is timed: waiting for a disconnect while a long response
+                # streams (a download) is not slowness.
+                return await receive()
             left = began + grace + received / rate - time.monotonic()
             try:
                 async with asyncio.timeout(max(left, 0.0)):
@@ -183,6 +188,7 @@ class BodyDeadline:
                 return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
             return message
 
         try:

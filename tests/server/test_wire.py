@@ -74,3 +74,48 @@ def test_json_response_renders_with_dumps() -> None:
     response = JSONResponse({"loss": float("nan"), "name": "é"})
     assert response.body == b'{"loss":null,"name":"\xc3\xa9"}'
     assert response.headers["content-type"] == "application/json"
+
+
+# --- the body deadline: only the body is timed ---------------------------------------------
+
+
+@pytest.mark.parametrize("trickled", [True, False])
+@pytest.mark.anyio
+async def test_body_deadline_times_the_body_only(
+    monkeypatch: pytest.MonkeyPatch, trickled: bool
+) -> None:
+    """A body that stops arriving is answered 408 and the app sees a disconnect; once the
+    body is in, a wait on `receive` (a streaming response listening for a disconnect)
+    outlasts the deadline untouched."""
+    import asyncio
+
+    from backend import wire
+
+    monkeypatch.setattr(wire, "BODY_GRACE_S", 0.2)
+    first = {"type": "http.request", "body": b"{", "more_body": trickled}
+    later: dict[str, object] = (
+        {"type": "http.disconnect"} if not trickled else {"type": "http.request"}
+    )
+    inbox: list[dict[str, object]] = [first]
+    sent: list[dict[str, object]] = []
+    seen: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        if inbox:
+            return inbox.pop(0)
+        await asyncio.sleep(0.6)  # three times the deadline
+        return later
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        seen.append(await receive())  # type: ignore[operator]
+        seen.append(await receive())  # type: ignore[operator]
+
+    await wire.BodyDeadline(app)({"type": "http"}, receive, send)  # type: ignore[arg-type]
+    if trickled:
+        assert sent[0]["status"] == 408 and seen[-1] == {"type": "http.disconnect"}
+        assert json.loads(sent[1]["body"])["error"]["code"] == "request_timeout"  # type: ignore[arg-type]
+    else:
+        assert sent == [] and seen == [first, later]  # the real disconnect, after 0.6 s
