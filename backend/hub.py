@@ -10,10 +10,12 @@ sends the buffered live events it has not already sent and goes live. Registerin
 reading means no event can fall between the two; skipping seq <= last sent means none is
 sent twice.
 
-Events are encoded to JSON (orjson, strict: `backend.jsontext`) once per event, not once
-per subscriber, and queued as shared chunks; frames are built by joining the encoded
-events, and a frame that is exactly one chunk (the usual live case) is built once and
-shared by every subscriber that sends it.
+Events are encoded to JSON once per event, not once per subscriber (their data is the
+text the store wrote, `Event.data_json`), and queued as shared chunks; frames are built by
+joining the encoded events, and a frame that is exactly one chunk is built once and
+shared by every subscriber that sends it. With a tick (`tick_s`, the server's
+`ws_coalesce_s`), live events go out at most once per tick, as one chunk per filter: so
+that is the usual live case, and every subscriber that keeps up sends the same frame.
 """
 
 from __future__ import annotations
