@@ -36,9 +36,7 @@ def test_a_pending_slurm_run_shows_its_reason_and_queue_position(
     slurm_cluster: SlurmCluster,  # noqa: F811
     slurm_server: Server,
 ) -> None:
-    blocker = slurm(
-        "sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}", "--wrap", "sleep 300"
-    ).strip()
+    blocker = slurm_cluster.hold_every_cpu()
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
     try:
         run = create_run(slurm_server, "on slurm", extra=("SYSTEM.NUM_CPUS", "1"))

@@ -119,6 +119,26 @@ class SlurmCluster:
         )
         return done.stdout.strip()
 
+    def hold_every_cpu(self, seconds: int = 300) -> str:
+        """Submit a job that takes every CPU of the node (so the next one waits); its id."""
+        done = subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                f"--cpus-per-task={self.cpus}",
+                "--output=/dev/null",  # not slurm-<id>.out in the working directory
+                "--job-name=hold-every-cpu",
+                "--wrap",
+                f"sleep {seconds}",
+            ],
+            env=self.client_env(),
+            capture_output=True,
+            text=True,
+            timeout=_STOP_S,
+            check=True,
+        )
+        return done.stdout.strip().split(";")[0]
+
     def log_tail(self, lines: int = 20) -> str:
         """The end of each daemon's log (for failure messages)."""
         parts = []

@@ -301,9 +301,7 @@ async def test_a_pending_job_shows_slurms_reason_and_a_stop_cancels_it(
 ) -> None:
     """Another job holds every CPU: the run's job waits, PENDING (Resources), first in
     the queue; stopping it then cancels the job, and the run ends Stopped."""
-    blocker = slurm(
-        "sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}", "--wrap", "sleep 120"
-    ).strip()
+    blocker = slurm_cluster.hold_every_cpu()
     try:
         await until(
             lambda: slurm("squeue", "-h", "-j", blocker, "-o", "%T").strip() == "RUNNING",
@@ -376,9 +374,7 @@ def test_a_server_on_the_slurm_executor_shows_a_pending_job_then_completes(
     job waits shows Slurm's reason and its queue position, then trains once the CPUs free."""
     options = {**SYNTHETIC, "synthetic": {"rate": 200, "seconds": 1}}
     settings = make_settings(tmp_path, executor=executor(), job_options=options)
-    blocker = slurm(
-        "sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}", "--wrap", "sleep 120"
-    ).strip()
+    blocker = slurm_cluster.hold_every_cpu()
     server = LiveServer(settings).start()
     try:
         config = tiny_yaml(settings.data_root, "queued")
