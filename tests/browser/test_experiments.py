@@ -240,7 +240,14 @@ def test_a_sweep_from_the_wizard_to_its_page(page: Any, server: Server) -> None:
     )
     shot(page, "experiments-sweep-page", full_page=True)
 
+    best = server.api("GET", f"/api/sweeps/{sweep_id}")["sweep"]
     page.locator("[data-testid=new-from-best]").click()
     page.wait_for_url(re.compile(r"#/wizard/4$"))
-    chosen = page.evaluate("() => window.trainboard.wizard.value('SOLVER.BASE_LR')")
-    assert chosen in lrs
+    # The best trial's configuration, once the wizard has validated it (its overrides).
+    page.wait_for_function(
+        "lr => { const w = window.trainboard.wizard;"
+        " return w.fresh && w.value('SOLVER.BASE_LR') === lr; }",
+        arg=best["best_params"]["SOLVER.BASE_LR"],
+        timeout=20_000,
+    )
+    assert page.evaluate("() => window.trainboard.wizard.sweeping") is False
