@@ -140,11 +140,13 @@ class RunSummary:
         elif kind == ev.STOP_REQUESTED:
             self.stop_reason = data.get("reason")
         elif kind == ev.RENAMED:
-            self.name = data.get("name", self.name)
+            name = data.get("name")
+            self.name = name if isinstance(name, str) else self.name
         elif kind == ev.TAGS_SET:
-            self.tags = sorted(data.get("tags", []))
+            self.tags = _tags(data.get("tags"))
         elif kind == ev.NOTES_SET:
-            self.notes = data.get("notes", "")
+            notes = data.get("notes")
+            self.notes = notes if isinstance(notes, str) else ""
         elif kind in (ev.ARCHIVED, ev.UNARCHIVED):
             self.archived = kind == ev.ARCHIVED
         elif kind in (ev.QUEUED, ev.QUEUE_MOVED):
@@ -161,7 +163,7 @@ class RunSummary:
             self.log_path = data.get("log_path")
             sweep = data.get("sweep")
             self.sweep = dict(sweep) if isinstance(sweep, dict) else None
-            self.tags = sorted(data.get("tags", []))
+            self.tags = _tags(data.get("tags"))
             self.created_at = event.ts
         elif kind in (ev.STARTED, ev.RESUMED):
             self.attempts += 1
@@ -294,6 +296,11 @@ def summary_fields() -> tuple[str, ...]:
     return tuple(
         f.name for f in fields(RunSummary) if f.name != "run" and not f.metadata.get("derived")
     )
+
+
+def _tags(value: Any) -> list[str]:
+    """A tag set as the summary keeps it (sorted strings), whatever a foreign log holds."""
+    return sorted({t for t in value if isinstance(t, str)}) if isinstance(value, list) else []
 
 
 def _copy(value: Any) -> Any:
