@@ -422,3 +422,19 @@ def test_the_cli_manages_runs(
         ["cli"],
         notes.read_text(),
     )
+
+
+def test_a_foreign_log_folds_without_a_crash() -> None:
+    """Management data nothing here would write (no list, no strings) folds leniently."""
+    data: list[tuple[str, dict[str, Any]]] = [
+        ("created", {"name": "n", "tags": [3, "b", "a", "b"]}),
+        ("renamed", {"name": 5}),
+        ("notes_set", {"notes": None}),
+        ("archived", {}),
+    ]
+    events = [Event(v, "run", v, kind, 0.0, d) for v, (kind, d) in enumerate(data, 1)]
+    summary = summarize(events[:1], "run")
+    assert summary.tags == ["a", "b"]
+    summary = summarize([*events, Event(5, "run", 5, "tags_set", 0.0, {"tags": "zz"})], "run")
+    assert (summary.name, summary.tags, summary.notes, summary.archived) == ("n", [], "", True)
+    assert summary.run.problems == []
