@@ -11,8 +11,9 @@ since the last call, with these guarantees:
 - **Resumable.** `offset` is the byte offset after the last complete line read; a new
   follower started there (or at 0, with the `known` numbers) reads on without a gap.
 - **Each `(attempt, n)` once.** Only events of the follower's attempt are returned, each
-  `n` once: numbers in `known` (already stored) and numbers seen earlier are skipped, so
-  re-reading the file from the start after a server restart duplicates nothing.
+  `n` once: numbers in `known` (already stored) and numbers not above the last one read
+  (the writer numbers lines upwards) are skipped, so re-reading the file from the start
+  after a server restart duplicates nothing, in constant memory however long the run.
 - **Nothing after the attempt's final event** (`completed`, `failed`, `stopped`): `ended`
   becomes true and later lines are ignored.
 
@@ -56,7 +57,12 @@ class SpoolFollower:
         self.offset = offset
         self.since_ts = since_ts  # lines older than this are an earlier run's (shared folder)
         self.max_bytes = max_bytes
-        self.seen: set[int] = set(known)
+        # The writer numbers an attempt's lines 1, 2, 3... in file order, so a high-water
+        # mark dedupes in constant memory; `known` (what the store has) is only consulted
+        # up to its largest number, then dropped.
+        self.known: set[int] = set(known)
+        self.known_max = max(self.known, default=0)
+        self.last_n = 0
         self.ended = False
         self.skipped = 0  # malformed lines
 
@@ -110,9 +116,13 @@ class SpoolFollower:
                     self.skipped += 1  # decode_batch's report of a malformed line
                     log.warning("%s: %s", self.path, data.get("message"))
                 continue
-            if n in self.seen or (self.since_ts is not None and ts < self.since_ts):
+            if n <= self.last_n or (self.since_ts is not None and ts < self.since_ts):
                 continue
-            self.seen.add(n)
+            self.last_n = n
+            if n <= self.known_max and n in self.known:
+                continue
+            if n >= self.known_max:
+                self.known.clear()
             accepted.append((type_, data, ts))
             if type_ in FINAL_TYPES:
                 self.ended = True

@@ -91,6 +91,16 @@ def test_resumes_from_its_offset_and_dedupes_known(tmp_path: Path) -> None:
     assert ns(SpoolFollower(spool, 1, known=known).read()) == [13, 14, 15]
 
 
+def test_known_with_gaps_recovers_the_gaps_then_forgets_known(tmp_path: Path) -> None:
+    """The store may lack lines in the middle (a batch lost with the server): they come
+    back; past the largest known number the set is dropped (constant memory)."""
+    spool = tmp_path / "events.jsonl"
+    append(spool, metrics(1, 7))
+    follower = SpoolFollower(spool, 1, known={1, 2, 5})
+    assert ns(follower.read()) == [3, 4, 6, 7]
+    assert follower.known == set()
+
+
 def test_skips_other_attempts_and_stops_at_the_final_event(tmp_path: Path) -> None:
     spool = tmp_path / "events.jsonl"
     append(spool, metrics(1, 3) + line("stopped", 1, 4) + metrics(2, 3))
