@@ -62,6 +62,18 @@ async def write_long_run(db: Path) -> tuple[str, list[str]]:
         return run_id, short
 
 
+def requests_to(page: Any, needle: str) -> list[str]:
+    """The URLs of the page's requests that contain `needle`, from now on."""
+    urls: list[str] = []
+
+    def seen(request: Any) -> None:
+        if needle in request.url:
+            urls.append(request.url)
+
+    page.on("request", seen)
+    return urls
+
+
 def iteration_at(version: int) -> int:
     """The run's iteration after its first `version` events: created, started, then
     batches of 10,000 metrics and one log (then the end the server's start gave it)."""
@@ -113,8 +125,7 @@ def test_a_million_event_run_page_draws_from_the_read_model(
     page.get_by_text(f"at {METRICS}").first.wait_for(timeout=10_000)  # the last log line
 
     # Zoom into an old stretch (2% of the run): the window comes at full resolution.
-    series_reads: list[str] = []
-    page.on("request", lambda r: "/series?" in r.url and series_reads.append(r.url))
+    series_reads = requests_to(page, "/series?")
     over = loss.locator(".u-over")
     box = over.bounding_box()
     assert box is not None
@@ -176,8 +187,7 @@ def test_scrubbing_a_million_event_replay_stays_responsive(
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    event_pages: list[str] = []
-    page.on("request", lambda r: "/events?" in r.url and event_pages.append(r.url))
+    event_pages = requests_to(page, "/events?")
     page.goto(f"{server.url}/?token={TOKEN}")
     page.wait_for_load_state("networkidle")  # the app's first route is chosen by then
     page.goto(f"{server.url}/#/runs/{run_id}?replay=1")
@@ -228,8 +238,7 @@ def test_compare_nine_runs_one_of_a_million_events(
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    event_reads: list[str] = []
-    page.on("request", lambda r: "/events" in r.url and event_reads.append(r.url))
+    event_reads = requests_to(page, "/events")
     page.goto(f"{server.url}/?token={TOKEN}")
     page.wait_for_load_state("networkidle")
     page.goto(f"{server.url}/#/compare?runs={','.join([*short, long_id])}")
@@ -239,6 +248,12 @@ def test_compare_nine_runs_one_of_a_million_events(
     diff = page.locator("[data-testid=config-diff]")
     diff.wait_for(timeout=30_000)
     cells = diff.locator("tbody tr", has_text="SOLVER.BASE_LR").locator("td")
+    page.wait_for_function(  # the table fills in as each run's config resolves
+        "([n]) => [...document.querySelectorAll('[data-testid=config-diff] tbody tr')]"
+        ".some((r) => r.textContent.includes('SOLVER.BASE_LR') && r.cells.length === n)",
+        arg=[SHORT_RUNS + 1],
+        timeout=30_000,
+    )
     assert [c.strip() for c in cells.all_inner_texts()[1:]] == [
         str(round(0.001 * (k + 1), 3)) for k in range(SHORT_RUNS)
     ]  # the long run has no config to compare: left out, and said so
