@@ -36,7 +36,6 @@ from backend.wire import JSONResponse
 
 if TYPE_CHECKING:
     from backend.server import Context
-    from backend.store import EventStore
 
 MAX_PAGE = 10_000
 DEFAULT_PAGE = 1_000
@@ -314,25 +313,12 @@ async def run_events(request: Request) -> Response:
         raise bad_request("give 'after' (a seq) or 'after_version', not both")
     after = int_param(request, "after", 0, 0, MAX_SEQ)
     limit = int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    after_version: int | None = int_param(request, "after_version", -1, 0, MAX_SEQ)
+    after_version = int_param(request, "after_version", -1, 0, MAX_SEQ)
     if after_version == -1:
-        after_version = await _version_at(store, run_id, after)
-    if after_version is None:  # a seq of another run's event: the slower read by seq
         page = await store.read_run_after_seq(run_id, after, limit + 1)
     else:
         page = await store.read_run(run_id, after_version, limit + 1)
     return _page(page, after, limit)
-
-
-async def _version_at(store: EventStore, run_id: str, seq: int) -> int | None:
-    """The run's version at `seq` when that event is the run's own (0 for seq 0): then
-    the page is read by version, with the index, instead of sorting the run by seq."""
-    if seq == 0:
-        return 0
-    found = await store.read_all(seq - 1, limit=1)
-    if found and found[0].seq == seq and found[0].run_id == run_id:
-        return found[0].version
-    return None
 
 
 async def all_events(request: Request) -> Response:

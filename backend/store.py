@@ -57,6 +57,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 _INSERT = "INSERT INTO events (seq, run_id, version, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)"
 _COLUMNS = "seq, run_id, version, type, ts, data"
+# A run's events after a seq, through the (run_id, version) index: seq and version grow
+# together within a run, so when the seq is the run's own event (a client's last one) the
+# page starts at that version with one seek, instead of sorting the run's events by seq.
+_RUN_AFTER_SEQ = (
+    "run_id = ?1 AND version > COALESCE("
+    "(SELECT version FROM events WHERE seq = ?2 AND run_id = ?1), 0) AND seq > ?2 "
+    "ORDER BY version"
+)
 _FIRST_RUN = (
     "SELECT run_id, MAX(version) FROM events WHERE run_id = (SELECT MIN(run_id) FROM events)"
 )
@@ -327,7 +335,7 @@ class EventStore:
     ) -> list[Event]:
         """One page of a run's events with seq > after_seq."""
         rows = await self._db.execute_fetchall(
-            f"SELECT {_COLUMNS} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {_COLUMNS} FROM events WHERE {_RUN_AFTER_SEQ} LIMIT ?",
             (run_id, after_seq, limit),
         )
         return [_row_to_event(r) for r in rows]
@@ -347,11 +355,11 @@ class EventStore:
         after_seq (of one run, or all), in seq order, `data` still JSON text: for
         streaming history to clients without decoding and re-encoding it."""
         args: list[str | int] = [after_seq, limit]
-        where = "seq > ?"
+        where = "seq > ? ORDER BY seq"
         if run_id is not None:
-            where, args = "run_id = ? AND seq > ?", [run_id, *args]
+            where, args = _RUN_AFTER_SEQ, [run_id, *args]
         rows = await self._db.execute_fetchall(
-            f"SELECT {_COLUMNS} FROM events WHERE {where} ORDER BY seq LIMIT ?", args
+            f"SELECT {_COLUMNS} FROM events WHERE {where} LIMIT ?", args
         )
         return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
