@@ -292,7 +292,7 @@ def test_two_slots_with_max_concurrent_2(tmp_path: Path) -> None:
         assert server.request("GET", "/api/health")[1]["max_concurrent"] == 2
         runs = []
         for name in ("one", "two", "three"):
-            config = tiny_yaml(tmp_path / "data", name, ITERATION_TOTAL=40)
+            config = tiny_yaml(tmp_path / "data", name, ITERATION_TOTAL=4)
             status, body, _ = server.request("POST", "/api/runs", {"config": config, "start": True})
             assert status == 201, body
             runs.append(body)
