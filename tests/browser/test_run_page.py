@@ -1,7 +1,8 @@
 """The run page with real training (issue 9): a failure that fits its cause, Start while
-another run trains, the trainer's own log live with levels, train.log and the resolved
-config to download with the equivalent command, and a replay that tells the replayed
-run's own duration. Two tiny 2D demo runs; a minute or two on two CPU cores."""
+another run trains (queued, and cancelled from its page), the trainer's own log live with
+levels, train.log and the resolved config to download with the equivalent command, and a
+replay that tells the replayed run's own duration. Two tiny 2D demo runs; a minute or two
+on two CPU cores."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_failures_logs_and_reproduction(page: Any, server: Server) -> None:
     )
     shot(page, "wizard-4-fix-and-retry")
 
-    # ------------------------------------------------------------ busy: nothing created
+    # ------------------------------------------------------------ busy: the run is queued
     run = create_run(server, "logged run")
     wait_run(server, run["run_id"], "Training")
     before = len(server.api("GET", "/api/runs")["runs"])
@@ -67,9 +68,14 @@ def test_failures_logs_and_reproduction(page: Any, server: Server) -> None:
         reason = page.locator("[data-testid=start-reason]").all_inner_texts()
         raise AssertionError(f"Start stayed disabled: {reason}") from None
     start.click()
-    expect(page.locator(".review .note.err")).to_contain_text("Nothing was created")
-    assert len(server.api("GET", "/api/runs")["runs"]) == before
-    expect(page).to_have_url(re.compile("#/wizard/6"))
+    # The one slot is busy: the new run waits in the queue (contracts §1), and its page says
+    # so with a Cancel that takes it out again.
+    page.wait_for_url(re.compile(r"#/runs/[0-9a-f]+$"), timeout=30_000)
+    expect(page.locator("[data-testid=queued-status]")).to_have_text("Queued — position 1")
+    assert len(server.api("GET", "/api/runs")["runs"]) == before + 1
+    page.locator("[data-testid=btn-dequeue]").click()
+    expect(page.locator("[data-testid=queued-status]")).to_have_count(0)
+    assert server.api("GET", "/api/queue")["queued"] == []
 
     # ------------------------------------------------------------ the trainer's log, live
     page.goto(f"{server.url}/#/runs/{run['run_id']}")
