@@ -12,6 +12,7 @@ the fold made.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -64,6 +65,12 @@ class RunSummary:
     job_state: dict[str, Any] | None = None  # the executor's latest `job_state` fact
     # The version of the current attempt's `started`/`resumed` event: where reconcile reads.
     attempt_version: int | None = None
+    # What reconcile needs of the current attempt without reading it back: when it began,
+    # the highest `n` (the trainer's line number) stored of it, and the executor's handle
+    # from its launch `log` event.
+    attempt_ts: float | None = None
+    attempt_n: int = 0
+    launch: dict[str, Any] | None = None
     sweep: dict[str, Any] | None = None  # a sweep trial's {id, number, params}
     tags: list[str] = field(default_factory=list)  # sorted
     notes: str = ""  # Markdown
@@ -118,6 +125,9 @@ class RunSummary:
     def _update(self, event: Event) -> None:
         data = event.data
         kind = event.type
+        n = data.get("n")
+        if isinstance(n, int) and n > self.attempt_n and data.get("attempt") == self.attempts:
+            self.attempt_n = n  # the trainer numbers an attempt's lines upwards
         command_id = data.get("command_id")
         if kind in _COMMAND_OF and isinstance(command_id, str):
             self.commands.setdefault(command_id, CommandRecord(_COMMAND_OF[kind], event.version))
@@ -139,6 +149,10 @@ class RunSummary:
             self._own_checkpoint(data.get("path"), data.get("iteration"))
         elif kind == ev.STOP_REQUESTED:
             self.stop_reason = data.get("reason")
+        elif kind == ev.LOG and (
+            isinstance(data.get("pid"), int) or isinstance(data.get("executor"), str)
+        ):
+            self.launch = _launch_handle(data)
         elif kind == ev.RENAMED:
             name = data.get("name")
             self.name = name if isinstance(name, str) else self.name
@@ -168,6 +182,7 @@ class RunSummary:
         elif kind in (ev.STARTED, ev.RESUMED):
             self.attempts += 1
             self.attempt_version = event.version
+            self.attempt_ts, self.attempt_n, self.launch = event.ts, 0, None
             self.queue_rank = None
             self.job_state = None
             self.started_at = self.started_at or event.ts
@@ -301,6 +316,14 @@ def summary_fields() -> tuple[str, ...]:
 def _tags(value: Any) -> list[str]:
     """A tag set as the summary keeps it (sorted strings), whatever a foreign log holds."""
     return sorted({t for t in value if isinstance(t, str)}) if isinstance(value, list) else []
+
+
+def _launch_handle(log_data: Mapping[str, Any]) -> dict[str, Any]:
+    """The executor's handle of an attempt, from the `log` event that recorded its launch
+    (`{"executor": "local", "pid", "pid_started"}` or `{"executor": "slurm", "job_id"}`)."""
+    handle = {k: v for k, v in log_data.items() if k not in ("level", "message", "devices")}
+    handle.setdefault("executor", "local")
+    return handle
 
 
 def _copy(value: Any) -> Any:

@@ -270,16 +270,20 @@ class RunService:
         if not new:
             return []
         run_id = summary.run.run_id
-        await self._load_page(run_id)  # a run that moves again gets its page back first
         stored = await self.store.append(run_id, new, summary.run.version)
-        page = self.pages.setdefault(run_id, RunPage(run_id))
+        # A page left in its snapshot stays there: loading it is its snapshot plus the
+        # run's events after it, these included (the run's lock keeps it from changing
+        # meanwhile), so recording a run's end never refolds its whole page.
+        page = None if run_id in self.lazy_pages else self.pages.setdefault(run_id, RunPage(run_id))
         for event in stored:
             summary.apply(event)
-            page.apply(event)
+            if page is not None:
+                page.apply(event)
             self._index(event)
             if event.type in _QUEUE_TYPES:
                 self._queue = None
-        self.changed.add(run_id)
+        if page is not None:
+            self.changed.add(run_id)
         self.queue()  # positions in step before anyone reads a summary
         for listener in list(self._listeners):
             listener(stored)

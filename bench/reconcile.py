@@ -1,86 +1,104 @@
-"""Reconcile at scale: reading only a run's current attempt, against reading the whole run.
+"""Reconcile at scale: a long attempt left in Training costs what it lost, not its length.
 
-A run left in Training by a dead server has a long past (here `--events` metrics in its
-first attempt, then a stop and a resume) and a short present (`--current` events of its
-second attempt). Reconcile needs the present only: it reads from the version of the
-attempt's `resumed` event (`RunSummary.attempt_version`). The reference, measured in the
-same run on the same file, is the read from the run's first event (what it did before):
-`attempt_version = None` makes `_current_attempt` do exactly that.
+A run's current attempt has `--events` metric events stored, and its spool
+(`events.jsonl`) holds those plus `--lost` more that never reached the store (the server
+died). Reconcile takes the attempt from the run's summary (`attempt_n`, `launch`) and
+reads the spool backwards only as far as the first stored line. The reference, measured
+in the same run on the same files, is what reconciling cost before: reading the attempt
+back from the store and the whole spool forward.
 
-Prints `reconcile_current_attempt_s=<s> reconcile_whole_run_s=<s> ratio=<whole/current>
-events=<n>`; asserts only that both reads find the same attempt.
+Prints `reconcile_s=<s> reference_s=<s> ratio=<reference/reconcile> events=<n> lost=<n>`;
+asserts only that exactly the lost events were recovered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
 from backend import events as ev
 from backend.events import NewEvent
-from backend.execution.reconcile import _current_attempt
+from backend.execution.job import EVENTS_FILE
+from backend.execution.reconcile import reconcile_run
 from backend.runs import RunService
 from backend.store import EventStore
 
 BATCH = 10_000
 
 
-def metric(attempt: int, n: int) -> NewEvent:
-    return NewEvent(ev.METRIC, {"attempt": attempt, "n": n, "iteration": n, "loss": 1.0 / n})
+def metric(n: int) -> NewEvent:
+    return NewEvent(ev.METRIC, {"attempt": 1, "n": n, "iteration": n, "loss": 1.0 / n})
 
 
-async def build(path: Path, past: int, current: int) -> str:
-    service = RunService(await EventStore.open(path))
+def write_spool(path: Path, batch: list[NewEvent]) -> None:
+    """Append a batch as the trainer does: one JSON line per event."""
+    with open(path, "ab") as spool:
+        spool.writelines(
+            orjson.dumps({"type": e.type, "ts": time.time(), "data": e.data}) + b"\n" for e in batch
+        )
+
+
+def count_missing(path: Path, known: set[int]) -> int:
+    with open(path, encoding="utf-8") as spool:
+        return sum(1 for line in spool if json.loads(line)["data"]["n"] not in known)
+
+
+async def build(folder: Path, stored: int, lost: int) -> str:
+    service = RunService(await EventStore.open(folder / "events.db"))
     await service.load()
-    run_id = (await service.create({"name": "long", "log_path": None})).run_id
+    log_path = folder / "log"
+    log_path.mkdir()
+    run_id = (await service.create({"name": "long", "log_path": str(log_path)})).run_id
     await service.command(run_id, "start", {"attempt": 1})
-    for start in range(1, past + 1, BATCH):
-        batch = [metric(1, n) for n in range(start, min(start + BATCH, past + 1))]
-        await service.record(run_id, batch)
-    await service.record(run_id, [NewEvent(ev.STOPPED, {"attempt": 1, "n": past + 1})])
-    await service.command(run_id, "resume", {"attempt": 2, "checkpoint": None})
-    await service.record(
-        run_id, [NewEvent(ev.LOG, {"level": "info", "message": "trainer", "pid": 1})]
-    )
-    await service.record(run_id, [metric(2, n) for n in range(1, current + 1)])
+    for start in range(1, stored + lost + 1, BATCH):
+        batch = [metric(n) for n in range(start, min(start + BATCH, stored + lost + 1))]
+        write_spool(log_path / EVENTS_FILE, batch)
+        kept = [e for e in batch if e.data["n"] <= stored]
+        if kept:
+            await service.record(run_id, kept)
     await service.store.close()
     return run_id
 
 
-async def timed(service: RunService, run_id: str) -> tuple[float, int, int]:
+async def reference(service: RunService, run_id: str, log_path: Path) -> float:
+    """The old way: the attempt read back from the store, the spool parsed forward."""
     t0 = time.perf_counter()
-    current = await _current_attempt(service, run_id)
-    elapsed = time.perf_counter() - t0
-    assert current.attempt is not None
-    return elapsed, current.attempt, len(current.known)
+    known: set[int] = set()
+    after = 0
+    while page := await service.store.read_run(run_id, after, limit=10_000):
+        known.update(e.data["n"] for e in page if isinstance(e.data.get("n"), int))
+        after = page[-1].version
+    assert count_missing(log_path / EVENTS_FILE, known) > 0
+    return time.perf_counter() - t0
 
 
-async def main(past: int, current: int) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "events.db"
-        run_id = await build(path, past, current)
-        service = RunService(await EventStore.open(path))
+async def main(stored: int, lost: int) -> None:
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        run_id = await build(folder, stored, lost)
+        service = RunService(await EventStore.open(folder / "events.db"))
         await service.load()
-        summary = service.get(run_id)
-        since, attempt, known = await timed(service, run_id)
-        version = summary.attempt_version
-        summary.attempt_version = None  # the reference: from the run's first event
-        whole, attempt_ref, known_ref = await timed(service, run_id)
-        summary.attempt_version = version
-        assert (attempt, known) == (attempt_ref, known_ref) == (2, current)
+        ref = await reference(service, run_id, folder / "log")
+        t0 = time.perf_counter()
+        recovered = await reconcile_run(service, run_id, kill_grace_s=0.1)
+        took = time.perf_counter() - t0
+        assert recovered == lost, (recovered, lost)
         await service.store.close()
     print(
-        f"reconcile_current_attempt_s={since:.4f} reconcile_whole_run_s={whole:.3f} "
-        f"ratio={whole / since:.0f} events={past + current + 5}"
+        f"reconcile_s={took:.4f} reference_s={ref:.3f} ratio={ref / took:.0f} "
+        f"events={stored} lost={lost}"
     )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000, help="the run's past")
-    parser.add_argument("--current", type=int, default=1_000, help="the current attempt's")
+    parser.add_argument("--events", type=int, default=1_000_000, help="stored of the attempt")
+    parser.add_argument("--lost", type=int, default=1_000, help="in the spool only")
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.current))
+    asyncio.run(main(args.events, args.lost))

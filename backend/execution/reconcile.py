@@ -39,7 +39,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +66,23 @@ _CHUNK = 5_000  # recovered events per append
 
 @dataclass
 class _Attempt:
-    """What the database knows of a run's current attempt."""
+    """What the database knows of a run's current attempt (from its summary: nothing is
+    read back from the store, so reconciling a long attempt costs what it lost, not what
+    it wrote)."""
 
     attempt: int | None = None
     started_ts: float = 0.0
-    known: set[int] = field(default_factory=set)  # the `n` of its events already stored
+    # The highest `n` of its events already stored: the trainer numbers an attempt's lines
+    # upwards and the server stores them in order, so every lower one is stored too.
+    known_max: int = 0
     pid: int | None = None
     pid_started: int | None = None
     handle: dict[str, Any] | None = None  # the executor's, from the launch `log` event
+
+    @property
+    def known(self) -> set[int]:
+        """The `n` already stored (for an executor that reattaches)."""
+        return set(range(1, self.known_max + 1))
 
 
 async def reconcile(
@@ -102,7 +111,7 @@ async def _reattach(
     [created] = await service.store.read_run(run_id, 0, limit=1)
     try:
         job = runspec.job_for(run_id, created.data, current.attempt, None, supervisor.job_options)
-        attempt = await executor.reattach(job, handle, set(current.known))
+        attempt = await executor.reattach(job, handle, current.known)
     except Exception:
         log.exception("run %s: the %s executor could not reattach", run_id, executor.name)
         return False
@@ -213,56 +222,79 @@ async def _tell_run(service: RunService, run_id: str, message: str) -> None:
 
 
 async def _current_attempt(service: RunService, run_id: str) -> _Attempt:
-    """The current attempt, read from its `started`/`resumed` event on."""
-    current = _Attempt()
-    version = service.get(run_id).attempt_version
-    after = 0 if version is None else version - 1
-    while page := await service.store.read_run(run_id, after, limit=10_000):
-        for event in page:
-            data = event.data
-            if event.type in (ev.STARTED, ev.RESUMED):
-                current = _Attempt(data.get("attempt"), event.ts)
-            elif data.get("attempt") == current.attempt and isinstance(data.get("n"), int):
-                current.known.add(data["n"])
-            elif event.type == ev.LOG and isinstance(data.get("pid"), int):
-                current.pid, current.pid_started = data["pid"], data.get("pid_started")
-                current.handle = {"executor": "local", **_handle_of(data)}
-            elif event.type == ev.LOG and isinstance(data.get("executor"), str):
-                current.handle = _handle_of(data)
-        after = page[-1].version
-    return current
-
-
-def _handle_of(log_data: Any) -> dict[str, Any]:
-    """An executor handle from the launch `log` event that records it."""
-    return {k: v for k, v in log_data.items() if k not in ("level", "message", "devices")}
+    """The current attempt, as the run's summary keeps it."""
+    summary = service.get(run_id)
+    if summary.attempt_version is None:
+        return _Attempt()
+    handle = dict(summary.launch) if summary.launch else None
+    pid = handle.get("pid") if handle and handle.get("executor") == "local" else None
+    return _Attempt(
+        attempt=summary.attempts,
+        started_ts=summary.attempt_ts or 0.0,
+        known_max=summary.attempt_n,
+        pid=pid if isinstance(pid, int) else None,
+        pid_started=handle.get("pid_started") if pid is not None and handle else None,
+        handle=handle,
+    )
 
 
 def _missing(path: Path, run_id: str, current: _Attempt) -> Iterator[NewEvent]:
     """The file's events of the current attempt that the database lacks, in file order."""
     try:
-        handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        lines = _tail_after(path, run_id, current)
     except OSError as exc:
         log.warning("run %s: cannot read %s: %s", run_id, path, exc)
         return
-    with handle:
-        for line in handle:
-            record = _parse_line(line)
-            if record is None:
-                continue  # a line torn by the crash, or not ours
-            if record.get("run_id", run_id) != run_id:
-                continue  # a log folder shared with another run
-            type_, data, ts = record["type"], record["data"], record["ts"]
-            n = data.get("n")
-            if data.get("attempt") != current.attempt or not isinstance(n, int):
-                continue
-            # An earlier run in a shared log folder may have used the same attempt and n.
-            if ts < current.started_ts or n in current.known:
-                continue
-            current.known.add(n)
-            yield NewEvent(type_, data, ts)
-            if type_ in FINAL_TYPES:
-                return  # the attempt ended there
+    for record in lines:
+        type_, data, ts = record["type"], record["data"], record["ts"]
+        n = data["n"]
+        if n <= current.known_max:
+            continue
+        current.known_max = n
+        yield NewEvent(type_, data, ts)
+        if type_ in FINAL_TYPES:
+            return  # the attempt ended there
+
+
+def _tail_after(path: Path, run_id: str, current: _Attempt) -> list[dict[str, Any]]:
+    """The current attempt's lines after its stored ones, in file order, read backwards
+    from the end of the file: only as far back as the first line already stored (or of an
+    earlier attempt), so the cost is what the database lacks, not the attempt's length."""
+    found: list[dict[str, Any]] = []
+    for line in _lines_backwards(path):
+        record = _parse_line(line)
+        if record is None or record.get("run_id", run_id) != run_id:
+            continue  # a line torn by the crash, or another run's (a shared log folder)
+        data, ts = record["data"], record["ts"]
+        n = data.get("n")
+        if ts < current.started_ts:
+            break  # written before this attempt began: everything before it is older still
+        if data.get("attempt") != current.attempt or not isinstance(n, int):
+            continue
+        if n <= current.known_max:
+            break  # stored already, and so is everything before it
+        found.append(record)
+    found.reverse()
+    return found
+
+
+def _lines_backwards(path: Path, block: int = 1 << 20) -> Iterator[str]:
+    """A file's lines, last first (the last one may be torn)."""
+    with open(path, "rb") as handle:
+        position = handle.seek(0, os.SEEK_END)
+        rest = b""
+        while position > 0:
+            step = min(block, position)
+            position -= step
+            handle.seek(position)
+            chunk = handle.read(step) + rest
+            lines = chunk.split(b"\n")
+            rest = lines[0]  # may continue in the block before
+            for line in reversed(lines[1:]):
+                if line:
+                    yield line.decode("utf-8", errors="replace")
+        if rest:
+            yield rest.decode("utf-8", errors="replace")
 
 
 def _parse_line(line: str) -> dict[str, Any] | None:
