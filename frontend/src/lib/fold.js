@@ -6,6 +6,8 @@
 // event would make a 100,000-point fold quadratic) and reports what it did. Given the same
 // event sequence it always produces the same state.
 
+import { columns } from './buckets.js';
+
 export const IDLE = 'Idle';
 export const TRAINING = 'Training';
 export const COMPLETE = 'Complete';
@@ -450,44 +452,6 @@ export function snapshot(run) {
     pace: run.pace.slice(),
     tags: run.tags.slice(),
   };
-}
-
-// A bucket of the server's run page (docs/protocol.md): [x_first, x_last, x_min, y_min,
-// x_max, y_max, n]. Its two extremes, in x order, draw every spike the full series has.
-function extremes(buckets) {
-  const points = [];
-  for (const b of buckets) {
-    if (b[2] === b[4]) points.push([b[2], b[3]]);
-    else if (b[2] < b[4]) points.push([b[2], b[3]], [b[4], b[5]]);
-    else points.push([b[4], b[5]], [b[2], b[3]]);
-  }
-  return points;
-}
-
-// Between two of its own points a series holds its previous value (a line, not dots);
-// before its first and after its last it has none.
-function stepFill(ys) {
-  const last = ys.findLastIndex((y) => y !== null);
-  let held = null;
-  for (let i = 0; i < last; i++) {
-    if (ys[i] === null) ys[i] = held;
-    else held = ys[i];
-  }
-  return ys;
-}
-
-// Parallel arrays over the union of the series' x (null where a series has no point there).
-function columns(byName) {
-  const xs = new Set();
-  const maps = {};
-  for (const [name, buckets] of Object.entries(byName)) {
-    maps[name] = new Map(extremes(buckets ?? []));
-    for (const x of maps[name].keys()) xs.add(x);
-  }
-  const iteration = [...xs].sort((a, b) => a - b);
-  const out = { iteration };
-  for (const [name, map] of Object.entries(maps)) out[name] = stepFill(iteration.map((x) => map.get(x) ?? null));
-  return out;
 }
 
 /**
