@@ -420,6 +420,9 @@ class Supervisor:
         slot = self.scheduler.take(run_id, 1) or Slot(-1, ())  # over the limit, if need be
         child = self._active[run_id] = _Run(run_id, summary.attempts, slot, attempt)
         self._task(child, self._watch(child, attempt))
+        if summary.run.stopping:  # a stop asked before the restart: carry it on (again)
+            child.stop_requested_at = time.monotonic()
+            self._begin_stop(child)
 
     # --- watching ---------------------------------------------------------------------------
 

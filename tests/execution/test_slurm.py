@@ -329,6 +329,81 @@ async def test_a_pending_job_shows_slurms_reason_and_a_stop_cancels_it(
         slurm("scancel", blocker)
 
 
+_STOPPING_SERVER = """
+import asyncio, sys
+from backend.execution.slurm import SlurmExecutor
+from backend.execution.supervisor import Supervisor
+from backend.runs import RunService
+from backend.store import EventStore
+
+async def main(db, run_id):
+    store = await EventStore.open(db)
+    service = RunService(store)
+    await service.load()
+    options = {"flush_interval": 0.05, "synthetic": {"rate": 100, "seconds": 0}}
+    supervisor = Supervisor(service, executor=SlurmExecutor(poll_s=0.5), job_options=options)
+    await supervisor.start(run_id)
+    while (service.get(run_id).job_state or {}).get("state") != "PENDING":
+        await asyncio.sleep(0.05)
+    # The stop is recorded, and the server dies before it reaches Slurm.
+    await service.command(run_id, "stop", {"deadline_s": 20.0})
+    print("stopping", flush=True)
+    await asyncio.sleep(3600)  # until SIGKILL
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+async def test_a_stop_under_way_when_the_server_died_is_carried_on_after_reattach(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """A stop was recorded but the server died before Slurm heard of it: the server that
+    follows the job again carries the stop on, and the run ends Stopped as asked, not as
+    a job cancelled outside Trainboard."""
+    blocker = slurm_cluster.hold_every_cpu()
+    try:
+        db = tmp_path / "events.db"
+        store = await EventStore.open(db)
+        service = RunService(store)
+        await service.load()
+        run_id = await create(service, tmp_path)
+        await store.close()
+        server = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            textwrap.dedent(_STOPPING_SERVER),
+            str(db),
+            run_id,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        try:
+            assert server.stdout is not None
+            assert await asyncio.wait_for(server.stdout.readline(), TIMEOUT) == b"stopping\n"
+        finally:
+            server.send_signal(signal.SIGKILL)
+            await server.wait()
+
+        store = await EventStore.open(db)
+        try:
+            service = RunService(store)
+            await service.load()
+            assert service.get(run_id).run.stopping
+            supervisor = supervisor_for(service, SYNTHETIC)
+            assert await reconcile(service, supervisor) == [run_id]
+            assert await asyncio.wait_for(supervisor.wait(run_id), TIMEOUT) is State.STOPPED
+            events = await stored(service, run_id)
+            assert ev.FAILED not in [e.type for e in events]
+            job = slurm("scontrol", "show", "job", "-o", job_id_of(events))
+            assert "JobState=CANCELLED" in job
+        finally:
+            await store.close()
+    finally:
+        slurm("scancel", blocker)
+
+
 @pytest.mark.slow
 async def test_a_job_no_node_can_run_says_so(
     slurm_cluster: SlurmCluster, tmp_path: Path, service: RunService
