@@ -213,24 +213,18 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-@pytest.mark.slow
-async def test_a_server_killed_during_a_job_reconciles_by_job_id(
-    slurm_cluster: SlurmCluster, tmp_path: Path
-) -> None:
-    """A server process dies by SIGKILL while its run's job trains; a new one on the same
-    store follows the job again by its id and ingests what it wrote meanwhile: every
-    event once, nothing lost."""
-    db = tmp_path / "events.db"
+async def killed_server(db: Path, tmp_path: Path, script: str, ready: bytes) -> str:
+    """Create a run in `db`, serve it with `script` in a process of its own until that
+    prints `ready`, then SIGKILL the process; the run's id."""
     store = await EventStore.open(db)
     service = RunService(store)
     await service.load()
     run_id = await create(service, tmp_path)
     await store.close()
-
     server = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        textwrap.dedent(_SERVER),
+        textwrap.dedent(script),
         str(db),
         run_id,
         cwd=ROOT,
@@ -239,10 +233,22 @@ async def test_a_server_killed_during_a_job_reconciles_by_job_id(
     )
     try:
         assert server.stdout is not None
-        assert await asyncio.wait_for(server.stdout.readline(), TIMEOUT) == b"training\n"
+        assert await asyncio.wait_for(server.stdout.readline(), TIMEOUT) == ready
     finally:
         server.send_signal(signal.SIGKILL)
         await server.wait()
+    return run_id
+
+
+@pytest.mark.slow
+async def test_a_server_killed_during_a_job_reconciles_by_job_id(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """A server process dies by SIGKILL while its run's job trains; a new one on the same
+    store follows the job again by its id and ingests what it wrote meanwhile: every
+    event once, nothing lost."""
+    db = tmp_path / "events.db"
+    run_id = await killed_server(db, tmp_path, _SERVER, b"training\n")
 
     store = await EventStore.open(db)
     try:
@@ -364,27 +370,7 @@ async def test_a_stop_under_way_when_the_server_died_is_carried_on_after_reattac
     blocker = slurm_cluster.hold_every_cpu()
     try:
         db = tmp_path / "events.db"
-        store = await EventStore.open(db)
-        service = RunService(store)
-        await service.load()
-        run_id = await create(service, tmp_path)
-        await store.close()
-        server = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            textwrap.dedent(_STOPPING_SERVER),
-            str(db),
-            run_id,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        try:
-            assert server.stdout is not None
-            assert await asyncio.wait_for(server.stdout.readline(), TIMEOUT) == b"stopping\n"
-        finally:
-            server.send_signal(signal.SIGKILL)
-            await server.wait()
+        run_id = await killed_server(db, tmp_path, _STOPPING_SERVER, b"stopping\n")
 
         store = await EventStore.open(db)
         try:
