@@ -20,12 +20,17 @@ import asyncio
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as StopFlag
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.demo import make_demo_dataset
+from backend.execution.executor import Slot
+from backend.execution.job import TrainJob
+from backend.execution.local import LocalExecutor
 from backend.experiments.sweep_cli import local_stack
 from backend.experiments.sweeps import SweepState
 
@@ -75,9 +80,23 @@ async def sweep(folder: Path, config: str, args: argparse.Namespace, pruner: str
         }
 
 
+def _nothing(job: TrainJob, conn: Connection, stop: StopFlag) -> None:
+    conn.close()
+
+
+async def warm_up(folder: Path) -> None:
+    """One child through the local executor first: its forkserver imports torch once per
+    server, and that first start must not count against whichever sweep runs first."""
+    job = TrainJob("warm-up", 1, {}, str(folder / "out"), str(folder / "log"))
+    attempt = await LocalExecutor(target=_nothing).launch(job, Slot(0, ("cpu",)))
+    async for _ in attempt.batches():
+        pass
+
+
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         folder = Path(tmp)
+        await warm_up(folder)
         demo = make_demo_dataset(folder / "demo")
         config = demo.config_2d.read_text(encoding="utf-8")
         results = {}

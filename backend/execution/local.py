@@ -10,7 +10,11 @@ an error `log` event; nothing but JSON crosses the pipe.
 The pipe dies with the server, so `reattach` cannot follow an attempt again (reconcile
 ends the orphan from its pid and recovers its spool).
 
-Torch-free: the child imports torch inside `backend.execution.job.child_entry`.
+Children are forked from a warm process (multiprocessing's forkserver, started at the
+first launch, never a fork of the server itself) that has already imported torch and the
+trainer: a start skips the ~5 s of imports, and the child exits with `os._exit` after its
+final event instead of tearing torch down. Synthetic children (no torch) are spawned.
+Torch-free: this server process never imports torch, only the forkserver and children.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.forkserver
+import os
 import signal
 import threading
 import time
@@ -43,36 +49,59 @@ MAX_QUEUED_BATCHES = 64
 # held open by its own children, data-loader workers, is still seen to exit), and how
 # often a blocked pump checks that the loop it feeds still runs.
 _POLL_S = 0.5
+# What the forkserver imports once, so that no child does: torch, torch._dynamo (every
+# optimizer's constructor imports it, ~3 s) and the trainer with its numpy/scipy.
+TRAINER_MODULES = ("torch", "torch._dynamo", "backend.trainer.child", "backend.trainer.loop")
 
 Target = Callable[[TrainJob, Connection, StopFlag], None]
 
 
 class LocalExecutor:
-    """Spawns one trainer child per attempt."""
+    """Starts one trainer child per attempt."""
 
     name = NAME
 
     def __init__(self, context: BaseContext | None = None, target: Target = child_entry) -> None:
-        # spawn, never fork: the server's threads, sockets and SQLite handle must not be
-        # copied into a process that then imports torch.
-        self.context = context or multiprocessing.get_context("spawn")
+        # Never a plain fork: the server's threads, sockets and SQLite handle must not be
+        # copied into a trainer. A given context is used for every child.
+        self.context = context
         self.target = target  # the child's entry point; tests may substitute one
+
+    def context_for(self, job: TrainJob) -> BaseContext:
+        """forkserver with the trainer preloaded; spawn for a child that never imports
+        torch (a synthetic trainer: the forkserver's imports would cost it seconds)."""
+        if self.context is not None:
+            return self.context
+        if job.options.get("synthetic"):
+            return multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(TRAINER_MODULES))
+        return context
 
     async def launch(self, job: TrainJob, slot: Slot) -> LocalAttempt:
         devices = slot.visible_devices
-        if devices is not None:  # the child sets CUDA_VISIBLE_DEVICES before torch loads
+        if devices is not None:  # the child sets CUDA_VISIBLE_DEVICES before CUDA starts
             job = replace(job, options={**job.options, "visible_devices": devices})
-        parent_conn, child_conn = self.context.Pipe(duplex=False)
-        stop_flag = self.context.Event()
-        process = self.context.Process(  # type: ignore[attr-defined]
-            target=self.target,
-            args=(job, child_conn, stop_flag),
+        context = self.context_for(job)
+        parent_conn, child_conn = context.Pipe(duplex=False)
+        stop_flag = context.Event()
+        process = context.Process(  # type: ignore[attr-defined]
+            target=_in_environment,
+            args=(self.target, dict(os.environ), job, child_conn, stop_flag),
             name=f"trainboard-train-{job.run_id}",
             daemon=False,  # a daemonic process may not start data-loader workers
         )
+        warm = context.get_start_method() == "forkserver"
         try:
             with _sigint_ignored():
-                process.start()
+                if warm:
+                    # Started here, in the main thread, so that it and every child it
+                    # forks inherit SIGINT ignored.
+                    multiprocessing.forkserver.ensure_running()
+                else:
+                    process.start()
+            if warm:  # the first fork waits for the forkserver's imports: not on the loop
+                await asyncio.to_thread(process.start)
         except BaseException:
             parent_conn.close()
             raise
@@ -150,6 +179,30 @@ class LocalAttempt:
         if self._exit is None:
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 self.process.kill()
+
+
+def _in_environment(
+    target: Target, environ: dict[str, str], job: TrainJob, conn: Connection, stop: StopFlag
+) -> None:
+    """The child's first step: the server's environment as it is now (the forkserver's
+    dates from its start), and out of the forkserver's reach (see `_leave_forkserver`)."""
+    os.environ.clear()
+    os.environ.update(environ)
+    _leave_forkserver()
+    target(job, conn, stop)
+
+
+def _leave_forkserver() -> None:
+    """Close the forkserver's "alive" pipe that a forked child inherits. While any child
+    holds it the forkserver outlives a killed server, and the child's parent (the
+    forkserver) never changes: closed, the forkserver exits with the server and the child,
+    re-parented, sees the server is gone (`Emitter.check_parent`) as a spawned one does."""
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int) and multiprocessing.parent_process() is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None  # type: ignore[union-attr]
 
 
 def _pump(

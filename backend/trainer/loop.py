@@ -764,7 +764,9 @@ def seed_everything(seed: int) -> None:
 
 def configure_determinism(deterministic: bool, device: DeviceChoice) -> None:
     """Deterministic kernels where they are cheap (the CPU); cuDNN autotuning on GPUs."""
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # What `torch.use_deterministic_algorithms` does but for also setting Inductor's flag:
+    # that import pulls in torch._dynamo (~3 s of every start), and nothing here compiles.
+    torch._C._set_deterministic_algorithms(deterministic, warn_only=True)
     # Deterministic mode also NaN-fills every uninitialised allocation, a debugging aid
     # that cost ~4% of a CPU iteration here; correct kernels never read that memory.
     torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]

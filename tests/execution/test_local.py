@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as StopFlag
@@ -89,3 +91,84 @@ async def test_stop_terminate_and_kill_never_raise_after_the_end(tmp_path: Path)
     attempt.kill()
     assert (await attempt.exit_status()).code == 0
     assert await LocalExecutor().reattach(job(tmp_path), attempt.handle, set()) is None
+
+
+def report_environment(job: TrainJob, conn: Connection, stop: StopFlag) -> None:
+    message = os.environ.get("TRAINBOARD_TEST_MARK")
+    conn.send_bytes(line({"level": "info", "message": message, "ppid": os.getppid()}))
+    conn.close()
+
+
+def wait_for_orphanhood(job: TrainJob, conn: Connection, stop: StopFlag) -> None:
+    """Report, then wait until re-parented (the server and its forkserver gone)."""
+    parent = os.getppid()
+    conn.send_bytes(line({"level": "info", "message": "up", "ppid": parent}))
+    deadline = time.monotonic() + TIMEOUT
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    Path(job.output_path).write_text("orphaned" if os.getppid() != parent else "kept")
+
+
+async def test_a_child_sees_the_environment_of_its_launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = LocalExecutor(target=report_environment)
+    assert executor.context_for(job(tmp_path)).get_start_method() == "forkserver"
+    for mark in ("first", "second"):  # the forkserver started with the first
+        monkeypatch.setenv("TRAINBOARD_TEST_MARK", mark)
+        attempt = await executor.launch(job(tmp_path), Slot(0, ("cpu",)))
+        [(_, data, _)] = await asyncio.wait_for(drain(attempt), TIMEOUT)
+        assert data["message"] == mark
+        assert data["ppid"] != os.getpid(), "forked by the forkserver, not by this process"
+
+
+def test_a_synthetic_child_is_spawned_without_the_forkserver(tmp_path: Path) -> None:
+    synthetic = TrainJob("r", 1, {}, "out", "log", options={"synthetic": {"rate": 10}})
+    assert LocalExecutor().context_for(synthetic).get_start_method() == "spawn"
+
+
+SERVER = """
+import asyncio, sys
+from pathlib import Path
+from backend.execution.executor import Slot
+from backend.execution.job import TrainJob
+from backend.execution.local import LocalExecutor
+from tests.execution.test_local import wait_for_orphanhood, drain
+
+async def main():
+    job = TrainJob("r", 1, {}, sys.argv[1], sys.argv[2])
+    attempt = await LocalExecutor(target=wait_for_orphanhood).launch(job, Slot(0, ("cpu",)))
+    async for batch in attempt.batches():
+        print(attempt.pid, flush=True)
+        await asyncio.sleep(3600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_the_child_of_a_killed_server_is_orphaned(tmp_path: Path) -> None:
+    """Its forkserver exits with the server (the child holds none of its pipes), so the
+    child sees its parent change, as a spawned child of a dead server does."""
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[2]
+    server = subprocess.Popen(
+        [sys.executable, str(script), str(out), str(tmp_path / "log")],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        child = int(server.stdout.readline())
+        server.kill()
+        server.wait(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.read_text() == "orphaned", f"child {child} still has its forkserver"
+    finally:
+        server.kill()

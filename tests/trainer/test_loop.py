@@ -385,3 +385,26 @@ def test_swa_resumes_its_average_exactly(tmp_path: Path) -> None:
     b = read_checkpoint(Path(split.output_path) / "checkpoint_swa.pth.tar")["state_dict"]
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+
+
+def test_configure_determinism_sets_torch_and_leaves_dynamo_unloaded() -> None:
+    import subprocess
+    import sys
+
+    # A fresh interpreter: this one has imported torch._dynamo long ago.
+    probe = (
+        "import sys, torch\n"
+        "from backend.config import load_config\n"
+        "from backend.trainer.device import choose_device\n"
+        "from backend.trainer.loop import configure_determinism\n"
+        "cfg = load_config(text='SYSTEM: {NUM_GPUS: 0}').values\n"
+        "configure_determinism(True, choose_device(cfg, threads=1))\n"
+        "print(torch.are_deterministic_algorithms_enabled(),"
+        " torch.is_deterministic_algorithms_warn_only_enabled(),"
+        " 'torch._dynamo' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True", "False"], out.stderr
