@@ -51,7 +51,7 @@ async def serve(port_file: Path, data: Path, trainer_rate: float) -> None:
     import uvicorn
 
     from backend.events import NewEvent
-    from backend.serve import uvicorn_config
+    from backend.serve import settle_heap, uvicorn_config
     from backend.server import Context, create_app
     from backend.settings import Settings
 
@@ -67,6 +67,7 @@ async def serve(port_file: Path, data: Path, trainer_rate: float) -> None:
     serving = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
+    settle_heap()  # as `trainboard serve` does once started
     ctx: Context = server.lifespan.state["ctx"]
     created = await ctx.service.create({"name": "bench", "total_iterations": 0})
     run_id = created.run_id
