@@ -233,9 +233,9 @@ def settle_heap() -> None:
     then (modules, the loaded read models) moves to the permanent generation, never scanned
     again, and young collections run every `GC_YOUNG` allocations instead of 700. The heap
     is mostly long-lived, nearly all of it freed by reference counting, and every event
-    allocates a few objects: with CPython's defaults the collector took ~7% of the server's
-    CPU in `bench/fanout.py`, with full collections of up to 88 ms (a p99 spike for every
-    client); with these, 0.2 s against 2.8 s over the same run."""
+    allocates a few objects: with CPython's defaults the collector took about a tenth of
+    the server's CPU in `bench/fanout.py`, with full collections of up to 88 ms (a p99
+    spike for every client); with these, 0.13 s against 2.8 s over the same run."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG, 10, 10)
