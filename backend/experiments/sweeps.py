@@ -2,8 +2,9 @@
 
 A sweep's stream id is `sweep-<12 hex>`, in the same events table as the runs (and so in
 the same seq order); `RunService` leaves these streams alone. The lifecycle is a
-`transitions` Machine written like `backend.fsm.machine`: each trigger is the event type
-that records it, so applying an event and firing the trigger are one act.
+`transitions` Machine on the same base as the run's (`backend.fsm.lifecycle`): each
+trigger is the event type that records it, so applying an event and firing the trigger
+are one act.
 
 States: Running -> Stopped -> Running ... -> Complete. `trial_asked` is legal while
 Running and not stopping (a stop under way asks nothing more); `trial_told` while
@@ -21,13 +22,10 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cache
 from typing import Any
 
-from transitions import Machine, MachineError
-
 from backend.events import Event
-from backend.fsm.machine import IllegalEvent
+from backend.fsm.lifecycle import EventLifecycle, IllegalEvent, Replayable
 
 PREFIX = "sweep-"
 
@@ -100,55 +98,23 @@ def trial_command_id(sweep_id: str, number: int) -> str:
     return f"{sweep_id}:trial:{number}"
 
 
-class SweepLifecycle:
+class SweepLifecycle(EventLifecycle):
     """The machine's model: one sweep's state and its stopping flag."""
+
+    STATES = STATES
+    TRANSITIONS = TRANSITIONS
+    REFUSALS = {
+        TRIAL_ASKED: "a stop is already under way",
+        SWEEP_STOP_REQUESTED: "a stop is already under way",
+    }
 
     state: SweepState
 
     def __init__(self, initial: SweepState = SweepState.RUNNING) -> None:
-        self.stopping = False
-        Machine(
-            model=self,
-            states=STATES,
-            transitions=TRANSITIONS,
-            initial=initial,
-            auto_transitions=False,
-        )
+        super().__init__(initial)
 
-    def is_stopping(self) -> bool:
-        return self.stopping
-
-    def mark_stopping(self) -> None:
-        self.stopping = True
-
-    def clear_stopping(self) -> None:
-        self.stopping = False
-
-    def fire(self, event_type: str) -> None:
-        """Fire the trigger named by an event type; IllegalEvent if it cannot happen."""
-        try:
-            fired = bool(self.trigger(event_type))  # type: ignore[attr-defined]
-        except (MachineError, AttributeError) as exc:
-            raise IllegalEvent(
-                f"'{event_type}' cannot happen while the sweep is {self.state}"
-            ) from exc
-        if not fired:
-            raise IllegalEvent(f"'{event_type}' is not allowed now: a stop is already under way")
-
-    def allows(self, event_type: str) -> bool:
-        if event_type in (TRIAL_ASKED, SWEEP_STOP_REQUESTED) and self.stopping:
-            return False
-        return event_type in triggers_from(self.state)
-
-
-@cache
-def triggers_from(state: SweepState) -> frozenset[str]:
-    """Event types the machine accepts in `state`, read from the machine itself."""
-    probe = SweepLifecycle.__new__(SweepLifecycle)
-    machine = Machine(
-        model=probe, states=STATES, transitions=TRANSITIONS, initial=state, auto_transitions=False
-    )
-    return frozenset(machine.get_triggers(state))
+    def where(self) -> str:
+        return f"the sweep is {self.state}"
 
 
 def legal_commands(state: SweepState | None, stopping: bool = False) -> list[str]:
@@ -159,8 +125,7 @@ def legal_commands(state: SweepState | None, stopping: bool = False) -> list[str
         command
         for command, event_type in COMMAND_EVENTS.items()
         if event_type != SWEEP_CREATED
-        and event_type in triggers_from(state)
-        and not (stopping and event_type == SWEEP_STOP_REQUESTED)
+        and SweepLifecycle.allowed(state, event_type, {"stopping": stopping})
     ]
 
 
@@ -215,7 +180,7 @@ class Trial:
 
 
 @dataclass
-class SweepSummary:
+class SweepSummary(Replayable):
     """A sweep as of its last event: its spec, its trials and its lifecycle."""
 
     sweep_id: str
@@ -295,15 +260,6 @@ class SweepSummary:
             self.commands.setdefault(command_id, [_COMMAND_OF[event.type], event.version])
         self.version = event.version
         self.last_seq = event.seq
-
-    def replay(self, event: Event) -> None:
-        """Apply leniently: an event that cannot apply is a problem, skipped."""
-        try:
-            self.apply(event)
-        except IllegalEvent as exc:
-            self.problems.append(f"seq {event.seq}: {exc}")
-            self.version = max(self.version, event.version)
-            self.last_seq = event.seq
 
     def _check(self, event_type: str, data: dict[str, Any]) -> None:
         if event_type not in TYPES:

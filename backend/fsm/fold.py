@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from backend import events as ev
 from backend.events import Event
+from backend.fsm.lifecycle import Replayable
 from backend.fsm.machine import (
     IllegalCommand,
     IllegalEvent,
@@ -28,7 +29,7 @@ _FACT_STATES: dict[str, frozenset[State]] = {t: fact_states(t) for t in ev.FACT_
 
 
 @dataclass
-class Run:
+class Run(Replayable):
     """One run's lifecycle as of the last event applied."""
 
     run_id: str
@@ -118,15 +119,6 @@ class Run:
             raise IllegalEvent(f"unknown event type '{event.type}'")
         self.version = event.version
         self.last_seq = event.seq
-
-    def replay(self, event: Event) -> None:
-        """Apply leniently: an event that cannot apply is recorded as a problem and skipped."""
-        try:
-            self.apply(event)
-        except IllegalEvent as exc:
-            self.problems.append(f"seq {event.seq}: {exc}")
-            self.version = max(self.version, event.version)
-            self.last_seq = event.seq
 
 
 def fold(events: Iterable[Event], run_id: str | None = None) -> Run:

@@ -11,18 +11,18 @@ transition is guarded by that flag, so nothing is legal after it.
 The queue is the same kind of flag of Idle: `queued` marks the run, `queue_moved` keeps
 it, `dequeued` clears it, and leaving Idle (`started`) ends it. A flag's guards are the
 transitions' `conditions` / `unless`, so `allows` and `legal_commands` read them from the
-table like the machine does.
+table like the machine does (`backend.fsm.lifecycle`, the base a sweep's machine shares).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from functools import cache
 from typing import Any
 
-from transitions import Machine, MachineError
-
 from backend import events as ev
+from backend.fsm.lifecycle import EventLifecycle, IllegalEvent
+
+__all__ = ["IllegalCommand", "IllegalEvent", "Lifecycle", "State", "legal_commands"]
 
 
 class State(StrEnum):
@@ -121,35 +121,31 @@ class IllegalCommand(Exception):
         super().__init__(f"{reason}; allowed now: {allowed}")
 
 
-class IllegalEvent(Exception):
-    """An event that cannot follow the run's current state (a corrupt or foreign log)."""
+# Why a guard refuses, per trigger (IllegalCommand / IllegalEvent messages).
+_REFUSALS = {
+    ev.STOP_REQUESTED: "a stop is already under way",
+    ev.QUEUED: "it is already queued",
+    ev.QUEUE_MOVED: "it is not queued",
+    ev.DEQUEUED: "it is not queued",
+    ev.DELETED: "it is queued: cancel it from the queue first (dequeue)",
+}
 
 
-class Lifecycle:
+class Lifecycle(EventLifecycle):
     """The machine's model: holds the state and the flags (stopping, queued) of one run."""
+
+    STATES = STATES
+    TRANSITIONS = TRANSITIONS
+    # guard -> the flag it reads (`queued` and `deleted` are trigger names)
+    FLAGS = {"is_stopping": "stopping", "is_queued": "in_queue", "is_deleted": "tombstone"}
+    REFUSALS = _REFUSALS
 
     state: State
 
     def __init__(self, initial: State = State.IDLE) -> None:
-        self.stopping = False
-        self.in_queue = False  # not `queued`: that name is the trigger
-        self.tombstone = False  # not `deleted`: that name is the trigger
-        Machine(
-            model=self,
-            states=STATES,
-            transitions=TRANSITIONS,
-            initial=initial,
-            auto_transitions=False,
-        )
-
-    def is_stopping(self) -> bool:
-        return self.stopping
-
-    def mark_stopping(self) -> None:
-        self.stopping = True
-
-    def clear_stopping(self) -> None:
-        self.stopping = False
+        self.in_queue = False
+        self.tombstone = False
+        super().__init__(initial)
 
     def is_queued(self) -> bool:
         return self.in_queue
@@ -166,57 +162,8 @@ class Lifecycle:
     def mark_deleted(self) -> None:
         self.tombstone = True
 
-    def fire(self, event_type: str) -> None:
-        """Fire the trigger named by an event type; raise IllegalEvent if it cannot happen."""
-        try:
-            fired = bool(self.trigger(event_type))  # type: ignore[attr-defined]
-        except (MachineError, AttributeError) as exc:
-            raise IllegalEvent(f"'{event_type}' cannot happen while {self.state}") from exc
-        if not fired:
-            why = "the run is deleted" if self.tombstone else refusal(event_type)
-            raise IllegalEvent(f"'{event_type}' is not allowed now: {why}")
-
-    def trigger_names(self) -> frozenset[str]:
-        """Event types the current state accepts, guards aside."""
-        return _triggers_from(self.state)
-
-    def allows(self, event_type: str) -> bool:
-        return allowed(
-            self.state,
-            event_type,
-            stopping=self.stopping,
-            queued=self.in_queue,
-            deleted=self.tombstone,
-        )
-
-
-def _guards(event_type: str) -> list[tuple[str, bool]]:
-    """(flag, required value) for each guard the table gives this trigger."""
-    guards = []
-    for t in TRANSITIONS:
-        if t["trigger"] == event_type:
-            guards += [(_FLAGS[c], True) for c in _names(t.get("conditions"))]
-            guards += [(_FLAGS[c], False) for c in _names(t.get("unless"))]
-    return guards
-
-
-def _names(value: str | list[str] | None) -> list[str]:
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
-
-
-# guard -> the flag it reads
-_FLAGS = {"is_stopping": "stopping", "is_queued": "queued", "is_deleted": "deleted"}
-# Why a guard refuses, per trigger (IllegalCommand / IllegalEvent messages).
-_REFUSALS = {
-    ev.STOP_REQUESTED: "a stop is already under way",
-    ev.QUEUED: "it is already queued",
-    ev.QUEUE_MOVED: "it is not queued",
-    ev.DEQUEUED: "it is not queued",
-    ev.DELETED: "it is queued: cancel it from the queue first (dequeue)",
-}
-_GUARDS: dict[str, list[tuple[str, bool]]] = {
-    t["trigger"]: _guards(t["trigger"]) for t in TRANSITIONS
-}
+    def refusal(self, event_type: str) -> str:
+        return "the run is deleted" if self.tombstone else super().refusal(event_type)
 
 
 def refusal(event_type: str) -> str:
@@ -233,25 +180,13 @@ def allowed(
     deleted: bool = False,
 ) -> bool:
     """Whether the machine accepts `event_type` in `state` with these flags."""
-    if event_type not in _triggers_from(state):
-        return False
-    flags = {"stopping": stopping, "queued": queued, "deleted": deleted}
-    return all(flags[flag] is wanted for flag, wanted in _GUARDS.get(event_type, ()))
-
-
-@cache
-def _triggers_from(state: State) -> frozenset[str]:
-    """Event types the machine accepts in `state`, read from the machine itself."""
-    probe = Lifecycle.__new__(Lifecycle)
-    machine = Machine(
-        model=probe, states=STATES, transitions=TRANSITIONS, initial=state, auto_transitions=False
-    )
-    return frozenset(machine.get_triggers(state))
+    flags = {"stopping": stopping, "in_queue": queued, "tombstone": deleted}
+    return Lifecycle.allowed(state, event_type, flags)
 
 
 def fact_states(event_type: str) -> frozenset[State]:
     """The states in which a fact is legal (used by the fold's fast path)."""
-    return frozenset(s for s in State if event_type in _triggers_from(s))
+    return frozenset(s for s in State if event_type in Lifecycle.triggers_from(s))
 
 
 def legal_commands(
