@@ -253,9 +253,11 @@ class Subscription:
         run_id: str | None,
         after: int,
         on_overflow: Callable[[], None],
+        sweeps: bool = False,
     ) -> None:
         self.outbox = outbox
         self.run_id = run_id
+        self.sweeps = sweeps and run_id is None  # all runs' events and every sweep's
         self.after = after
         self.on_overflow = on_overflow
         self.sent = after  # the last seq handed to the outbox
@@ -264,6 +266,16 @@ class Subscription:
         self.pending_limit = max(1, outbox.max_events // 2)
         self.resets = 0  # times `pending` overflowed during the catch-up
         self.active = True
+
+    @property
+    def key(self) -> tuple[str | None, bool]:
+        """Its filter: subscriptions with the same key get the same chunks."""
+        return self.run_id, self.sweeps
+
+    def wants(self, stream_id: str) -> bool:
+        if self.run_id is not None:
+            return stream_id == self.run_id
+        return self.sweeps or not is_sweep(stream_id)
 
     def offer(self, chunk: Chunk) -> None:
         """Called by the hub for every new chunk it wants, synchronously: never awaits."""
@@ -401,16 +413,13 @@ class Hub:
                 log.exception("hub: could not deliver %d event(s)", len(batch))
 
     def _deliver(self, batch: list[Encoded]) -> None:
-        # One chunk per distinct filter (all runs, or one run), shared by its subscribers.
-        chunks: dict[str | None, Chunk | None] = {}
+        # One chunk per distinct filter (one stream, all runs, or all runs and sweeps),
+        # shared by its subscribers.
+        chunks: dict[tuple[str | None, bool], Chunk | None] = {}
         for sub in list(self._subscriptions):
-            key = sub.run_id
+            key = sub.key
             if key not in chunks:
-                # "All runs" is runs only; a sweep's stream is subscribed by its id.
-                if key is None:
-                    items = [e for e in batch if not is_sweep(e.run_id)]
-                else:
-                    items = [e for e in batch if e.run_id == key]
+                items = [e for e in batch if sub.wants(e.run_id)]
                 chunks[key] = Chunk(items) if items else None
             chunk = chunks[key]
             if chunk is not None:
@@ -451,7 +460,7 @@ class Hub:
             resets = sub.resets
             page = await self.store.read_rows(cursor, page_size, sub.run_id)
             if page:
-                shown = page if sub.run_id else [r for r in page if not is_sweep(r[1])]
+                shown = page if sub.run_id else [r for r in page if sub.wants(r[1])]
                 await sub.outbox.room_for(len(shown))
                 if shown:
                     sub.outbox.put_events(Chunk([encode_row(row) for row in shown]))

@@ -206,6 +206,11 @@ class Connection:
         if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
             raise FrameError("bad_frame", f"'after' must be a seq: an integer from 0 to {MAX_SEQ}")
         sweep_id = frame.get("sweep_id")
+        sweeps = frame.get("sweeps", False)
+        if not isinstance(sweeps, bool) or (sweeps and (run_id or sweep_id) is not None):
+            raise FrameError(
+                "bad_frame", "'sweeps' must be true or false, and true only with run_id null"
+            )
         if sweep_id is not None:  # a sweep's stream, subscribed like a run's
             if not isinstance(sweep_id, str) or sweep_id not in self.ctx.sweeps.sweeps:
                 raise FrameError("not_found", f"no sweep with id '{sweep_id}'")
@@ -214,8 +219,11 @@ class Connection:
             raise FrameError("not_found", f"no run with id '{run_id}'")
         self._stop_subscription()
         # Marks, in the frame order, where the previous subscription's events end.
-        self.send({"type": "subscribed", "run_id": run_id, "after": after})
-        sub = Subscription(self.outbox, run_id, after, self._too_slow)
+        echo: dict[str, Any] = {"type": "subscribed", "run_id": run_id, "after": after}
+        if sweeps:
+            echo["sweeps"] = True
+        self.send(echo)
+        sub = Subscription(self.outbox, run_id, after, self._too_slow, sweeps=sweeps)
         self.subscription = sub
         self._catch_up = asyncio.create_task(self._run_catch_up(sub), name="ws-catch-up")
 

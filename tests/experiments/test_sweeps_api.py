@@ -194,3 +194,48 @@ async def _frame(ws: Any, *types: str) -> dict[str, Any]:
         frame: dict[str, Any] = json.loads(await ws.recv())
         if frame["type"] in types:
             return frame
+
+
+@pytest.mark.anyio
+async def test_an_all_runs_subscription_carries_sweeps_when_asked(scene: Scene) -> None:
+    """`sweeps: true` (the browser's runs and sweep pages): every run's and every sweep's
+    events, in seq order, history then live; without it, runs only."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        websockets.connect(scene.server.ws_url, additional_headers=auth) as both,
+        websockets.connect(scene.server.ws_url, additional_headers=auth) as runs,
+    ):
+        after = json.loads(await both.recv())["last_seq"]
+        await runs.recv()
+        await both.send(
+            json.dumps({"type": "subscribe", "run_id": None, "after": after, "sweeps": True})
+        )
+        assert (await _frame(both, "subscribed")).get("sweeps") is True
+        await runs.send(json.dumps({"type": "subscribe", "run_id": None, "after": after}))
+        await _frame(runs, "subscribed")
+        await _frame(both, "caught_up")
+        await _frame(runs, "caught_up")
+        status, made, _ = scene.server.request("POST", "/api/sweeps", body(scene, trials=1))
+        assert status == 201, made
+        sweep_id = made["sweep"]["sweep_id"]
+
+        async def streams(ws: Any) -> tuple[list[int], set[str]]:
+            seqs: list[int] = []
+            ids: set[str] = set()
+            while True:
+                frame = await _frame(ws, "events")
+                seqs += [e["seq"] for e in frame["events"]]
+                ids |= {e["run_id"] for e in frame["events"]}
+                if any(e["type"] == "sweep_completed" for e in frame["events"]):
+                    return seqs, ids
+                if ws is runs and any(e["type"] == "completed" for e in frame["events"]):
+                    return seqs, ids
+
+        seqs, ids = await streams(both)
+        assert seqs == sorted(seqs) and len(ids) == 2 and sweep_id in ids
+        _, ids = await streams(runs)
+        assert sweep_id not in ids and len(ids) == 1
+        for bad in ({"run_id": sweep_id, "sweeps": True}, {"run_id": None, "sweeps": 1}):
+            await both.send(json.dumps({"type": "subscribe", "after": 0, **bad}))
+            error = await _frame(both, "error")
+            assert error["error"]["code"] == "bad_frame" and "'sweeps'" in error["error"]["message"]

@@ -8,8 +8,9 @@
 // subscribe sent on this socket (`subscribed`, or an error frame refusing it).
 //
 // Subscriptions: the run page watches one run (subscribe {run_id, after: that run's last
-// folded seq}); the other pages watch all runs from the server's last seq at connect time,
-// to keep the runs table live. Folded runs are de-duplicated by seq and version, so a
+// folded seq}); the other pages watch all runs and sweeps from the server's last seq at
+// connect time, to keep the runs table and a sweep page live (a sweep's events only bump
+// `sweepVersions`). Folded runs are de-duplicated by seq and version, so a
 // resend after a reconnect never adds a point twice, and a version gap is never folded over.
 
 import { applyEvent, newRun, seedFromPage, snapshot, LIFECYCLE_TYPES } from './fold.js';
@@ -19,6 +20,7 @@ const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
 // Events after which the queue (GET /api/queue) is fetched again.
 const QUEUE_CHANGES = new Set(['queued', 'queue_moved', 'dequeued', 'started', 'resumed', 'completed', 'stopped', 'failed', 'deleted']);
 const COMMAND_TIMEOUT_MS = 20000;
+const SWEEP_PREFIX = 'sweep-'; // a sweep's stream id (backend/experiments/sweeps.py)
 const KEEP_FOLDED_RUNS = 8;
 
 export const CLOSE_UNAUTHORIZED = 4401;
@@ -52,6 +54,8 @@ export class Connection {
   caughtUp = $state(null);
   /** GET /api/queue: {slots: [{index, devices, run_id}], queued: [run ids in order]}. */
   queue = $state.raw({ slots: [], queued: [] });
+  /** sweep_id -> the version of its stream last seen live (a sweep page reloads on it). */
+  sweepVersions = $state.raw({});
 
   #ws = null;
   #subsSent = 0;
@@ -279,7 +283,7 @@ export class Connection {
       this.#stale.delete(sub.runId);
       this.#send({ type: 'subscribe', run_id: sub.runId, after: run.lastSeq });
     } else if (sub.mode === 'all') {
-      this.#send({ type: 'subscribe', run_id: null, after: this.#cursor });
+      this.#send({ type: 'subscribe', run_id: null, after: this.#cursor, sweeps: true });
     } else {
       this.#send({ type: 'unsubscribe' });
     }
@@ -338,6 +342,10 @@ export class Connection {
       if (sub.mode === 'all') {
         if (e.seq <= this.#cursor) continue; // duplicate after a resubscribe
         this.#cursor = e.seq;
+        if (e.run_id.startsWith(SWEEP_PREFIX)) {
+          this.#pendingSweeps[e.run_id] = e.version; // a sweep's stream: noted, not folded
+          continue;
+        }
         this.#touchSummary(e);
         const run = this.#runs.get(e.run_id);
         if (!run || this.#stale.has(e.run_id)) continue;
@@ -379,8 +387,13 @@ export class Connection {
       next = { ...s, iteration: d.iteration ?? s.iteration, total: d.total ?? s.total, its_per_s: d.its_per_s, eta_s: d.eta_s };
     } else if (e.type === 'metric') {
       next = { ...s, iteration: d.iteration ?? s.iteration, last_loss: d.loss ?? s.last_loss };
-    } else if (e.type === 'validation' && typeof d.dice === 'number' && (s.best_dice == null || d.dice > s.best_dice)) {
-      next = { ...s, best_dice: d.dice, best_iteration: d.iteration };
+    } else if (e.type === 'validation') {
+      // last_validation: live only (a sweep page redraws its trials' curves on it).
+      next = { ...s, last_validation: d.iteration };
+      if (typeof d.dice === 'number' && (s.best_dice == null || d.dice > s.best_dice)) {
+        next.best_dice = d.dice;
+        next.best_iteration = d.iteration;
+      }
     }
     if (next) {
       next.last_seq = e.seq;
@@ -391,6 +404,7 @@ export class Connection {
   }
 
   #pendingSummaries = {};
+  #pendingSweeps = {};
 
   #scheduleFlush() {
     if (this.#flushTimer !== null) return;
@@ -419,6 +433,11 @@ export class Connection {
     if (Object.keys(ps).length) {
       this.#pendingSummaries = {};
       this.summaries = { ...this.summaries, ...ps };
+    }
+    const sweeps = this.#pendingSweeps;
+    if (Object.keys(sweeps).length) {
+      this.#pendingSweeps = {};
+      this.sweepVersions = { ...this.sweepVersions, ...sweeps };
     }
   }
 

@@ -221,12 +221,36 @@ describe('the connection', () => {
     conn.start();
     const s = FakeSocket.all[0];
     s.open(500);
-    expect(s.frames('subscribe')).toEqual([{ type: 'subscribe', run_id: null, after: 500 }]);
+    expect(s.frames('subscribe')).toEqual([{ type: 'subscribe', run_id: null, after: 500, sweeps: true }]);
     s.close(4408); // too slow: straight back, from the last seq processed
     await vi.advanceTimersByTimeAsync(400);
     const s2 = FakeSocket.all[1];
     s2.open(510);
-    expect(s2.frames('subscribe')).toEqual([{ type: 'subscribe', run_id: null, after: 500 }]);
+    expect(s2.frames('subscribe')).toEqual([{ type: 'subscribe', run_id: null, after: 500, sweeps: true }]);
+    conn.stop();
+  });
+
+  it('watching all runs notes each sweep event and each validation, and folds neither', async () => {
+    const conn = new Connection({ url: 'ws://test/ws' });
+    conn.watchAll();
+    conn.start();
+    const s = FakeSocket.all[0];
+    s.open(0);
+    s.receive({ type: 'caught_up', seq: 0 });
+    conn.summaries = { r1: { run_id: 'r1', state: 'Training', best_dice: 0.5, legal_commands: ['stop'] } };
+    s.receive({
+      type: 'events',
+      events: [
+        ev(1, 3, 'trial_asked', { number: 0 }, 'sweep-abc'),
+        ev(2, 7, 'validation', { iteration: 40, dice: 0.4 }),
+        ev(3, 4, 'trial_told', { number: 0 }, 'sweep-abc'),
+      ],
+    });
+    await vi.advanceTimersByTimeAsync(200);
+    expect(conn.sweepVersions).toEqual({ 'sweep-abc': 4 });
+    expect(conn.summaries['sweep-abc']).toBeUndefined();
+    expect(conn.summaries.r1).toMatchObject({ last_validation: 40, best_dice: 0.5, version: 7 });
+    expect(vi.mocked(fetch).mock.calls.map(([url]) => String(url)).filter((u) => u.includes('sweep-abc'))).toEqual([]);
     conn.stop();
   });
 
