@@ -7,13 +7,14 @@ successive halving); the event log stays the only truth. `LiveStudy.rebuild(summ
 makes the study from a sweep's events alone: every asked trial is added in number order
 (`study.add_trial(create_trial(...))`), told ones finished with their state, value and
 intermediate values, the others RUNNING with the values reported so far, so Optuna's trial
-numbers are the sweep's and a restarted sweep neither repeats nor forgets a trial.
-(Seeded samplers restart their random stream there: the trials after a restart are
-sampled from the same history, not necessarily the ones the first process would have.)
+numbers are the sweep's and a restarted sweep neither repeats nor forgets a trial. A
+seeded sweep seeds its sampler per trial (`trial_seed`), so after a restart it samples
+what the first process would have.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -277,8 +278,13 @@ def final_value(objective: str, intermediate: list[list[float]]) -> float | None
     return max(values) if direction(objective) == "maximize" else min(values)
 
 
-def _sampler(spec: Mapping[str, Any]) -> optuna.samplers.BaseSampler:
-    seed = spec.get("seed")
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler's seed for trial `number` of a sweep seeded `seed` (32 bits)."""
+    digest = hashlib.blake2b(f"{seed}:{number}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _sampler(spec: Mapping[str, Any], seed: int | None = None) -> optuna.samplers.BaseSampler:
     if spec["sampler"] == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec["sampler"] == "grid":
@@ -305,7 +311,9 @@ class LiveStudy:
         self.objective = str(spec["objective"])
         self.distributions = distributions(spec["space"])
         self.study = optuna.create_study(
-            direction=direction(self.objective), sampler=_sampler(spec), pruner=_pruner(spec)
+            direction=direction(self.objective),
+            sampler=_sampler(spec, spec.get("seed")),
+            pruner=_pruner(spec),
         )
         self.live: dict[int, optuna.Trial] = {}  # asked, not yet told
 
@@ -339,7 +347,16 @@ class LiveStudy:
             self.live[trial.number] = optuna.Trial(self.study, frozen._trial_id)
 
     def ask(self, number: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Sample trial `number` (the next one): its params and the attrs to record."""
+        """Sample trial `number` (the next one): its params and the attrs to record.
+
+        A seeded sweep gets a sampler seeded for this trial (`trial_seed`): what it draws
+        depends on the seed, the trial's number and the trials before it, all of which a
+        rebuilt study has, so a sweep restarted after a crash asks what it would have
+        asked without one (one sampler for the whole sweep would start its random stream
+        again after a restart, and propose trial 0's values anew)."""
+        seed = self.spec.get("seed")
+        if seed is not None:
+            self.study.sampler = _sampler(self.spec, trial_seed(int(seed), number))
         trial = self.study.ask(self.distributions)
         if trial.number != number:  # the study is rebuilt from events: this cannot drift
             raise RuntimeError(f"Optuna asked trial {trial.number}, the sweep expects {number}")
