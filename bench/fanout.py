@@ -17,9 +17,12 @@ Prints figures; asserts nothing. Three kinds of process:
 
 The server's resident memory is printed before and after the scenarios. The last line
 is machine-readable: `p99_ms_100_clients=<n> events_per_s=<n> trainer_events_per_s=<n>
-rss_mib_before=<n> rss_mib_after=<n>` (the p99 emit-to-receipt latency over all events
-of all 100 clients, the lowest rate any of them sustained, the rate the trainer's events
-were stored at meanwhile, and the server's RSS around the scenarios).
+rss_mib_before=<n> rss_mib_after=<n> fold_events_per_s=<n>` (the p99 emit-to-receipt
+latency over all events of all 100 clients, the lowest rate any of them sustained, the
+rate the trainer's events were stored at meanwhile, the server's RSS around the
+scenarios, and this machine's speed at the time: `bench/store.py`'s fold of 200,000
+events in one Python thread, since the latencies depend on it and this machine's speed
+varies up to twofold from hour to hour).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.store import fold_rate  # noqa: E402 (after the path, as the other scripts)
+
 TOKEN = "bench-token-0123456789"
 SEQ = re.compile(rb'"version":(\d+)')  # per run, gapless
 EMIT = re.compile(rb'"t":([0-9.e+-]+)')
@@ -382,6 +389,11 @@ def orchestrate(rate: float, seconds: float, per_proc: int, trainer_rate: float)
         tmp = Path(tmp_name)
         ready, rss = start_to_ready(tmp)
         print(f"server start-to-ready {ready:.2f} s, idle RSS {rss:.0f} MiB (trainboard serve)")
+        speed = fold_rate(200_000)
+        print(
+            f"this machine's speed now: {speed:,.0f} events/s folded by one Python thread "
+            "(bench/store.py's fold; the latencies below scale with it)"
+        )
         port_file = tmp / "port"
         server = subprocess.Popen(
             [
@@ -460,7 +472,7 @@ def orchestrate(rate: float, seconds: float, per_proc: int, trainer_rate: float)
         print(
             f"p99_ms_100_clients={last['p99_ms']:.1f} events_per_s={last['rate_min']:.0f} "
             f"trainer_events_per_s={trainer_per_s:.0f} rss_mib_before={rss_before:.0f} "
-            f"rss_mib_after={rss_after:.0f}"
+            f"rss_mib_after={rss_after:.0f} fold_events_per_s={speed:.0f}"
         )
 
 
