@@ -336,7 +336,7 @@ async def run(
     from backend.server import create_app
 
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level))
-    announce = asyncio.create_task(_announce(server, settings))
+    announce = asyncio.create_task(_once_started(server, settings))
     try:
         await server.serve(sockets=sockets)
     finally:
@@ -344,12 +344,17 @@ async def run(
     return 0 if server.started else 1
 
 
-async def _announce(server: object, settings: Settings) -> None:
-    """Print the URL once the socket listens (the port is known even when it was 0)."""
+async def _once_started(server: object, settings: Settings) -> None:
+    """Once the socket listens: tune the collector for the loaded heap, print the URL."""
     # uvicorn offers a flag, not an event, for "listening".
     while not getattr(server, "started", False):  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     settle_heap()
+    _announce(server, settings)
+
+
+def _announce(server: object, settings: Settings) -> None:
+    """Print the URL (the port is known even when it was 0)."""
     port = settings.port
     for listener in getattr(server, "servers", []):
         for sock in listener.sockets:

@@ -77,9 +77,14 @@ class EventLifecycle:
         """The state in words, for messages ("Training", "the sweep is Running")."""
         return str(self.state)
 
+    @classmethod
+    def guard_refusal(cls, event_type: str) -> str:
+        """Why a guard of the table refuses a trigger, in words."""
+        return cls.REFUSALS.get(event_type, "a guard refused it")
+
     def refusal(self, event_type: str) -> str:
-        """Why a guard refused a trigger, in words."""
-        return self.REFUSALS.get(event_type, "a guard refused it")
+        """Why a guard refused a trigger now (a subclass may know more, from its flags)."""
+        return self.guard_refusal(event_type)
 
     def fire(self, event_type: str) -> None:
         """Fire the trigger named by an event type; IllegalEvent if it cannot happen."""

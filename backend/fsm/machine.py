@@ -168,7 +168,7 @@ class Lifecycle(EventLifecycle):
 
 def refusal(event_type: str) -> str:
     """Why a guarded trigger was refused, in words."""
-    return _REFUSALS.get(event_type, "a guard refused it")
+    return Lifecycle.guard_refusal(event_type)
 
 
 def allowed(

@@ -388,12 +388,12 @@ SETTLED = """
 import asyncio, gc, sys
 from pathlib import Path
 from types import SimpleNamespace
-from backend.serve import GC_YOUNG, _announce
+from backend.serve import GC_YOUNG, _once_started
 from tests.server.live import make_settings
 
 before = (gc.get_threshold()[0], gc.get_freeze_count())
 started = SimpleNamespace(started=True, servers=[])
-asyncio.run(_announce(started, make_settings(Path(sys.argv[1]))))
+asyncio.run(_once_started(started, make_settings(Path(sys.argv[1]))))
 print(before, (gc.get_threshold()[0], gc.get_freeze_count() > 0), GC_YOUNG)
 """
 
