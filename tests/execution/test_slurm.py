@@ -162,8 +162,15 @@ async def test_a_stop_is_a_graceful_term_and_ends_stopped(
     assert events[-1].type == ev.STOPPED and not events[-1].data.get("forced")
     assert ev.STOP_ESCALATED not in [e.type for e in events]
     assert_matches_spool(service, run_id, events)
-    # `scancel --signal=TERM --full` is a graceful stop: the job itself ended well.
-    job = slurm("scontrol", "show", "job", "-o", job_id_of(events))
+    # `scancel --signal=TERM --full` is a graceful stop: the job itself ended well (once
+    # Slurm has finished COMPLETING it: its state may lag the job's last line).
+    job_id = job_id_of(events)
+
+    def settled() -> str | None:
+        job = slurm("scontrol", "show", "job", "-o", job_id)
+        return None if "JobState=COMPLETING" in job or "JobState=RUNNING" in job else job
+
+    job = await until(settled, "the stopped job's final state")
     assert "JobState=COMPLETED" in job and "ExitCode=0:0" in job
 
 
